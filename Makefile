@@ -1,0 +1,24 @@
+# Set-up and everyday targets. A fresh machine needs only python3 (3.10+) with venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/dmfnet: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/dmfnet
+
+demo: install
+	$(BIN)/dmfnet demo
+
+test: install
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

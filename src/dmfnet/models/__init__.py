@@ -1,0 +1,5 @@
+"""DMF, its ablations and the paper's baselines, built by name from one registry."""
+
+from dmfnet.models.registry import available_models, create_model, get_entry, register_model
+
+__all__ = ["available_models", "create_model", "get_entry", "register_model"]

@@ -1,0 +1,76 @@
+"""One registry for DMF, its ablations and the baselines (timm-style ``create_model``).
+
+Two kinds of model are registered:
+
+* ``torch``: a ``torch.nn.Module``. Its ``forward`` takes the tensors named by the
+  entry's ``inputs`` (dataset columns, raw dtypes: bytes as uint8, lengths as int, ...;
+  each model scales its own inputs) and returns either a logits tensor ``(B, classes)``
+  or an object with a ``.logits`` attribute. If the module has a ``loss(output, target)``
+  method the training loop uses it, otherwise cross-entropy on the logits.
+* ``estimator``: an object with ``fit(train, y_train, val, y_val)``,
+  ``predict_proba(inputs) -> (N, classes)``, ``state_dict()`` / ``load_state_dict()``;
+  ``train``/``val``/``inputs`` are dicts of numpy arrays keyed by the entry's ``inputs``.
+
+``group`` places the model in the paper's tables: ``non-multimodal`` and ``multimodal``
+(Tables 2-3), ``ablation`` (Tables 4-5; DMF itself appears in both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., Any]  # builder(num_classes, **config) -> model
+    inputs: tuple[str, ...]  # dataset columns the model reads, in forward's order
+    kind: str  # "torch" or "estimator"
+    group: str  # "non-multimodal", "multimodal" or "ablation"
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, *, inputs: tuple[str, ...], kind: str = "torch", group: str, description: str = ""
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``builder(num_classes, **config)`` under ``name``."""
+    if kind not in ("torch", "estimator"):
+        raise ValueError(f"kind must be 'torch' or 'estimator', not {kind!r}")
+
+    def wrap(builder: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, tuple(inputs), kind, group, description)
+        return builder
+
+    return wrap
+
+
+def _load_all() -> None:
+    # Importing the model modules registers them.
+    from dmfnet.models import baselines, dmf  # noqa: F401
+
+
+def get_entry(name: str) -> ModelEntry:
+    _load_all()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown model {name!r}; known models: {known}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int, **config: Any) -> Any:
+    """Build the registered model ``name`` for ``num_classes`` classes."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    return get_entry(name).builder(num_classes, **config)
+
+
+def available_models() -> list[str]:
+    _load_all()
+    return list(_REGISTRY)
