@@ -6,10 +6,16 @@ Two kinds of model are registered:
   entry's ``inputs`` (dataset columns, raw dtypes: bytes as uint8, lengths as int, ...;
   each model scales its own inputs) and returns either a logits tensor ``(B, classes)``
   or an object with a ``.logits`` attribute. If the module has a ``loss(output, target)``
-  method the training loop uses it, otherwise cross-entropy on the logits.
+  method the training loop uses it, otherwise cross-entropy on the logits. If it has a
+  ``post_fit(batches)`` method, the loop calls it once after restoring the best
+  checkpoint, with an iterable of ``(inputs_tuple, targets)`` training batches (ACID fits
+  its clusters there; state it creates must live in buffers so it is saved).
 * ``estimator``: an object with ``fit(train, y_train, val, y_val)``,
-  ``predict_proba(inputs) -> (N, classes)``, ``state_dict()`` / ``load_state_dict()``;
+  ``predict_proba(inputs) -> (N, classes)``, ``save(folder)`` and ``load(folder)``;
   ``train``/``val``/``inputs`` are dicts of numpy arrays keyed by the entry's ``inputs``.
+
+Inputs are dataset columns (:mod:`dmfnet.flows.schema`): sequence columns arrive as
+``(B, width)`` arrays/tensors, scalar columns as ``(B,)``.
 
 ``group`` places the model in the paper's tables: ``non-multimodal`` and ``multimodal``
 (Tables 2-3), ``ablation`` (Tables 4-5; DMF itself appears in both).
