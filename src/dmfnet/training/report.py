@@ -1,0 +1,293 @@
+"""A run's human-readable report: report.md, the confusion matrix (CSV + PNG), the training curve.
+
+The report says what was trained on what and under which protocol before it shows a
+single number: in traffic classification the split and the duplicate handling move the
+scores more than most model changes do.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dmfnet.training.metrics import METRIC_NAMES  # noqa: E402
+
+METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "precision_macro": "Precision (macro)",
+    "recall_macro": "Recall (macro)",
+    "fpr_macro": "FPR (macro)",
+    "f1_macro": "F1 (macro)",
+}
+
+# Run facts shown at the top of report.md, in this order, with these labels; any other
+# key of ``info`` is listed after them.
+_INFO_LABELS = {
+    "model": "Model",
+    "dataset": "Dataset",
+    "split": "Split protocol",
+    "seed": "Seed",
+    "keep_duplicates": "Duplicate test flows kept",
+    "duplicates_removed": "Duplicate test flows removed",
+    "train_size": "Training flows",
+    "val_size": "Validation flows",
+    "test_size": "Test flows",
+    "epochs": "Epochs (max)",
+    "best_epoch": "Best epoch",
+    "train_seconds": "Training time (s)",
+    "infer_flows_per_s": "Inference (flows/s)",
+    "device": "Device",
+}
+
+_SPLIT_DESCRIPTIONS = {
+    "random": "random 8:1:1, stratified by class (the paper's protocol)",
+    "file": "by capture file (no capture contributes flows to two of train/val/test)",
+}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> str:
+    """The five headline metrics as a two-column Markdown table, in percent."""
+    lines = ["| Metric | Value |", "|---|---:|"]
+    for key in METRIC_NAMES:
+        if key in metrics:
+            lines.append(f"| {METRIC_LABELS[key]} | {100 * float(metrics[key]):.2f} % |")
+    return "\n".join(lines)
+
+
+def per_class_table(metrics: Mapping[str, Any]) -> str:
+    """Per-class precision, recall, F1, FPR (percent) and support as a Markdown table."""
+    lines = [
+        "| Class | Precision | Recall | F1 | FPR | Support |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(
+            f"| {name} | {100 * row['precision']:.2f} | {100 * row['recall']:.2f} | "
+            f"{100 * row['f1']:.2f} | {100 * row['fpr']:.2f} | {row['support']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def write_confusion_csv(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path
+) -> None:
+    """Confusion counts with a header row of predicted classes and a first column of true ones."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["true \\ predicted", *class_names])
+        for name, row in zip(class_names, confusion, strict=True):
+            writer.writerow([name, *(int(v) for v in row)])
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str = ""
+) -> None:
+    """Row-normalised heatmap (colour = share of the true class) with the counts written in.
+
+    The figure grows with the number of classes so that 20-40 class names stay readable;
+    zero cells are left blank so the errors stand out.
+    """
+    cm = np.asarray(confusion, dtype=np.int64)
+    k = cm.shape[0]
+    support = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, support, out=np.zeros(cm.shape, dtype=np.float64), where=support > 0)
+
+    longest = max((len(str(n)) for n in class_names), default=1)
+    cell = 0.6 if k <= 12 else 0.5 if k <= 30 else 0.4
+    side = max(4.5, k * cell)
+    margin = min(4.0, 0.9 + 0.075 * longest)
+    fig, ax = plt.subplots(figsize=(side + margin + 1.6, side + margin + 0.6), dpi=120)
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+
+    ylabels = [f"{name} ({int(s):,})" for name, s in zip(class_names, support[:, 0], strict=True)]
+    ax.set_xticks(
+        range(k), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor"
+    )
+    ax.set_yticks(range(k), labels=ylabels)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class (test flows)")
+    if title:
+        ax.set_title(title, fontsize=11, pad=10)
+
+    text_size = 9 if k <= 10 else 7.5 if k <= 20 else 6.5 if k <= 30 else 5.5 if k <= 40 else 0
+    if text_size:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j] == 0:
+                    continue
+                colour = "white" if share[i, j] > 0.55 else "#1a1a1a"
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]:,}",
+                    ha="center",
+                    va="center",
+                    fontsize=text_size,
+                    color=colour,
+                )
+    # Thin grid lines between cells help follow long rows.
+    ax.set_xticks(np.arange(-0.5, k, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, k, 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.6)
+    ax.tick_params(which="minor", length=0)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    cbar.set_label("share of the true class")
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.15)
+    plt.close(fig)
+
+
+def plot_training_curve(history: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> bool:
+    """Loss (train, validation) and validation accuracy / macro-F1 per epoch, best epoch marked.
+
+    Returns False (and writes nothing) when the history has no epochs, e.g. for tree models.
+    """
+    if not history:
+        return False
+
+    def column(key: str) -> np.ndarray:
+        return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history])
+
+    epochs = np.array([int(h.get("epoch", i + 1)) for i, h in enumerate(history)])
+    train_loss, val_loss = column("train_loss"), column("val_loss")
+    val_acc, val_f1 = column("val_accuracy"), column("val_f1_macro")
+
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    marker = "o" if len(epochs) <= 40 else None
+    if np.isfinite(train_loss).any():
+        ax_loss.plot(epochs, train_loss, marker=marker, ms=3, label="train", color="#1f77b4")
+    if np.isfinite(val_loss).any():
+        ax_loss.plot(epochs, val_loss, marker=marker, ms=3, label="validation", color="#ff7f0e")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("Loss")
+    if np.isfinite(val_f1).any():
+        ax_score.plot(
+            epochs, 100 * val_f1, marker=marker, ms=3, label="val macro-F1", color="#2ca02c"
+        )
+    if np.isfinite(val_acc).any():
+        ax_score.plot(
+            epochs,
+            100 * val_acc,
+            marker=marker,
+            ms=3,
+            label="val accuracy",
+            color="#9467bd",
+            alpha=0.8,
+        )
+    ax_score.set_xlabel("epoch")
+    ax_score.set_ylabel("%")
+    ax_score.set_title("Validation")
+    if np.isfinite(val_f1).any():
+        best = int(np.nanargmax(val_f1))
+        for ax in (ax_loss, ax_score):
+            ax.axvline(epochs[best], color="grey", linestyle="--", linewidth=1)
+        ax_score.annotate(
+            f"best: epoch {epochs[best]}, F1 {100 * val_f1[best]:.2f} %",
+            xy=(epochs[best], 100 * val_f1[best]),
+            xytext=(0.98, 0.04),
+            textcoords="axes fraction",
+            ha="right",
+            fontsize=9,
+            color="#333333",
+        )
+    for ax in (ax_loss, ax_score):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+        if len(epochs) <= 20:
+            ax.set_xticks(epochs)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _info_lines(info: Mapping[str, Any]) -> list[str]:
+    lines = []
+    keys = [k for k in _INFO_LABELS if k in info] + [k for k in info if k not in _INFO_LABELS]
+    for key in keys:
+        value = info[key]
+        if isinstance(value, Mapping | list | tuple):
+            continue  # nested configuration lives in the run's config file, not here
+        label = _INFO_LABELS.get(key, key.replace("_", " "))
+        text = _fmt(value)
+        if key == "split":
+            text = _SPLIT_DESCRIPTIONS.get(str(value), text)
+        lines.append(f"- **{label}:** {text}")
+    return lines
+
+
+def write_run_report(
+    run_dir: str | Path,
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    info: Mapping[str, Any],
+) -> None:
+    """Write report.md, confusion.csv, confusion.png and training_curve.png into ``run_dir``.
+
+    ``metrics`` is :func:`~dmfnet.training.metrics.classification_metrics` output;
+    ``history`` one dict per epoch (``epoch, train_loss, val_loss, val_accuracy,
+    val_f1_macro``; empty for models trained without epochs); ``info`` the run's facts
+    (model, dataset, split, seed, duplicates removed, split sizes, timings, ...).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    names = [str(n) for n in class_names]
+    confusion = metrics["confusion"]
+    model = info.get("model", "model")
+    dataset = info.get("dataset", "")
+
+    write_confusion_csv(confusion, names, run_dir / "confusion.csv")
+    title = f"{model} on {Path(str(dataset)).name}" if dataset else str(model)
+    plot_confusion(confusion, names, run_dir / "confusion.png", title=f"{title} - test confusion")
+    has_curve = plot_training_curve(history, run_dir / "training_curve.png", title=title)
+
+    parts = [f"# {model}: test report", ""]
+    parts += _info_lines(info)
+    parts += ["", "## Test metrics", "", metrics_table(metrics), ""]
+    if "num_flows" in metrics:
+        parts.append(
+            f"Macro averages over the {metrics.get('classes_in_test', len(names))} classes present "
+            f"in the {metrics['num_flows']:,} test flows; FPR is one-vs-rest FP / (FP + TN)."
+        )
+        parts.append("")
+    parts += ["## Per class", "", per_class_table(metrics), ""]
+    parts += ["## Confusion matrix", "", "![confusion matrix](confusion.png)", ""]
+    parts += ["Counts in [confusion.csv](confusion.csv) (rows = true class).", ""]
+    if has_curve:
+        best = max(history, key=lambda h: h.get("val_f1_macro") or -1.0)
+        parts += [
+            "## Training curve",
+            "",
+            "![training curve](training_curve.png)",
+            "",
+            f"{len(history)} epochs; best validation macro-F1 "
+            f"{100 * float(best.get('val_f1_macro') or 0):.2f} % at epoch {best.get('epoch')} "
+            "(the checkpoint scored above).",
+            "",
+        ]
+    (run_dir / "report.md").write_text("\n".join(parts))
