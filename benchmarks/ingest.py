@@ -1,0 +1,637 @@
+"""Ingest speed and memory: ``dmfnet prepare`` against a plain dpkt implementation.
+
+Builds a large capture of real traffic by replaying the Ethernet pcap captures under
+``../shared/data`` (nDPI, nfstream and Slips test captures) back to back: each replay
+rewrites the IPv4 and IPv6 addresses (so every replay's flows are distinct) and shifts
+timestamps so the capture stays in time order; nothing else is touched (checksums are
+left stale, as the readers never check them). Then, in the same run, it times as
+subprocesses, with wall time and peak resident memory (RSS) of each:
+
+- ``dmfnet prepare FILE -o OUT --workers 1`` on the capture;
+- ``benchmarks/dpkt_reference.py`` on the same capture (the same job written with dpkt);
+- ``dmfnet prepare`` on two half-size captures with ``--workers 1`` and ``--workers 2``
+  (the parallel speed-up);
+- ``dmfnet prepare`` on a capture twice the size (peak RSS must not grow with file size);
+
+and prints MB/s (10^6 bytes of capture file per second), packets/s, peak RSS, the ratios
+and a Markdown table. Big files go to ``--workdir`` (default: a fresh folder under /tmp).
+
+    .venv/bin/python benchmarks/ingest.py               # 200 MB, the figures in README
+    .venv/bin/python benchmarks/ingest.py --quick       # 20 MB smoke run
+    .venv/bin/python benchmarks/ingest.py --skip-prepare  # the dpkt reference alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SOURCE_FOLDERS = ("data/ndpi/pcaps", "data/nfstream", "data/slips")
+
+LINKTYPE_ETHERNET = 1
+PCAP_MAGIC = {  # magic -> (struct byte order, timestamp fraction per second)
+    b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),
+    b"\xa1\xb2\xc3\xd4": (">", 1_000_000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1_000_000_000),
+    b"\xa1\xb2\x3c\x4d": (">", 1_000_000_000),
+}
+RECORD_HEADER = 16  # ts_sec, ts_usec, caplen, wirelen
+ETHER_VLAN = (0x8100, 0x88A8, 0x9100)
+ETHER_IPV4, ETHER_IPV6 = 0x0800, 0x86DD
+START_EPOCH_US = 1_700_000_000 * 1_000_000  # capture time of the first replayed packet
+SEGMENT_GAP_US = 1_000_000  # one second between two replayed source captures
+
+
+# ---------------------------------------------------------------- capture builder
+
+
+@dataclass
+class SourceCapture:
+    """One source capture, already in the output's record format (LE pcap, microseconds).
+
+    ``records`` holds the records back to back (16-byte header + captured bytes); the other
+    arrays say where each record starts and where its addresses lie, so a replay is a copy
+    plus a few vectorised writes.
+    """
+
+    path: Path
+    records: np.ndarray  # uint8, all records back to back
+    record_start: np.ndarray  # int64 (n,), offset of each record header in ``records``
+    ts_us: np.ndarray  # int64 (n,), timestamp in microseconds
+    v4_octets: np.ndarray  # int64, positions of octets 2-3 of IPv4 source and destination
+    v6_octets: np.ndarray  # int64, positions of bytes 12-13 of IPv6 source and destination
+
+    @property
+    def packets(self) -> int:
+        return len(self.record_start)
+
+
+def find_sources(shared: Path = SHARED) -> list[Path]:
+    """Every classic pcap with Ethernet link type under the shared real-traffic folders."""
+    found = []
+    for folder in SOURCE_FOLDERS:
+        for path in sorted((shared / folder).rglob("*")):
+            if not path.is_file():
+                continue
+            with open(path, "rb") as f:
+                head = f.read(24)
+            if len(head) < 24 or head[:4] not in PCAP_MAGIC:
+                continue
+            order = PCAP_MAGIC[head[:4]][0]
+            if struct.unpack(order + "I", head[20:24])[0] & 0x0FFFFFFF == LINKTYPE_ETHERNET:
+                found.append(path)
+    return found
+
+
+def load_source(path: Path) -> SourceCapture:
+    """Read a classic Ethernet pcap into replayable form; a truncated last record is dropped."""
+    data = path.read_bytes()
+    order, per_second = PCAP_MAGIC[data[:4]]
+    record = struct.Struct(order + "IIII")
+    out = bytearray()
+    starts: list[int] = []
+    stamps: list[int] = []
+    v4: list[int] = []
+    v6: list[int] = []
+    pos = 24
+    while pos + RECORD_HEADER <= len(data):
+        sec, frac, caplen, wirelen = record.unpack_from(data, pos)
+        body = data[pos + RECORD_HEADER : pos + RECORD_HEADER + caplen]
+        if len(body) < caplen:
+            break
+        pos += RECORD_HEADER + caplen
+        start = len(out)
+        starts.append(start)
+        stamps.append(sec * 1_000_000 + frac * 1_000_000 // per_second)
+        out += struct.pack("<IIII", 0, 0, caplen, wirelen)
+        out += body
+        l3, ethertype = 14, int.from_bytes(body[12:14], "big") if caplen >= 14 else 0
+        while ethertype in ETHER_VLAN and caplen >= l3 + 4:
+            ethertype = int.from_bytes(body[l3 + 2 : l3 + 4], "big")
+            l3 += 4
+        base = start + RECORD_HEADER + l3
+        if ethertype == ETHER_IPV4 and caplen >= l3 + 20 and body[l3] >> 4 == 4:
+            v4 += (base + 13, base + 14, base + 17, base + 18)
+        elif ethertype == ETHER_IPV6 and caplen >= l3 + 40 and body[l3] >> 4 == 6:
+            v6 += (base + 20, base + 21, base + 36, base + 37)
+    return SourceCapture(
+        path=path,
+        records=np.frombuffer(bytes(out), dtype=np.uint8),
+        record_start=np.asarray(starts, dtype=np.int64),
+        ts_us=np.asarray(stamps, dtype=np.int64),
+        v4_octets=np.asarray(v4, dtype=np.int64),
+        v6_octets=np.asarray(v6, dtype=np.int64),
+    )
+
+
+def replay(source: SourceCapture, replay_index: int, start_us: int) -> np.ndarray:
+    """The source's records with addresses rewritten for this replay, starting at ``start_us``.
+
+    Octets 2-3 of every IPv4 address (bytes 12-13 of every IPv6 address) are XORed with the
+    replay number: a bijection within a replay, different between replays.
+    """
+    if not 0 <= replay_index < 0xFFFF:
+        raise ValueError(f"replay index {replay_index} out of range 0..65534")
+    key = np.frombuffer((replay_index + 1).to_bytes(2, "big"), dtype=np.uint8)
+    out = source.records.copy()
+    for positions in (source.v4_octets, source.v6_octets):
+        out[positions] ^= np.tile(key, len(positions) // 2)
+    ts = source.ts_us - source.ts_us.min() + start_us
+    fields = np.empty((len(ts), 2), dtype="<u4")
+    fields[:, 0] = ts // 1_000_000
+    fields[:, 1] = ts % 1_000_000
+    header = source.record_start[:, None] + np.arange(8)
+    out[header] = fields.view(np.uint8).reshape(-1, 8)
+    return out
+
+
+@dataclass
+class BuiltCapture:
+    """A capture written by :func:`build_capture`."""
+
+    path: str
+    bytes: int
+    packets: int
+    replays: int  # replays begun (the last may be cut short)
+    first_replay: int
+    next_replay: int  # first replay number not used, for a capture with distinct flows
+
+
+def build_capture(
+    path: Path, size_bytes: int, sources: list[SourceCapture], first_replay: int = 0
+) -> BuiltCapture:
+    """Write a pcap of at least ``size_bytes`` (cut at a record boundary) from replays."""
+    if not sources or all(s.packets == 0 for s in sources):
+        raise ValueError("no source captures to replay")
+    snaplen = 262144
+    written = 24
+    packets = 0
+    cursor = START_EPOCH_US
+    replay_index = first_replay
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+        while written < size_bytes:
+            for source in sources:
+                if source.packets == 0:
+                    continue
+                segment = replay(source, replay_index, cursor)
+                cursor += int(source.ts_us.max() - source.ts_us.min()) + SEGMENT_GAP_US
+                missing = size_bytes - written
+                count = source.packets
+                if len(segment) > missing:  # cut after the record that reaches the size
+                    ends = np.append(source.record_start[1:], len(segment))
+                    count = int(np.searchsorted(ends, missing)) + 1
+                    segment = segment[: ends[count - 1]]
+                f.write(segment.tobytes())
+                written += len(segment)
+                packets += count
+                if written >= size_bytes:
+                    break
+            replay_index += 1
+    return BuiltCapture(
+        path=str(path),
+        bytes=written,
+        packets=packets,
+        replays=replay_index - first_replay,
+        first_replay=first_replay,
+        next_replay=replay_index,
+    )
+
+
+# ---------------------------------------------------------------- measured subprocesses
+
+
+@dataclass
+class Measurement:
+    """Wall time and memory of one subprocess run."""
+
+    wall_s: float
+    cpu_s: float  # user + system time of the process and its waited-for children
+    max_rss: int  # bytes, largest single process (kernel's ru_maxrss)
+    tree_rss: int  # bytes, largest sampled sum over the process and its descendants
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _children(pid_parent: dict[int, int], root: int) -> list[int]:
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [p for p, pp in pid_parent.items() if pp in frontier]
+        tree += frontier
+    return tree
+
+
+def _tree_rss(root: int) -> int:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+                parents[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    total = 0
+    for pid in _children(parents, root):
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def measure(command: list[str], sample_every: float = 0.1) -> Measurement:
+    """Run a command to its end; its wall time, CPU time and peak RSS (kernel and sampled)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        peak = [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(sample_every):
+                peak[0] = max(peak[0], _tree_rss(child.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        max_rss = usage.ru_maxrss * 1024  # KiB on Linux
+        return Measurement(
+            wall_s=wall,
+            cpu_s=usage.ru_utime + usage.ru_stime,
+            max_rss=max_rss,
+            tree_rss=max(peak[0], max_rss),
+            returncode=child.returncode,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+        )
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class Run:
+    """One timed job: what ran, on which captures, and its (median) measurement."""
+
+    name: str
+    command: list[str]
+    captures: list[BuiltCapture]
+    measurements: list[Measurement] = field(default_factory=list)
+    flows: int | None = None  # flows written, when the tool reports it
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.bytes for c in self.captures)
+
+    @property
+    def packets(self) -> int:
+        return sum(c.packets for c in self.captures)
+
+    @property
+    def wall_s(self) -> float:
+        return statistics.median(m.wall_s for m in self.measurements)
+
+    @property
+    def max_rss(self) -> int:
+        return max(m.max_rss for m in self.measurements)
+
+    @property
+    def tree_rss(self) -> int:
+        return max(m.tree_rss for m in self.measurements)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.wall_s
+
+    @property
+    def packets_per_s(self) -> float:
+        return self.packets / self.wall_s
+
+
+def _dmfnet_command() -> list[str]:
+    beside = Path(sys.executable).with_name("dmfnet")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("dmfnet")
+    return [found] if found else [sys.executable, "-m", "dmfnet.cli"]
+
+
+def _prepared_flows(out: Path) -> int | None:
+    """Flows written by ``dmfnet prepare``, read from its Parquet files."""
+    try:
+        import pyarrow.parquet as pq
+
+        files = sorted(out.rglob("*.parquet"))
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files else None
+    except Exception:  # the count is informative only; a format change must not stop timing
+        return None
+
+
+def _warm(paths: list[Path]) -> None:
+    """Read the captures once so every tool starts from the page cache."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def _execute(run: Run, repeat: int, out: Path | None, log) -> Run:
+    _warm([Path(c.path) for c in run.captures])
+    for i in range(repeat):
+        if out is not None and out.exists():
+            if out.is_dir():
+                shutil.rmtree(out)
+            else:
+                out.unlink()
+        m = measure(run.command)
+        run.measurements.append(m)
+        if m.returncode != 0:
+            tail = (m.stderr.strip().splitlines() or ["(no message)"])[-1]
+            log(f"  {run.name}: exit {m.returncode}: {tail}")
+            return run
+        log(
+            f"  {run.name} [{i + 1}/{repeat}]: {m.wall_s:.2f} s, "
+            f"{run.bytes / 1e6 / m.wall_s:.1f} MB/s, peak RSS {m.max_rss / 2**20:.0f} MiB "
+            f"(process tree {m.tree_rss / 2**20:.0f} MiB)"
+        )
+    if run.name.startswith("dpkt"):
+        try:
+            run.flows = json.loads(run.measurements[-1].stdout.strip().splitlines()[-1])["kept"]
+        except (ValueError, KeyError, IndexError):
+            run.flows = None
+    elif out is not None:
+        run.flows = _prepared_flows(out)
+    return run
+
+
+def _ok(run: Run) -> bool:
+    return bool(run.measurements) and all(m.returncode == 0 for m in run.measurements)
+
+
+def markdown_table(runs: list[Run]) -> str:
+    """The figures as a Markdown table, one row per timed job."""
+    lines = [
+        "| job | input | workers | wall s | MB/s | packets/s | peak RSS (largest process) "
+        "| peak RSS (all processes) | flows |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        workers = (
+            run.command[run.command.index("--workers") + 1] if "--workers" in run.command else "1"
+        )
+        size = " + ".join(f"{c.bytes / 1e6:.0f} MB" for c in run.captures)
+        if not _ok(run):
+            lines.append(f"| {run.name} | {size} | {workers} | failed | | | | | |")
+            continue
+        lines.append(
+            f"| {run.name} | {size}, {run.packets / 1e6:.2f} M packets | {workers} "
+            f"| {run.wall_s:.2f} | {run.mb_per_s:.1f} | {run.packets_per_s / 1e3:.0f} k "
+            f"| {run.max_rss / 2**20:.0f} MiB | {run.tree_rss / 2**20:.0f} MiB "
+            f"| {run.flows if run.flows is not None else '?'} |"
+        )
+    return "\n".join(lines)
+
+
+def summary_lines(runs: dict[str, Run]) -> list[str]:
+    """The ratios the targets speak of: speed against dpkt, parallel speed-up, RSS growth."""
+    lines = []
+    prep, ref = runs.get("dmfnet prepare"), runs.get("dpkt reference")
+    if prep and _ok(prep):
+        lines.append(f"- dmfnet prepare, one core: {prep.mb_per_s:.1f} MB/s (target >= 100 MB/s)")
+        lines.append(f"- dmfnet prepare peak RSS: {prep.max_rss / 2**20:.0f} MiB (target < 1 GiB)")
+    if ref and _ok(ref):
+        lines.append(
+            f"- dpkt reference: {ref.mb_per_s:.1f} MB/s, {ref.packets_per_s / 1e3:.0f} k packets/s"
+        )
+    if prep and ref and _ok(prep) and _ok(ref):
+        lines.append(
+            f"- speed ratio dmfnet / dpkt: {ref.wall_s / prep.wall_s:.1f}x (target >= 10x); "
+            f"flows written: dmfnet {prep.flows}, dpkt {ref.flows}"
+        )
+    one, two = runs.get("dmfnet prepare, halves"), runs.get("dmfnet prepare, halves, 2 workers")
+    if one and two and _ok(one) and _ok(two):
+        lines.append(
+            f"- speed-up with --workers 2 on two files: {one.wall_s / two.wall_s:.2f}x "
+            "(near-linear: close to 2)"
+        )
+    double = runs.get("dmfnet prepare, 2x size")
+    if prep and double and _ok(prep) and _ok(double):
+        lines.append(
+            f"- peak RSS at 2x file size: {double.max_rss / 2**20:.0f} MiB vs "
+            f"{prep.max_rss / 2**20:.0f} MiB ({double.max_rss / prep.max_rss:.2f}x; "
+            "must not grow with file size)"
+        )
+    return lines
+
+
+def _build_all(
+    workdir: Path, size: int, with_halves: bool, with_double: bool, log
+) -> dict[str, list[BuiltCapture]]:
+    """The captures of the run, reused from ``workdir`` when they were built the same way."""
+    plan = {"capture": [size]}
+    if with_halves:
+        plan["halves"] = [size // 2, size - size // 2]
+    if with_double:
+        plan["double"] = [2 * size]
+    manifest = workdir / "captures.json"
+    if manifest.exists():
+        try:
+            saved = json.loads(manifest.read_text())
+            if saved.get("plan") == plan and all(
+                Path(c["path"]).exists() and Path(c["path"]).stat().st_size == c["bytes"]
+                for group in saved["captures"].values()
+                for c in group
+            ):
+                log(f"reusing captures in {workdir}")
+                return {k: [BuiltCapture(**c) for c in v] for k, v in saved["captures"].items()}
+        except (ValueError, KeyError, TypeError):
+            pass
+    paths = find_sources()
+    if not paths:
+        raise SystemExit(f"no Ethernet pcap captures found under {SHARED}/data")
+    started = time.perf_counter()
+    sources = [load_source(p) for p in paths]
+    source_bytes = sum(len(s.records) for s in sources)
+    log(
+        f"loaded {len(sources)} source captures ({source_bytes / 1e6:.1f} MB, "
+        f"{sum(s.packets for s in sources)} packets) in {time.perf_counter() - started:.1f} s"
+    )
+    built: dict[str, list[BuiltCapture]] = {}
+    next_replay = 0
+    for name, sizes in plan.items():
+        group = []
+        for i, target in enumerate(sizes):
+            path = workdir / (f"{name}.pcap" if len(sizes) == 1 else f"{name}-{i + 1}.pcap")
+            started = time.perf_counter()
+            capture = build_capture(path, target, sources, first_replay=next_replay)
+            next_replay = capture.next_replay
+            log(
+                f"built {path} ({capture.bytes / 1e6:.1f} MB, {capture.packets} packets, "
+                f"{capture.replays} replays) in {time.perf_counter() - started:.1f} s"
+            )
+            group.append(capture)
+        built[name] = group
+    manifest.write_text(
+        json.dumps(
+            {"plan": plan, "captures": {k: [asdict(c) for c in v] for k, v in built.items()}}
+        )
+    )
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Time dmfnet prepare against a plain dpkt implementation on replayed real traffic.",
+    )
+    parser.add_argument(
+        "--size-mb", type=float, default=200.0, help="capture size in MB (default 200)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a 20 MB smoke run (sets --size-mb 20)"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="folder for the captures and outputs (kept; default: temporary under /tmp)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each job; the median is reported"
+    )
+    parser.add_argument("--skip-prepare", action="store_true", help="time only the dpkt reference")
+    parser.add_argument("--skip-dpkt", action="store_true", help="do not time the dpkt reference")
+    parser.add_argument(
+        "--skip-workers", action="store_true", help="no --workers 2 run on two halves"
+    )
+    parser.add_argument("--skip-double", action="store_true", help="no run on a 2x size capture")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    size_mb = 20.0 if args.quick else args.size_mb
+    if size_mb <= 0 or args.repeat < 1:
+        parser.error("--size-mb and --repeat must be positive")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dmfnet-ingest-", dir="/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with_prepare = not args.skip_prepare
+        captures = _build_all(
+            workdir,
+            int(size_mb * 1e6),
+            with_halves=with_prepare and not args.skip_workers,
+            with_double=with_prepare and not args.skip_double,
+            log=log,
+        )
+        dmfnet = _dmfnet_command()
+        main_capture = captures["capture"]
+        jobs: list[tuple[Run, Path]] = []
+        if with_prepare:
+            out = workdir / "out-prepare"
+            cmd = dmfnet + ["prepare", main_capture[0].path, "-o", str(out), "--workers", "1"]
+            jobs.append((Run("dmfnet prepare", cmd, main_capture), out))
+        if not args.skip_dpkt:
+            out = workdir / "out-dpkt.parquet"
+            cmd = [
+                sys.executable,
+                str(REPO / "benchmarks" / "dpkt_reference.py"),
+                main_capture[0].path,
+                "-o",
+                str(out),
+            ]
+            jobs.append((Run("dpkt reference", cmd, main_capture), out))
+        if "halves" in captures:
+            halves = captures["halves"]
+            for workers in (1, 2):
+                out = workdir / f"out-halves-{workers}"
+                cmd = dmfnet + [
+                    "prepare",
+                    *(c.path for c in halves),
+                    "-o",
+                    str(out),
+                    "--workers",
+                    str(workers),
+                ]
+                name = "dmfnet prepare, halves" + (", 2 workers" if workers == 2 else "")
+                jobs.append((Run(name, cmd, halves), out))
+        if "double" in captures:
+            out = workdir / "out-double"
+            cmd = dmfnet + ["prepare", captures["double"][0].path, "-o", str(out), "--workers", "1"]
+            jobs.append((Run("dmfnet prepare, 2x size", cmd, captures["double"]), out))
+
+        runs: dict[str, Run] = {}
+        for run, out in jobs:
+            log(f"timing {run.name}: {shlex.join(run.command)}")
+            runs[run.name] = _execute(run, args.repeat, out, log)
+
+        command = shlex.join(
+            [
+                os.path.relpath(sys.executable, REPO)
+                if sys.executable.startswith(str(REPO))
+                else sys.executable,
+                "benchmarks/ingest.py",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        )
+        print(f"## Ingest benchmark ({os.cpu_count()} CPU cores, median of {args.repeat})\n")
+        print(markdown_table(list(runs.values())))
+        print()
+        print("\n".join(summary_lines(runs)))
+        print(f"\nCommand: `{command}`")
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "command": command,
+                        "runs": [
+                            {
+                                "name": r.name,
+                                "command": r.command,
+                                "captures": [asdict(c) for c in r.captures],
+                                "wall_s": r.wall_s if _ok(r) else None,
+                                "mb_per_s": r.mb_per_s if _ok(r) else None,
+                                "packets_per_s": r.packets_per_s if _ok(r) else None,
+                                "max_rss": r.max_rss if _ok(r) else None,
+                                "tree_rss": r.tree_rss if _ok(r) else None,
+                                "flows": r.flows,
+                                "returncodes": [m.returncode for m in r.measurements],
+                            }
+                            for r in runs.values()
+                        ],
+                    },
+                    indent=2,
+                )
+            )
+        return 0 if all(_ok(r) for r in runs.values()) else 1
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The ingest benchmark's capture builder and its dpkt yardstick do what they claim."""
+
+import importlib.util
+import struct
+import sys
+from pathlib import Path
+
+import dpkt
+import pyarrow.parquet as pq
+import pytest
+
+from pcapbuild import (
+    ethernet,
+    ip_bytes,
+    tcp_conversation,
+    udp_exchange,
+    wrap,
+    write_pcap,
+)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+ingest = _load("ingest")
+reference = _load("dpkt_reference")
+
+T0 = 1_600_000_000_000_000_000  # ns
+
+
+def _sources(tmp_path: Path) -> list[Path]:
+    """Two small Ethernet captures: big-endian ns with VLAN-tagged IPv4, and IPv6."""
+    v4 = tcp_conversation(("10.1.2.3", 40000), ("192.168.7.9", 443), start_ns=T0)
+    a = write_pcap(
+        tmp_path / "a.pcap",
+        wrap(v4, lambda p: ethernet(p, vlans=[(0x8100, 5)])),
+        big_endian=True,
+        nanosecond=True,
+    )
+    v6 = udp_exchange(("2001:db8::1", 5000), ("2001:db8::2", 6000), start_ns=T0 + 7 * 10**9)
+    b = write_pcap(tmp_path / "b.pcap", wrap(v6, ethernet))
+    (tmp_path / "raw.pcap").write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+    return [a, b]
+
+
+def _read(path: Path) -> list[tuple[float, bytes]]:
+    with open(path, "rb") as f:
+        return list(dpkt.pcap.Reader(f))
+
+
+def test_find_sources_keeps_only_ethernet_pcap(tmp_path):
+    data = tmp_path / "data" / "slips"
+    data.mkdir(parents=True)
+    expected = _sources(data)
+    assert ingest.find_sources(tmp_path) == sorted(expected)
+
+
+def test_build_capture_replays_with_distinct_addresses_in_time_order(tmp_path):
+    sources = [ingest.load_source(p) for p in _sources(tmp_path)]
+    one_pass = sum(len(s.records) for s in sources)
+    out = ingest.build_capture(tmp_path / "big.pcap", 24 + 2 * one_pass + 1, sources)
+    records = _read(tmp_path / "big.pcap")
+    # Three replays begun, the third cut right after its first record.
+    assert out.replays == 3 and out.packets == len(records) == 2 * 10 + 1
+    assert out.bytes == (tmp_path / "big.pcap").stat().st_size > 2 * one_pass
+    stamps = [ts for ts, _ in records]
+    assert stamps == sorted(stamps)
+    assert stamps[0] == ingest.START_EPOCH_US / 1e6
+
+    v4 = [dpkt.ethernet.Ethernet(buf).data for _, buf in records[0:8] + records[10:18]]
+    v6 = [dpkt.ethernet.Ethernet(buf).data for _, buf in records[8:10] + records[18:20]]
+    addresses = {(p.src, p.dst) for p in v4 + v6}
+    assert len(addresses) == 8  # two directions x two families x two replays
+    client, server = ip_bytes("10.1.2.3"), ip_bytes("192.168.7.9")
+    # Replay 0 XORs octets 2-3 with 0x0001, replay 1 with 0x0002; octets 1 and 4 untouched.
+    assert v4[0].src == bytes([10, 1, 3, 3]) and v4[0].dst == bytes([192, 168, 6, 9])
+    assert v4[8].src == bytes([10, 1, 0, 3]) and v4[8].dst == bytes([192, 168, 5, 9])
+    assert v4[0].src != client and v4[0].dst != server
+    expected_v6 = bytearray(ip_bytes("2001:db8::1"))
+    expected_v6[13] ^= 0x01  # IPv6: bytes 12-13 of each address
+    assert v6[0].src == bytes(expected_v6)
+    # Everything but addresses and timestamps is the source's bytes.
+    original = _read(tmp_path / "a.pcap")
+    for (_, buf), (_, copy) in zip(original, records[0:8], strict=True):
+        a, b = dpkt.ethernet.Ethernet(buf).data, dpkt.ethernet.Ethernet(copy).data
+        assert bytes(a.data) == bytes(b.data) and a.len == b.len and a.sum == b.sum
+
+
+def test_build_capture_refuses_without_sources(tmp_path):
+    with pytest.raises(ValueError, match="no source captures"):
+        ingest.build_capture(tmp_path / "x.pcap", 1000, [])
+
+
+def test_dpkt_reference_flows_and_modalities(tmp_path):
+    tls = tcp_conversation(("10.0.0.1", 40000), ("10.0.0.2", 443), [("c", b"A" * 300)], start_ns=T0)
+    failed = tcp_conversation(("10.0.0.1", 40001), ("10.0.0.2", 443), [], start_ns=T0, close=None)[
+        :1
+    ]
+    dns = udp_exchange(("10.0.0.1", 5353), ("10.0.0.3", 53), start_ns=T0)
+    late = udp_exchange(("10.0.0.1", 7000), ("10.0.0.4", 7001), start_ns=T0 + 200 * 10**9)
+    records = sorted(tls + failed + dns + late, key=lambda r: r.ts_ns)
+    capture = write_pcap(tmp_path / "c.pcap", wrap(records, ethernet))
+    summary = reference.prepare(capture, tmp_path / "out.parquet")
+    assert (summary.packets, summary.dns_llmnr, summary.failed_handshake) == (12, 2, 1)
+    # TLS flow ended by FIN; its final ACK and the failed SYN ended idle; the late UDP at the end.
+    assert summary.end_reasons == {"fin": 1, "idle": 2, "end_of_capture": 1}
+    assert summary.no_payload == 1 and summary.kept == 2
+    rows = {r["server_port"]: r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
+    flow = rows[443]
+    assert flow["client_ip"] == "10.0.0.1" and flow["client_port"] == 40000
+    assert flow["lengths"][:7] == [40, 40, 40, 340, 40, 40, 0]
+    packet = [flow["bytes"][i * 320 : (i + 1) * 320] for i in range(5)]
+    assert len(flow["bytes"]) == 1600
+    assert packet[0][:4] == bytes([0x45, 0, 0, 40]) and packet[0][12:20] == bytes(8)
+    assert packet[0][20:24] == bytes(4)  # ports zeroed
+    assert packet[0][33] == 0x02  # SYN
+    assert packet[3][80:320] == b"A" * 240  # payload cut to 240 bytes
+    assert packet[0][40:320] == bytes(280)  # header padded, no payload
+    assert rows[7001]["lengths"][:3] == [33, 34, 0]
