@@ -1,0 +1,388 @@
+"""DMF: deep multimodal fusion of raw bytes and packet lengths (Wang et al., CMC 2025, §4).
+
+Read top to bottom like the paper's Fig. 2:
+
+1. two MLPs bring both modalities to the same width (§4.2, §5.1(5)):
+   raw bytes 1600 → 512 → 256, packet lengths 30 → 128 → 256;
+2. each 256-vector becomes a 1-channel sequence and enters a 1-D CNN branch; both branches
+   have three stages with kernels 9, 7, 5 and strides 3, 2, 2 (multi-scale features, §4.2);
+3. after EVERY stage one :class:`FusionBlock` (the TransFuser pattern in 1-D) pools both
+   branches' maps to a few tokens, runs a Transformer encoder over the tokens of both
+   modalities (eq. 1-6), interpolates the result back and adds it to each branch (§4.3);
+4. late fusion: global average pooling gives Rep(bytes) and Rep(lengths), concatenated
+   into a fully connected classifier (eq. 7), plus one head per modality (eq. 8-9);
+5. loss: CE(fused) + α·CE(bytes) + β·CE(lengths) + γ·contrastive (eq. 8-11).
+
+Feature-map lengths with the default configuration (padding = kernel // 2)::
+
+    256 --conv k9 s3--> 86 --conv k7 s2--> 43 --conv k5 s2--> 22
+
+No pooling layer follows the convolutions: the strides already shrink the map 11.6x, and a
+further /2 pool per stage would leave 3 positions after stage 3, fewer than the fusion
+tokens. Global average pooling at the end is the branch's pooling (§4.4).
+
+The ablations of Tables 4-5 are the same class with another configuration:
+``dmf-no-lengths`` / ``dmf-no-bytes`` keep one branch (its per-stage Transformer then
+attends over that modality's own tokens, so the only thing removed is the other modality),
+``dmf-late`` keeps both branches without fusion blocks (late fusion only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dmfnet.flows.schema import BYTES_LEN, M_PACKETS
+from dmfnet.models.registry import register_model
+
+MODALITIES = ("bytes", "lengths")
+
+
+@dataclass
+class DMFConfig:
+    num_classes: int = 2
+    # Which modalities enter the model, in forward's argument order.
+    modalities: tuple[str, ...] = MODALITIES
+    # Transformer fusion after every CNN stage (False = late fusion only, Tables 4-5).
+    deep_fusion: bool = True
+    # Input widths (SPEC: N=5 packets x (80 header + 240 payload) bytes; M=30 lengths).
+    bytes_len: int = BYTES_LEN
+    lengths_len: int = M_PACKETS
+    # MLP widths from §5.1(5): bytes 1600 -> 512 -> 256, lengths 30 -> 128 -> 256.
+    bytes_hidden: int = 512
+    lengths_hidden: int = 128
+    embed_len: int = 256  # both MLPs end here: the 1-channel sequence each CNN branch reads
+    mlp_dropout: float = 0.1  # light: the MLP inputs are already dense and anonymised
+    # CNN stages (§5.1(5)): kernels 9, 7, 5 and strides 3, 2, 2. Channels are ours: 16/32/64
+    # doubles as the map halves (about constant work per stage, as in most 1-D CNNs); the
+    # paper says it kept these "relatively small" (§5.4). Measured on 2 CPU cores, batch
+    # 1024: 16/32/64 classifies ~14 k flows/s, 32/64/128 only ~5 k, and the 1600x512 byte
+    # MLP holds most of the ~1.1 M parameters either way.
+    channels: tuple[int, ...] = (16, 32, 64)
+    kernels: tuple[int, ...] = (9, 7, 5)
+    strides: tuple[int, ...] = (3, 2, 2)
+    # Fusion (§4.3, TransFuser): each branch is average-pooled to `fusion_tokens` anchors;
+    # 8 keeps the 22-position last map above the anchor count (no upsampling into the
+    # Transformer) while attention over 16 tokens stays cheap.
+    fusion_tokens: int = 8
+    fusion_dim: int | None = None  # d_model; None = the stage's channel count (TransFuser)
+    fusion_heads: int = 2  # 16/32/64 channels -> head sizes 8/16/32
+    fusion_layers: int = 1  # one encoder layer per stage: three in the model in total
+    fusion_ffn_mult: int = 4  # FFN hidden width = 4 x d_model, the Transformer default
+    fusion_dropout: float = 0.1
+    head_dropout: float = 0.2
+    # Loss (eq. 11, plus the fused head's CE the paper omits; SPEC §Model).
+    alpha: float = 1.0  # weight of CE(byte head), eq. 8
+    beta: float = 1.0  # weight of CE(length head), eq. 9
+    gamma: float = 1.0  # weight of the contrastive fusion loss, eq. 10
+    margin: float = 1.0  # m in eq. 10, on squared distance; unit vectors have D^2 in [0, 4]
+    projection_dim: int = 64  # space where eq. 10 compares the two modalities
+    # Packet lengths enter as |length| / 65535 (IP length maximum; |.| makes a
+    # direction-signed column work too) or, with "log", log1p(|length|) / log1p(65535),
+    # which spreads the typical 40-1500 byte range over more of [0, 1].
+    length_scaling: str = "linear"
+
+    def __post_init__(self) -> None:
+        # Configurations read back from JSON carry lists; keep tuples so configs compare equal.
+        for name in ("modalities", "channels", "kernels", "strides"):
+            setattr(self, name, tuple(getattr(self, name)))
+
+
+# --------------------------------------------------------------------------------------
+# 1. Modality MLPs (§4.2): both modalities to the same width.
+
+
+class ModalityMLP(nn.Module):
+    """Two-layer MLP mapping one modality to ``embed_len`` values (§5.1(5))."""
+
+    def __init__(self, in_len: int, hidden: int, out_len: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_len, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, out_len),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, in_len) -> (B, out_len)
+        return self.net(x)
+
+
+# --------------------------------------------------------------------------------------
+# 2. CNN stage (§4.2): conv + BatchNorm + ReLU. Both branches are lists of these.
+
+
+class ConvStage(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2)
+        self.norm = nn.BatchNorm1d(c_out)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C_in, L) -> (B, C_out, L')
+        return F.relu(self.norm(self.conv(x)))
+
+
+# --------------------------------------------------------------------------------------
+# 3. Fusion block (§4.3): one class, one instance per stage.
+
+
+class FusionBlock(nn.Module):
+    """Pool every branch to tokens, self-attend over all of them, add back (TransFuser, 1-D).
+
+    Works for one or more branches: with one branch it is plain self-attention over that
+    modality's tokens (used by the unimodal ablations).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        n_branches: int,
+        n_tokens: int,
+        d_model: int | None,
+        n_heads: int,
+        n_layers: int,
+        ffn_mult: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        d = d_model or channels
+        self.n_tokens = n_tokens
+        self.proj_in = nn.Identity() if d == channels else nn.Linear(channels, d)
+        self.proj_out = nn.Identity() if d == channels else nn.Linear(d, channels)
+        # Learned position of each anchor within its branch, and which modality it came from.
+        self.pos_emb = nn.Parameter(torch.zeros(1, n_tokens, d))
+        self.modality_emb = nn.Parameter(torch.zeros(n_branches, 1, d))
+        nn.init.normal_(self.pos_emb, std=0.02)
+        nn.init.normal_(self.modality_emb, std=0.02)
+        # Eq. 1-5 (Q, K, V; scaled dot product; softmax; weighted V; multi-head concat + W_out)
+        # and eq. 6 (residual + LayerNorm, FFN); post-norm as the paper writes it.
+        layer = nn.TransformerEncoderLayer(
+            d,
+            n_heads,
+            dim_feedforward=ffn_mult * d,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=False,
+        )
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+
+    def forward(self, maps: list[Tensor]) -> list[Tensor]:
+        tokens = []
+        for i, x in enumerate(maps):  # x: (B, C, L_i)
+            t = F.adaptive_avg_pool1d(x, self.n_tokens)  # (B, C, T)
+            t = self.proj_in(t.transpose(1, 2))  # (B, T, d)
+            tokens.append(t + self.pos_emb + self.modality_emb[i])
+        fused = self.encoder(torch.cat(tokens, dim=1))  # (B, n_branches * T, d)
+        out = []
+        for x, t in zip(maps, fused.split(self.n_tokens, dim=1), strict=True):
+            t = self.proj_out(t).transpose(1, 2)  # (B, C, T)
+            # Upsample the T anchors back to the branch's length: (B, C, L_i).
+            t = F.interpolate(t, size=x.shape[-1], mode="linear", align_corners=False)
+            out.append(x + t)  # element-wise sum back into the branch (§4.3)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# 4. The model.
+
+
+@dataclass
+class DMFOutput:
+    """Everything the loss and an analyst need from one forward pass."""
+
+    logits: Tensor  # (B, classes): fused head, eq. 7 (the prediction)
+    byte_logits: Tensor | None  # (B, classes): byte head, eq. 8; None without bytes
+    length_logits: Tensor | None  # (B, classes): length head, eq. 9; None without lengths
+    byte_rep: Tensor | None  # (B, C3): Rep(bytes) after deep fusion
+    length_rep: Tensor | None  # (B, C3): Rep(lengths) after deep fusion
+
+
+class DMF(nn.Module):
+    """DMF (§4): modality MLPs, two CNN branches fused after every stage, late fusion."""
+
+    def __init__(self, config: DMFConfig) -> None:
+        super().__init__()
+        for m in config.modalities:
+            if m not in MODALITIES:
+                raise ValueError(f"unknown modality {m!r}; DMF knows {MODALITIES}")
+        if not config.modalities:
+            raise ValueError("DMF needs at least one modality")
+        if not len(config.channels) == len(config.kernels) == len(config.strides):
+            raise ValueError("channels, kernels and strides must have one entry per stage")
+        if config.length_scaling not in ("linear", "log"):
+            raise ValueError(
+                f"length_scaling must be 'linear' or 'log', not {config.length_scaling!r}"
+            )
+        self.config = config
+        n_branches = len(config.modalities)
+        in_len = {"bytes": config.bytes_len, "lengths": config.lengths_len}
+        hidden = {"bytes": config.bytes_hidden, "lengths": config.lengths_hidden}
+
+        self.mlps = nn.ModuleDict(
+            {
+                m: ModalityMLP(in_len[m], hidden[m], config.embed_len, config.mlp_dropout)
+                for m in config.modalities
+            }
+        )
+        c_in = (1, *config.channels[:-1])
+        self.branches = nn.ModuleDict(
+            {
+                m: nn.ModuleList(
+                    ConvStage(ci, co, k, s)
+                    for ci, co, k, s in zip(
+                        c_in, config.channels, config.kernels, config.strides, strict=True
+                    )
+                )
+                for m in config.modalities
+            }
+        )
+        self.fusions = nn.ModuleList(
+            FusionBlock(
+                c,
+                n_branches,
+                config.fusion_tokens,
+                config.fusion_dim,
+                config.fusion_heads,
+                config.fusion_layers,
+                config.fusion_ffn_mult,
+                config.fusion_dropout,
+            )
+            for c in (config.channels if config.deep_fusion else ())
+        )
+        c_rep = config.channels[-1]
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.head = nn.Linear(n_branches * c_rep, config.num_classes)  # eq. 7
+        if n_branches > 1:
+            self.modality_heads = nn.ModuleDict(
+                {m: nn.Linear(c_rep, config.num_classes) for m in config.modalities}
+            )
+            self.projections = nn.ModuleDict(
+                {m: nn.Linear(c_rep, config.projection_dim) for m in config.modalities}
+            )
+
+    def scale(self, modality: str, x: Tensor) -> Tensor:
+        """Raw column values -> floats in [0, 1] (bytes / 255, lengths as configured)."""
+        if modality == "bytes":
+            return x.float() / 255.0
+        x = x.float().abs()
+        if self.config.length_scaling == "log":
+            return torch.log1p(x) / torch.log1p(torch.tensor(65535.0))
+        return x / 65535.0
+
+    def forward(self, *inputs: Tensor) -> DMFOutput:
+        """``inputs`` are the raw columns named by ``config.modalities``, in that order."""
+        mods = self.config.modalities
+        if len(inputs) != len(mods):
+            raise ValueError(f"DMF expects {len(mods)} inputs {mods}, got {len(inputs)}")
+        # MLPs, then one channel per branch.
+        maps = [
+            self.mlps[m](self.scale(m, x)).unsqueeze(1)  # (B, 1, 256)
+            for m, x in zip(mods, inputs, strict=True)
+        ]
+        # Multi-scale extraction, fused after every stage.
+        for s in range(len(self.config.channels)):
+            maps = [
+                self.branches[m][s](x) for m, x in zip(mods, maps, strict=True)
+            ]  # (B, C_s, L_s)
+            if self.fusions:
+                maps = self.fusions[s](maps)
+        reps = {m: x.mean(dim=-1) for m, x in zip(mods, maps, strict=True)}  # GAP: (B, C3)
+        logits = self.head(self.dropout(torch.cat([reps[m] for m in mods], dim=1)))  # eq. 7
+        per_mod = {}
+        if len(mods) > 1:
+            per_mod = {m: self.modality_heads[m](self.dropout(reps[m])) for m in mods}
+        return DMFOutput(
+            logits=logits,
+            byte_logits=per_mod.get("bytes"),
+            length_logits=per_mod.get("lengths"),
+            byte_rep=reps.get("bytes"),
+            length_rep=reps.get("lengths"),
+        )
+
+    def loss(self, output: DMFOutput, target: Tensor) -> Tensor:
+        """Eq. 11 with the fused head's CE added: CE + α·CE_rb + β·CE_pls + γ·Loss_fusion."""
+        c = self.config
+        total = F.cross_entropy(output.logits, target)
+        if output.byte_logits is not None:
+            total = total + c.alpha * F.cross_entropy(output.byte_logits, target)  # eq. 8
+        if output.length_logits is not None:
+            total = total + c.beta * F.cross_entropy(output.length_logits, target)  # eq. 9
+        if output.byte_rep is not None and output.length_rep is not None and c.gamma:
+            z_bytes = F.normalize(self.projections["bytes"](output.byte_rep), dim=1)
+            z_lengths = F.normalize(self.projections["lengths"](output.length_rep), dim=1)
+            total = total + c.gamma * contrastive_fusion_loss(z_bytes, z_lengths, target, c.margin)
+        return total
+
+
+def contrastive_fusion_loss(
+    z_bytes: Tensor, z_lengths: Tensor, target: Tensor, margin: float
+) -> Tensor:
+    """Eq. 10 between the modalities: pull a flow's two views together, push other classes apart.
+
+    ``D_ij = ||z_bytes[i] - z_lengths[j]||``. Positives (y = 1) are the N pairs (i, i);
+    negatives (y = 0) are the pairs (i, j) whose flows have different classes (pairs of two
+    flows of one class are neither). Each term is averaged over its own pairs so the batch
+    size and class mix do not change its scale, and the ½ of eq. 10's 1/(2N) is kept:
+    ``0.5 * (mean_pos D² + mean_neg max(0, m - D²))``.
+    """
+    d2 = torch.cdist(z_bytes, z_lengths).pow(2)  # (B, B)
+    positive = d2.diagonal().mean()
+    negative_pairs = target[:, None] != target[None, :]  # (B, B)
+    if negative_pairs.any():
+        negative = F.relu(margin - d2[negative_pairs]).mean()
+    else:
+        negative = d2.new_zeros(())
+    return 0.5 * (positive + negative)
+
+
+# --------------------------------------------------------------------------------------
+# 5. Registry entries: DMF and its ablations (Tables 4-5).
+
+
+def _build(num_classes: int, defaults: dict, config: dict) -> DMF:
+    return DMF(DMFConfig(num_classes=num_classes, **{**defaults, **config}))
+
+
+@register_model(
+    "dmf",
+    inputs=("bytes", "lengths"),
+    group="multimodal",
+    description="DMF: raw bytes + packet lengths, Transformer fusion after every CNN stage",
+)
+def dmf(num_classes: int, **config) -> DMF:
+    return _build(num_classes, {}, config)
+
+
+@register_model(
+    "dmf-no-lengths",
+    inputs=("bytes",),
+    group="ablation",
+    description="DMF without the packet-length modality (raw bytes only)",
+)
+def dmf_no_lengths(num_classes: int, **config) -> DMF:
+    return _build(num_classes, {"modalities": ("bytes",)}, config)
+
+
+@register_model(
+    "dmf-no-bytes",
+    inputs=("lengths",),
+    group="ablation",
+    description="DMF without the raw-byte modality (packet lengths only)",
+)
+def dmf_no_bytes(num_classes: int, **config) -> DMF:
+    return _build(num_classes, {"modalities": ("lengths",)}, config)
+
+
+@register_model(
+    "dmf-late",
+    inputs=("bytes", "lengths"),
+    group="ablation",
+    description="DMF without the multi-scale fusion blocks (late fusion only)",
+)
+def dmf_late(num_classes: int, **config) -> DMF:
+    return _build(num_classes, {"deep_fusion": False}, config)

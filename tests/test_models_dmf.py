@@ -1,0 +1,171 @@
+"""DMF and its ablations: shapes, deep fusion, loss (eq. 8-11)."""
+
+import pytest
+import torch
+
+from dmfnet.models import create_model, get_entry
+from dmfnet.models.dmf import DMF, DMFConfig, DMFOutput, contrastive_fusion_loss
+
+DMF_NAMES = ["dmf", "dmf-no-lengths", "dmf-no-bytes", "dmf-late"]
+
+
+def raw_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "bytes": torch.randint(0, 256, (batch, 1600), dtype=torch.uint8, generator=g),
+        "lengths": torch.randint(40, 1500, (batch, 30), dtype=torch.int32, generator=g),
+    }
+
+
+def call(name: str, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> DMFOutput:
+    return model(*(inputs[c] for c in get_entry(name).inputs))
+
+
+@pytest.mark.parametrize("name", DMF_NAMES)
+def test_output_shapes(name):
+    torch.manual_seed(0)
+    model = create_model(name, 5)
+    out = call(name, model, raw_inputs(4))
+    assert out.logits.shape == (4, 5)
+    has_bytes = "bytes" in get_entry(name).inputs
+    has_lengths = "lengths" in get_entry(name).inputs
+    assert (out.byte_rep is not None) == has_bytes
+    assert (out.length_rep is not None) == has_lengths
+    if has_bytes and has_lengths:
+        assert out.byte_logits.shape == (4, 5)
+        assert out.length_logits.shape == (4, 5)
+        assert out.byte_rep.shape == (4, 64) and out.length_rep.shape == (4, 64)
+    else:
+        assert out.byte_logits is None and out.length_logits is None
+
+
+def test_registry_groups_and_inputs():
+    assert get_entry("dmf").group == "multimodal"
+    for name in DMF_NAMES[1:]:
+        assert get_entry(name).group == "ablation"
+    assert get_entry("dmf").inputs == ("bytes", "lengths")
+    assert get_entry("dmf-no-lengths").inputs == ("bytes",)
+    assert get_entry("dmf-no-bytes").inputs == ("lengths",)
+    assert get_entry("dmf-late").inputs == ("bytes", "lengths")
+
+
+def test_late_fusion_has_no_fusion_blocks_and_dmf_one_per_stage():
+    assert len(create_model("dmf", 3).fusions) == 3
+    assert len(create_model("dmf-late", 3).fusions) == 0
+
+
+@pytest.mark.parametrize("name, fused", [("dmf", True), ("dmf-late", False)])
+def test_byte_head_sees_lengths_only_with_deep_fusion(name, fused):
+    torch.manual_seed(0)
+    model = create_model(name, 4).eval()
+    a = raw_inputs(8, seed=1)
+    b = dict(a, lengths=raw_inputs(8, seed=2)["lengths"])  # same bytes, other lengths
+    with torch.no_grad():
+        out_a, out_b = model(a["bytes"], a["lengths"]), model(b["bytes"], b["lengths"])
+    changed = not torch.allclose(out_a.byte_logits, out_b.byte_logits, atol=1e-6)
+    assert changed == fused
+    # The length head always depends on the lengths.
+    assert not torch.allclose(out_a.length_logits, out_b.length_logits)
+
+
+def separable_batch(n_per_class: int = 8, classes: int = 3):
+    """Each class has its own byte value and packet-length level: trivially separable."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.arange(classes).repeat_interleave(n_per_class)
+    base_bytes = torch.tensor([20, 120, 230])[target]
+    bytes_ = (base_bytes[:, None] + torch.randint(0, 10, (len(target), 1600), generator=g)).to(
+        torch.uint8
+    )
+    base_len = torch.tensor([60, 600, 1400])[target]
+    lengths = (base_len[:, None] + torch.randint(0, 20, (len(target), 30), generator=g)).int()
+    return bytes_, lengths, target
+
+
+@pytest.mark.parametrize("name", DMF_NAMES)
+def test_loss_is_finite_and_decreases_on_separable_batch(name):
+    torch.manual_seed(0)
+    model = create_model(name, 3)
+    bytes_, lengths, target = separable_batch()
+    inputs = {"bytes": bytes_, "lengths": lengths}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model.loss(call(name, model, inputs), target)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_dmf_loss_sums_all_four_terms():
+    torch.manual_seed(0)
+    model = create_model("dmf", 3, alpha=0.0, beta=0.0, gamma=0.0).eval()
+    bytes_, lengths, target = separable_batch(2)
+    out = model(bytes_, lengths)
+    ce = torch.nn.functional.cross_entropy(out.logits, target)
+    assert torch.allclose(model.loss(out, target), ce)
+    model.config.alpha = 1.0
+    ce_b = torch.nn.functional.cross_entropy(out.byte_logits, target)
+    assert torch.allclose(model.loss(out, target), ce + ce_b)
+
+
+def test_contrastive_zero_when_positives_coincide_and_negatives_beyond_margin():
+    e = torch.eye(3)
+    target = torch.tensor([0, 1, 2])
+    # D^2 = 0 for (i, i), D^2 = 2 > m = 1 for every other pair.
+    assert contrastive_fusion_loss(e, e.clone(), target, margin=1.0).item() == 0.0
+
+
+def test_contrastive_hand_computed():
+    z_bytes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    z_lengths = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    target = torch.tensor([0, 1, 0])
+    # D^2 matrix (bytes i, lengths j): [[2,2,0],[0,0,2],[2,2,0]].
+    # Positives (i,i): 2, 0, 0 -> mean 2/3.
+    # Negatives (classes differ): (0,1)=2, (1,0)=0, (1,2)=2, (2,1)=2; m=3 -> 1,3,1,1 -> mean 1.5.
+    # Same-class pairs (0,2), (2,0) are ignored.
+    loss = contrastive_fusion_loss(z_bytes, z_lengths, target, margin=3.0)
+    assert loss.item() == pytest.approx(0.5 * (2 / 3 + 1.5))
+
+
+def test_contrastive_without_negatives_is_positive_term_only():
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = contrastive_fusion_loss(z, torch.flip(z, [0]), torch.tensor([1, 1]), margin=1.0)
+    assert loss.item() == pytest.approx(0.5 * 2.0)
+
+
+def test_scaling_of_raw_inputs():
+    model = DMF(DMFConfig(num_classes=2))
+    assert model.scale("bytes", torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [0.0, 1.0]
+    signed = torch.tensor([-65535, 0, 65535], dtype=torch.int32)
+    assert model.scale("lengths", signed).tolist() == [1.0, 0.0, 1.0]
+
+
+def test_bad_configuration_and_inputs_are_refused():
+    with pytest.raises(ValueError, match="modality"):
+        DMF(DMFConfig(modalities=("payload",)))
+    with pytest.raises(ValueError, match="length_scaling"):
+        DMF(DMFConfig(length_scaling="cubic"))
+    model = create_model("dmf", 2)
+    with pytest.raises(ValueError, match="expects 2 inputs"):
+        model(raw_inputs(2)["bytes"])
+
+
+def test_config_from_json_lists():
+    model = create_model("dmf", 2, channels=[8, 16, 32])
+    assert model.config.channels == (8, 16, 32)
+    assert call("dmf", model, raw_inputs(2)).byte_rep.shape == (2, 32)
+
+
+def test_state_dict_round_trip_gives_same_logits():
+    torch.manual_seed(0)
+    model = create_model("dmf", 3).eval()
+    clone = create_model("dmf", 3).eval()
+    clone.load_state_dict(model.state_dict())
+    x = raw_inputs(3)
+    with torch.no_grad():
+        assert torch.equal(
+            model(x["bytes"], x["lengths"]).logits, clone(x["bytes"], x["lengths"]).logits
+        )
