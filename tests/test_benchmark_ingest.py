@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import dpkt
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -124,3 +125,35 @@ def test_dpkt_reference_flows_and_modalities(tmp_path):
     assert packet[3][80:320] == b"A" * 240  # payload cut to 240 bytes
     assert packet[0][40:320] == bytes(280)  # header padded, no payload
     assert rows[7001]["lengths"][:3] == [33, 34, 0]
+
+
+def test_measure_reports_exit_output_and_memory_of_the_child():
+    grow = "import sys; block = b'x' * (200 * 2**20); print(len(block)); sys.exit(3)"
+    m = ingest.measure([sys.executable, "-c", grow])
+    assert m.returncode == 3 and m.stdout.strip() == str(200 * 2**20)
+    assert 200 * 2**20 < m.max_rss < 400 * 2**20 and m.tree_rss >= m.max_rss
+    assert m.wall_s > 0 and m.cpu_s > 0
+
+
+def test_compare_outputs_matches_flows_by_key(tmp_path):
+    flows = tcp_conversation(("10.0.0.1", 40000), ("10.0.0.2", 443), start_ns=T0)
+    flows += udp_exchange(("10.0.0.1", 7000), ("10.0.0.4", 7001), start_ns=T0)
+    capture = write_pcap(tmp_path / "c.pcap", wrap(flows, ethernet))
+    reference.prepare(capture, tmp_path / "dpkt.parquet")
+    # The same flows with IPv4-mapped client addresses and one length changed.
+    table = pq.read_table(tmp_path / "dpkt.parquet")
+    mapped = pa.array(["::ffff:" + ip for ip in table["client_ip"].to_pylist()])
+    lengths = table["lengths"].to_pylist()
+    lengths[0][0] += 1
+    table = table.set_column(2, "client_ip", mapped)
+    table = table.set_column(12, "lengths", pa.array(lengths, type=table.schema.field(12).type))
+    (tmp_path / "prepared").mkdir()
+    pq.write_table(table, tmp_path / "prepared" / "part-0.parquet")
+    agreement = ingest.compare_outputs(tmp_path / "prepared", tmp_path / "dpkt.parquet")
+    assert agreement == {
+        "flows_dmfnet": 2,
+        "flows_dpkt": 2,
+        "flows_in_both": 2,
+        "same_lengths": 1,
+        "same_bytes": 2,
+    }
