@@ -42,6 +42,186 @@ def _run_info(args: argparse.Namespace) -> int:
     raise UserError("info is not available yet")
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train DMF (or an ablation/baseline) on a prepared dataset -> run folder",
+        description="Split a prepared dataset (8:1:1 stratified, the paper's protocol, or by "
+        "capture file), remove test flows that duplicate a training flow, train with AdamW "
+        "and early stopping on validation macro-F1, score the best checkpoint on the test "
+        "flows and write the run folder (model, run.json, history, metrics, report). Under "
+        "`torchrun --nproc_per_node=N -m dmfnet.cli train ...` it trains with "
+        "DistributedDataParallel.",
+    )
+    p.add_argument("dataset", help="folder written by `dmfnet prepare` (or one Parquet file)")
+    p.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument("--model", default="dmf", help="registered model name (default: dmf)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, init and batch order (default: 0)"
+    )
+    p.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (default: 30)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="flows per step, over all processes (default: 256)",
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument(
+        "--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 1e-2)"
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many epochs without a better validation macro-F1; 0 never stops early (default: 5)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("random", "file"),
+        default="random",
+        help="random: 8:1:1 stratified by class (paper); file: whole capture files kept apart (default: random)",
+    )
+    p.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="keep test flows whose model inputs equal a training flow's (the paper's protocol; inflates scores)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when present, else CPU (default: auto)",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="DataLoader workers gathering batches (default: 0)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model configuration override, repeatable; VALUE is read as JSON when it parses "
+        "(--set fusion_tokens=4 --set channels=[8,16,32] --set length_scaling=log)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
+    p.set_defaults(func=_run_train)
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    import json
+
+    config = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            config[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key.strip()] = value
+    return config
+
+
+def _print_metrics(metrics: dict) -> None:
+    from dmfnet.training.report import metrics_table, per_class_table
+
+    print(metrics_table(metrics))
+    print()
+    print(per_class_table(metrics))
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dmfnet.models import available_models
+    from dmfnet.training import distributed
+    from dmfnet.training.trainer import train
+
+    if not Path(args.dataset).exists():
+        raise UserError(f"dataset {args.dataset} does not exist")
+    if args.model not in available_models():
+        raise UserError(f"unknown model {args.model!r}; known: {', '.join(available_models())}")
+    result = train(
+        args.dataset,
+        args.output,
+        model=args.model,
+        seed=args.seed,
+        split=args.split,
+        keep_duplicates=args.keep_duplicates,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        device=args.device,
+        model_config=_parse_overrides(args.overrides),
+        num_workers=args.num_workers,
+        progress=not args.quiet,
+    )
+    if distributed.requested() and int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print()
+    print(
+        f"test: {result['test_size']} flows ({args.split} split, "
+        f"{result['duplicates_removed']} duplicate test flows removed), best epoch "
+        f"{result['best_epoch']}, {result['train_seconds']:.1f} s training"
+    )
+    _print_metrics(result)
+    print(f"\nreport: {Path(args.output) / 'report.md'}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a trained run on another prepared dataset",
+        description="Score the model of a run folder on every flow of a prepared dataset. "
+        "Classes are matched by name; flows of classes the model does not know are counted "
+        "and left out of the metrics.",
+    )
+    p.add_argument("run", help="run folder written by `dmfnet train`")
+    p.add_argument("dataset", help="folder written by `dmfnet prepare` (or one Parquet file)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="folder for the evaluation report (default: RUN/evaluation-<dataset name>)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="cpu",
+        help="device to score on (default: cpu)",
+    )
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dmfnet.training.trainer import evaluate
+
+    if not (Path(args.run) / "run.json").is_file():
+        raise UserError(
+            f"{args.run} is not a run folder (no run.json); train one with `dmfnet train`"
+        )
+    if not Path(args.dataset).exists():
+        raise UserError(f"dataset {args.dataset} does not exist")
+    result = evaluate(args.run, args.dataset, args.output, device=args.device)
+    print(f"evaluated {result['evaluated_flows']} flows of {args.dataset} with {args.run}")
+    for name, count in result["unknown_classes"].items():
+        print(f"  left out: {count} flows of class {name!r}, unknown to the model")
+    print()
+    _print_metrics(result)
+    print(f"\nreport: {Path(result['report_dir']) / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmfnet",
@@ -50,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dmfnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_info):
+    for add in (_add_prepare, _add_info, _add_train, _add_evaluate):
         add(sub)
     return parser
 

@@ -1,0 +1,670 @@
+"""One training loop for DMF, its ablations and the baselines (paper §5.1).
+
+:func:`train` splits a flow dataset (8:1:1 stratified, the paper's protocol, or by capture
+file), removes test flows whose model inputs duplicate a training flow (unless asked to
+keep them, as the paper does), fits the model with AdamW and early stopping on the
+validation macro-F1, scores the best checkpoint on the test flows and writes a run folder
+(:mod:`dmfnet.training.runs`). Estimator models (XGBoost) take the same path apart from
+the epoch loop. :func:`evaluate` scores a trained run on another prepared dataset.
+
+Batching indexes tensors made once from the dataset columns (raw dtypes, zero-copy where
+possible); there is no per-flow Python object. Under ``torchrun`` (``WORLD_SIZE`` > 1) the
+loop runs DistributedDataParallel and only rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmfnet.training import distributed
+from dmfnet.training.metrics import classification_metrics
+from dmfnet.training.runs import (
+    ESTIMATOR_DIR,
+    HISTORY_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    WEIGHTS_FILE,
+    TrainedModel,
+    load_run,
+    model_logits,
+    save_weights,
+    versions,
+    write_history,
+    write_json,
+)
+
+SPLITS = ("random", "file")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved training configuration, recorded in ``run.json``."""
+
+    model: str = "dmf"
+    seed: int = 0
+    split: str = "random"  # "random": 8:1:1 stratified (paper); "file": by capture file
+    keep_duplicates: bool = False  # True keeps duplicate test flows (the paper's protocol)
+    epochs: int = 30
+    batch_size: int = 256  # global: divided among processes under torchrun
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 5  # epochs without a better validation macro-F1 before stopping; 0: never
+    device: str = "cpu"
+    num_workers: int = 0  # DataLoader workers gathering batches; 0 gathers in-process
+    world_size: int = 1
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch so that a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when present, else CPU; ``"cuda"`` without a GPU is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    return dev
+
+
+def _load(dataset: Any, columns: Sequence[str]) -> tuple[Any, str]:
+    """A FlowDataset and the path it came from ('' when built in memory)."""
+    if isinstance(dataset, (str, os.PathLike)):
+        from dmfnet.data import load_dataset
+
+        path = Path(dataset)
+        if not path.exists():
+            raise FileNotFoundError(f"dataset {path} does not exist")
+        return load_dataset(path, columns=list(columns)), str(path)
+    return dataset, str(getattr(dataset, "path", "") or "")
+
+
+def column(dataset: Any, name: str) -> np.ndarray:
+    """Column ``name`` of a FlowDataset as a numpy array."""
+    cols = getattr(dataset, "columns", None)
+    if isinstance(cols, Mapping) and name in cols:
+        return np.asarray(cols[name])
+    try:
+        return np.asarray(dataset[name])
+    except (KeyError, TypeError, IndexError):
+        pass
+    if isinstance(getattr(dataset, name, None), np.ndarray):
+        return getattr(dataset, name)
+    raise KeyError(f"dataset has no column {name!r}")
+
+
+def _card_summary(dataset: Any) -> dict[str, Any]:
+    card = getattr(dataset, "card", None)
+    return dict(card) if isinstance(card, Mapping) else {}
+
+
+def _model_config(model: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's resolved config (its dataclass ``config`` when it has one)."""
+    cfg = getattr(model, "config", None)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return asdict(cfg)
+    return dict(overrides)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def split_indices(
+    dataset: Any,
+    inputs: Sequence[str],
+    *,
+    seed: int,
+    split: str = "random",
+    keep_duplicates: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(train, val, test, duplicates_removed)`` flow indices under the chosen protocol."""
+    from dmfnet.data.splits import drop_test_duplicates, split_by_file, split_random
+
+    y = np.asarray(dataset.y)
+    if split == "random":
+        train_idx, val_idx, test_idx = split_random(y, seed)
+    elif split == "file":
+        train_idx, val_idx, test_idx = split_by_file(column(dataset, "capture"), y, seed)
+    else:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    removed = 0
+    if not keep_duplicates:
+        arrays = {c: column(dataset, c) for c in inputs}
+        test_idx, removed = drop_test_duplicates(train_idx, test_idx, arrays)
+    train_idx, val_idx, test_idx = (
+        np.asarray(i, dtype=np.int64) for i in (train_idx, val_idx, test_idx)
+    )
+    for name, idx in (("training", train_idx), ("validation", val_idx), ("test", test_idx)):
+        if idx.size == 0:
+            raise ValueError(
+                f"the {name} split is empty ({len(y)} flows, split {split!r}); "
+                "the dataset is too small for this protocol"
+            )
+    return train_idx, val_idx, test_idx, int(removed)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive batches of ``order``; a last batch of one flow joins the one before
+    (batch normalisation cannot train on a single flow)."""
+    out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        out[-2] = np.concatenate([out[-2], out.pop()])
+    return out
+
+
+class _BatchGather(torch.utils.data.Dataset):
+    """Gathers a whole batch by index (used only when ``num_workers`` > 0)."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], y: torch.Tensor) -> None:
+        self.tensors, self.y = list(tensors), y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, idx: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        index = torch.from_numpy(np.asarray(idx))
+        return tuple(t[index] for t in self.tensors), self.y[index]
+
+
+def _iterate(
+    tensors: Sequence[torch.Tensor],
+    y: torch.Tensor,
+    batches: Sequence[np.ndarray],
+    device: torch.device,
+    num_workers: int = 0,
+) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """Yield ``(inputs, targets)`` batches on ``device``."""
+    if num_workers > 0:
+        loader = torch.utils.data.DataLoader(
+            _BatchGather(tensors, y),
+            sampler=list(batches),
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        for inputs, target in loader:
+            yield (
+                tuple(t.to(device, non_blocking=True) for t in inputs),
+                target.to(device, non_blocking=True),
+            )
+        return
+    for idx in batches:
+        index = torch.from_numpy(idx).to(tensors[0].device)
+        yield (
+            tuple(t[index].to(device, non_blocking=True) for t in tensors),
+            y[index].to(device, non_blocking=True),
+        )
+
+
+class _TrainingBatches:
+    """Re-iterable training batches in a fixed order, for a model's ``post_fit``."""
+
+    def __init__(self, tensors, y, idx, batch_size, device) -> None:
+        self.args = (tensors, y, _batches(idx, batch_size), device)
+
+    def __iter__(self):
+        return _iterate(*self.args)
+
+
+class _WithLoss(nn.Module):
+    """Model + its loss in one forward, so DistributedDataParallel sees a single output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return compute_loss(self.model, self.model(*inputs), target)
+
+
+def compute_loss(model: nn.Module, output: Any, target: torch.Tensor) -> torch.Tensor:
+    """The model's own ``loss(output, target)`` when it has one, else cross-entropy."""
+    if hasattr(model, "loss"):
+        loss = model.loss(output, target)
+        if isinstance(loss, Mapping):
+            loss = loss["loss"]
+        elif isinstance(loss, (tuple, list)):
+            loss = loss[0]
+        return loss
+    return nn.functional.cross_entropy(model_logits(output), target)
+
+
+@torch.no_grad()
+def _validate(
+    model: nn.Module,
+    tensors: Sequence[torch.Tensor],
+    y: torch.Tensor,
+    idx: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[np.ndarray, float]:
+    """Predicted class indices and summed loss over ``idx`` (eval mode)."""
+    model.eval()
+    preds, loss_sum = [], 0.0
+    for inputs, target in _iterate(tensors, y, _batches(idx, batch_size), device):
+        output = model(*inputs)
+        loss_sum += float(compute_loss(model, output, target)) * len(target)
+        preds.append(model_logits(output).argmax(1).cpu().numpy())
+    return (np.concatenate(preds) if preds else np.zeros(0, np.int64)), loss_sum
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _fit_torch(
+    model: nn.Module,
+    tensors: list[torch.Tensor],
+    y: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    class_names: Sequence[str],
+    run_dir: Path,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], int]:
+    """AdamW with early stopping on validation macro-F1; leaves the best weights in ``model``."""
+    rank, world = distributed.rank(), distributed.world_size()
+    model.to(device)
+    net: nn.Module = _WithLoss(model)
+    if world > 1:
+        net = distributed.wrap(net, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    per_rank_batch = max(1, cfg.batch_size // world)
+    val_shard = val_idx[rank::world]
+    labels = np.arange(len(class_names))
+    history: list[dict[str, Any]] = []
+    best_f1, best_epoch, best_state, stale = -math.inf, 0, None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        order = distributed.shard(rng.permutation(train_idx), rank, world)
+        net.train()
+        loss_sum, seen = 0.0, 0
+        for inputs, target in _iterate(
+            tensors, y, _batches(order, per_rank_batch), device, cfg.num_workers
+        ):
+            loss = net(*inputs, target=target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(target)
+            seen += len(target)
+        val_pred, val_loss_sum = _validate(model, tensors, y, val_shard, per_rank_batch, device)
+        val_true = y[torch.from_numpy(val_shard)].numpy()
+        if world > 1:
+            val_pred, val_true, val_loss_sum, loss_sum, seen = distributed.gather_validation(
+                val_pred, val_true, val_loss_sum, loss_sum, seen
+            )
+        scores = classification_metrics(val_true, val_pred, [str(c) for c in labels])
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen, 1),
+            "val_loss": val_loss_sum / max(len(val_true), 1),
+            "val_accuracy": scores["accuracy"],
+            "val_f1_macro": scores["f1_macro"],
+            "seconds": time.perf_counter() - start,
+        }
+        history.append(row)
+        improved = row["val_f1_macro"] > best_f1
+        if improved:
+            best_f1, best_epoch, stale = row["val_f1_macro"], epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if rank == 0:
+            write_history(run_dir / HISTORY_FILE, history)
+            if progress:
+                print(
+                    f"epoch {epoch:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                    f"val loss {row['val_loss']:.4f}  acc {100 * row['val_accuracy']:6.2f} %  "
+                    f"F1 {100 * row['val_f1_macro']:6.2f} %  {row['seconds']:.1f} s"
+                    + ("  *" if improved else ""),
+                    flush=True,
+                )
+        if cfg.patience > 0 and stale >= cfg.patience:
+            if rank == 0 and progress:
+                print(
+                    f"early stop: no better validation macro-F1 for {cfg.patience} epochs; "
+                    f"keeping epoch {best_epoch}",
+                    flush=True,
+                )
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history, best_epoch
+
+
+def _fit_estimator(
+    model: Any,
+    arrays: dict[str, np.ndarray],
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+) -> Any:
+    train = {c: a[train_idx] for c, a in arrays.items()}
+    val = {c: a[val_idx] for c, a in arrays.items()}
+    fitted = model.fit(train, y[train_idx], val, y[val_idx])
+    return model if fitted is None else fitted
+
+
+def _score(
+    trained: TrainedModel, arrays: Mapping[str, np.ndarray], idx: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Test predictions (class indices) and inference throughput in flows/s."""
+    subset = {c: arrays[c][idx] for c in trained.inputs}
+    start = time.perf_counter()
+    proba = trained.predict_proba(subset)
+    seconds = time.perf_counter() - start
+    return proba.argmax(axis=1), len(idx) / seconds if seconds > 0 else math.inf
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def train(
+    dataset: Any,
+    run_dir: str | Path,
+    *,
+    model: str = "dmf",
+    seed: int = 0,
+    split: str = "random",
+    keep_duplicates: bool = False,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    patience: int = 5,
+    device: str | torch.device | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` on a FlowDataset (or the path of one) and write the run folder ``run_dir``.
+
+    Returns the test metrics (:func:`~dmfnet.training.metrics.classification_metrics`)
+    plus ``train_size``, ``val_size``, ``test_size``, ``duplicates_removed``,
+    ``train_seconds``, ``infer_flows_per_s``, ``epochs_run`` and ``best_epoch``. The same
+    ``seed`` gives the same split and, on CPU, the same model and metrics. ``device=None``
+    picks CUDA when present. Under ``torchrun`` every process returns the same dict and only
+    rank 0 writes files.
+    """
+    from dmfnet.models import create_model, get_entry
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    entry = get_entry(model)
+    run_dir = Path(run_dir)
+    model_config = dict(model_config or {})
+    model_config.pop("num_classes", None)  # set by the dataset's classes
+
+    columns = list(entry.inputs) + (["capture"] if split == "file" else [])
+    ds, dataset_path = _load(dataset, columns)
+    class_names = [str(c) for c in ds.classes]
+    if len(class_names) < 2:
+        raise ValueError(f"the dataset has {len(class_names)} class(es); training needs at least 2")
+    y_np = np.asarray(ds.y, dtype=np.int64)
+    arrays = {c: column(ds, c) for c in entry.inputs}
+
+    distributed.setup(device)
+    try:
+        dev = distributed.device()
+        dev = resolve_device(device) if dev is None else dev
+        world, rank = distributed.world_size(), distributed.rank()
+        cfg = TrainConfig(
+            model=model,
+            seed=seed,
+            split=split,
+            keep_duplicates=keep_duplicates,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            patience=patience,
+            device=str(dev),
+            num_workers=num_workers,
+            world_size=world,
+        )
+        seed_everything(seed)
+        train_idx, val_idx, test_idx, removed = split_indices(
+            ds, entry.inputs, seed=seed, split=split, keep_duplicates=keep_duplicates
+        )
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if progress:
+                print(
+                    f"{model}: {len(class_names)} classes, {len(train_idx)}/{len(val_idx)}/"
+                    f"{len(test_idx)} train/val/test flows ({split} split, "
+                    f"{removed} duplicate test flows removed), device {dev}"
+                    + (f", {world} processes" if world > 1 else ""),
+                    flush=True,
+                )
+        try:
+            net = create_model(model, len(class_names), **model_config)
+        except TypeError as exc:
+            raise ValueError(f"model {model!r} does not accept this configuration: {exc}") from None
+        resolved_config = _model_config(net, model_config)
+
+        start = time.perf_counter()
+        history: list[dict[str, Any]] = []
+        best_epoch = 0
+        if entry.kind == "estimator":
+            if rank == 0:
+                net = _fit_estimator(net, arrays, y_np, train_idx, val_idx)
+        else:
+            tensors = [_column_tensor(arrays[c]) for c in entry.inputs]
+            y = torch.from_numpy(y_np)
+            history, best_epoch = _fit_torch(
+                net, tensors, y, train_idx, val_idx, cfg, dev, class_names, run_dir, progress
+            )
+            if hasattr(net, "post_fit") and rank == 0:
+                net.eval()
+                with torch.no_grad():
+                    net.post_fit(_TrainingBatches(tensors, y, train_idx, cfg.batch_size, dev))
+        train_seconds = time.perf_counter() - start
+
+        result: dict[str, Any] | None = None
+        if rank == 0:
+            trained = TrainedModel(
+                net,
+                name=model,
+                kind=entry.kind,
+                classes=class_names,
+                inputs=entry.inputs,
+                device=dev,
+            )
+            y_pred, flows_per_s = _score(trained, arrays, test_idx)
+            result = classification_metrics(y_np[test_idx], y_pred, class_names)
+            result.update(
+                train_size=int(len(train_idx)),
+                val_size=int(len(val_idx)),
+                test_size=int(len(test_idx)),
+                duplicates_removed=removed,
+                train_seconds=train_seconds,
+                infer_flows_per_s=flows_per_s,
+                epochs_run=len(history),
+                best_epoch=best_epoch,
+            )
+            info = {
+                "format": 1,
+                "model": model,
+                "kind": entry.kind,
+                "model_config": resolved_config,
+                "classes": class_names,
+                "inputs": list(entry.inputs),
+                "training": asdict(cfg),
+                "seed": seed,
+                "split": split,
+                "keep_duplicates": keep_duplicates,
+                "split_sizes": {
+                    "train": int(len(train_idx)),
+                    "val": int(len(val_idx)),
+                    "test": int(len(test_idx)),
+                },
+                "duplicates_removed": removed,
+                "epochs_run": len(history),
+                "best_epoch": best_epoch,
+                "train_seconds": train_seconds,
+                "dataset": {
+                    "path": dataset_path,
+                    "flows": int(len(y_np)),
+                    "card": _card_summary(ds),
+                },
+                "versions": versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            _write_run(run_dir, net, entry.kind, info, history, result, class_names)
+        result = distributed.broadcast(result)
+        return result
+    finally:
+        distributed.teardown()
+
+
+def _column_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(array, requirements=["C_CONTIGUOUS", "WRITEABLE"]))
+
+
+def _report_info(info: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat run facts shown at the top of report.md."""
+    training = info.get("training", {})
+    return {
+        "model": info["model"],
+        "dataset": info["dataset"]["path"] or "(in memory)",
+        "split": info["split"],
+        "seed": info["seed"],
+        "keep_duplicates": info["keep_duplicates"],
+        "duplicates_removed": info["duplicates_removed"],
+        "train_size": info["split_sizes"]["train"],
+        "val_size": info["split_sizes"]["val"],
+        "test_size": info["split_sizes"]["test"],
+        "epochs": training.get("epochs"),
+        "best_epoch": info["best_epoch"] or None,
+        "train_seconds": round(float(metrics["train_seconds"]), 2),
+        "infer_flows_per_s": round(float(metrics["infer_flows_per_s"])),
+        "device": training.get("device"),
+    }
+
+
+def _write_run(
+    run_dir: Path,
+    model: Any,
+    kind: str,
+    info: dict[str, Any],
+    history: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    class_names: Sequence[str],
+) -> None:
+    """Model, run.json, history.csv and metrics.json first; the report last, so a plotting
+    failure never loses a trained model."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "estimator":
+        (run_dir / ESTIMATOR_DIR).mkdir(exist_ok=True)
+        model.save(run_dir / ESTIMATOR_DIR)
+    else:
+        save_weights(run_dir / WEIGHTS_FILE, model)
+    write_json(run_dir / RUN_FILE, info)
+    write_history(run_dir / HISTORY_FILE, history)
+    write_json(run_dir / METRICS_FILE, metrics)
+    _write_report(run_dir, metrics, history, class_names, _report_info(info, metrics))
+
+
+def _write_report(run_dir, metrics, history, class_names, info) -> None:
+    from dmfnet.training.report import write_run_report
+
+    try:
+        write_run_report(run_dir, metrics, history, class_names, info)
+    except Exception as exc:  # the model and metrics are saved; say what is missing
+        print(f"warning: report for {run_dir} not written: {exc}", flush=True)
+
+
+def evaluate(
+    run_dir: str | Path,
+    dataset: Any,
+    out_dir: str | Path | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Score the model of ``run_dir`` on every flow of another prepared dataset.
+
+    Classes are matched by name. Flows of classes the model does not know are counted per
+    class (``unknown_classes``) and left out of the metrics; a dataset with none of the
+    model's classes is an error. The report goes to ``out_dir`` (default
+    ``RUN/evaluation-<dataset name>``).
+    """
+    trained = load_run(run_dir, device=resolve_device(device or "cpu"))
+    ds, dataset_path = _load(dataset, trained.inputs)
+    labels = np.asarray(ds.labels).astype(str)
+    index = {c: i for i, c in enumerate(trained.classes)}
+    y_true = np.array([index.get(label, -1) for label in labels], dtype=np.int64)
+    known = y_true >= 0
+    names, counts = np.unique(labels[~known], return_counts=True)
+    unknown = {str(n): int(c) for n, c in zip(names, counts, strict=True)}
+    if not known.any():
+        raise ValueError(
+            f"none of the dataset's classes ({', '.join(sorted(set(labels.tolist())))}) "
+            f"is known to the model (classes: {', '.join(trained.classes)})"
+        )
+    idx = np.flatnonzero(known)
+    arrays = {c: column(ds, c) for c in trained.inputs}
+    y_pred, flows_per_s = _score(trained, arrays, idx)
+    result = classification_metrics(y_true[idx], y_pred, trained.classes)
+    result.update(
+        evaluated_flows=int(idx.size),
+        unknown_flows=int((~known).sum()),
+        unknown_classes=unknown,
+        infer_flows_per_s=flows_per_s,
+    )
+    name = Path(dataset_path).name if dataset_path else "dataset"
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / f"evaluation-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "run": str(run_dir),
+        "model": trained.name,
+        "classes": trained.classes,
+        "inputs": list(trained.inputs),
+        "dataset": {"path": dataset_path, "flows": int(len(labels)), "card": _card_summary(ds)},
+        "unknown_classes": unknown,
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(out / "evaluation.json", info)
+    write_json(out / METRICS_FILE, result)
+    report_info = {
+        "model": trained.name,
+        "dataset": dataset_path or "(in memory)",
+        "run": str(run_dir),
+        "test_size": int(idx.size),
+        "unknown_flows": int((~known).sum()),
+        "unknown_classes": ", ".join(f"{k} ({v})" for k, v in unknown.items()) or "none",
+        "infer_flows_per_s": round(flows_per_s),
+    }
+    _write_report(out, result, [], trained.classes, report_info)
+    result["report_dir"] = str(out)
+    return result
