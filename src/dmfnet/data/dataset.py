@@ -1,0 +1,489 @@
+"""The flow dataset on disk (Parquet, one row per flow) and in memory (numpy arrays).
+
+On disk every column of :mod:`dmfnet.flows.schema` plus ``label`` is a plain Parquet type
+that pandas, polars, DuckDB and Spark read: ``uint8`` sequences (``bytes``, ``flow_head``,
+``payload_head``) as fixed-size binary, numeric sequences as lists, scalars as they are.
+In memory a :class:`FlowDataset` holds 2-D arrays for sequences (``bytes`` is uint8
+``(N, 1600)``) and 1-D arrays for scalars, built without a Python loop over rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dmfnet.flows.schema import LABEL_COLUMN, SCALAR_COLUMNS, SEQUENCE_COLUMNS
+
+CARD_NAME = "dataset.json"
+PART_GLOB = "part-*.parquet"
+PARQUET_COMPRESSION = "zstd"
+ROW_GROUP_ROWS = 32768  # flows per Parquet row group (about 150 MB before compression)
+PART_ROWS = 1_000_000  # flows per part file before a new one is started
+
+_STRING = "str"
+# Byte strings of packets: fixed-size binary on disk; other sequences are lists of numbers.
+BINARY_COLUMNS = ("bytes", "flow_head", "payload_head")
+
+
+WIDTHS_KEY = b"dmfnet.widths"  # Parquet schema metadata: values per row of each sequence
+
+
+def default_widths() -> dict[str, int]:
+    """Values per row of each sequence column with the default flow parameters."""
+    return {name: width for name, (_, width) in SEQUENCE_COLUMNS.items()}
+
+
+def _arrow_type(name: str, widths: Mapping[str, int]) -> pa.DataType:
+    if name == LABEL_COLUMN:
+        return pa.string()
+    if name in SEQUENCE_COLUMNS:
+        dtype, _ = SEQUENCE_COLUMNS[name]
+        if name in BINARY_COLUMNS:
+            return pa.binary(widths[name])
+        return pa.list_(pa.from_numpy_dtype(np.dtype(dtype)))
+    dtype = SCALAR_COLUMNS[name]
+    if dtype == _STRING:
+        return pa.string()
+    return pa.from_numpy_dtype(np.dtype(dtype))
+
+
+def arrow_schema(widths: Mapping[str, int] | None = None) -> pa.Schema:
+    """Arrow schema of a dataset part: ``label``, the scalar columns, the sequence columns.
+
+    ``widths`` (values per row of each sequence column; default: the schema's) are kept
+    in the schema metadata so readers know them before reading a row.
+    """
+    widths = {**default_widths(), **(widths or {})}
+    names = [LABEL_COLUMN, *SCALAR_COLUMNS, *SEQUENCE_COLUMNS]
+    fields = [pa.field(n, _arrow_type(n, widths), nullable=False) for n in names]
+    return pa.schema(fields, metadata={WIDTHS_KEY: json.dumps(widths).encode()})
+
+
+def schema_widths(schema: pa.Schema) -> dict[str, int]:
+    """Sequence widths recorded in a dataset file's schema (the defaults when absent)."""
+    widths = default_widths()
+    meta = schema.metadata or {}
+    if WIDTHS_KEY in meta:
+        widths.update({k: int(v) for k, v in json.loads(meta[WIDTHS_KEY]).items()})
+    for name in BINARY_COLUMNS:
+        if name in schema.names and pa.types.is_fixed_size_binary(schema.field(name).type):
+            widths[name] = schema.field(name).type.byte_width
+    return widths
+
+
+# ------------------------------------------------------------------------------------------
+# numpy -> Arrow
+
+
+def _to_arrow(name: str, values: np.ndarray | str, n: int) -> pa.Array:
+    """One column of a chunk as an Arrow array of the dataset type (zero-copy where possible)."""
+    if name in SEQUENCE_COLUMNS:
+        dtype, _ = SEQUENCE_COLUMNS[name]
+        matrix = np.ascontiguousarray(np.asarray(values), dtype=dtype)
+        if matrix.ndim != 2 or len(matrix) != n:
+            raise ValueError(f"column {name!r}: shape {matrix.shape}, expected ({n}, width)")
+        width = matrix.shape[1]
+        if name in BINARY_COLUMNS:
+            return pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(width), n, [None, pa.py_buffer(matrix)]
+            )
+        offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+    if name == LABEL_COLUMN or SCALAR_COLUMNS[name] == _STRING:
+        if isinstance(values, str):
+            return pa.array([values] * n, type=pa.string())
+        array = np.asarray(values)
+        if array.shape != (n,):
+            raise ValueError(f"column {name!r}: shape {array.shape}, expected ({n},)")
+        if array.dtype.kind != "O":
+            array = array.astype(str).astype(object)
+        return pa.array(array, type=pa.string())
+    array = np.asarray(values, dtype=SCALAR_COLUMNS[name])
+    if array.shape != (n,):
+        raise ValueError(f"column {name!r}: shape {array.shape}, expected ({n},)")
+    return pa.array(array)
+
+
+def flows_to_table(flows: Mapping[str, np.ndarray], labels: np.ndarray | str) -> pa.Table:
+    """Flow arrays (the schema's columns, any row count) and their labels -> an Arrow table."""
+    n = _row_count(flows)
+    missing = [c for c in (*SCALAR_COLUMNS, *SEQUENCE_COLUMNS) if c not in flows]
+    if missing:
+        raise ValueError(f"flow chunk lacks column(s): {', '.join(missing)}")
+    widths = {name: int(np.shape(flows[name])[-1]) for name in SEQUENCE_COLUMNS}
+    schema = arrow_schema(widths)
+    arrays = [_to_arrow(LABEL_COLUMN, labels, n)]
+    arrays += [_to_arrow(f.name, flows[f.name], n) for f in schema if f.name != LABEL_COLUMN]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _row_count(flows: Mapping[str, np.ndarray]) -> int:
+    for name in ("protocol", "bytes", "lengths"):
+        if name in flows:
+            return len(flows[name])
+    raise ValueError("flow chunk has no 'protocol' column")
+
+
+def take_rows(flows: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The flows at ``rows`` (index or boolean mask) of every array column."""
+    out = {}
+    for name, values in flows.items():
+        if isinstance(values, np.ndarray) and values.ndim >= 1:
+            out[name] = values[rows]
+        else:
+            out[name] = values
+    return out
+
+
+class PartWriter:
+    """Writes one capture's flows to ``part-<index>-<seq>.parquet`` files, streaming.
+
+    Flows are buffered up to a row group and written as they come, so memory stays
+    bounded whatever the capture size; a new part file starts every ``part_rows`` flows.
+    Nothing is created for a capture without flows.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        index: int,
+        *,
+        row_group_rows: int = ROW_GROUP_ROWS,
+        part_rows: int = PART_ROWS,
+    ) -> None:
+        self.folder = Path(folder)
+        self.index = index
+        self.row_group_rows = row_group_rows
+        self.part_rows = part_rows
+        self.paths: list[Path] = []
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._part_rows = 0
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+
+    def write(self, flows: Mapping[str, np.ndarray], labels: np.ndarray | str) -> None:
+        """Append flows (already filtered) with their labels."""
+        table = flows_to_table(flows, labels)
+        if table.num_rows == 0:
+            return
+        self._buffer.append(table)
+        self._buffered += table.num_rows
+        self.rows += table.num_rows
+        if self._buffered >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        if any(t.schema != self._buffer[0].schema for t in self._buffer):
+            raise ValueError("flow chunks of one capture differ in sequence widths")
+        table = pa.concat_tables(self._buffer)
+        self._buffer, self._buffered = [], 0
+        start = 0
+        while start < table.num_rows:
+            if self._writer is None or self._part_rows >= self.part_rows:
+                self._open_next(table.schema)
+            room = self.part_rows - self._part_rows
+            piece = table.slice(start, room)
+            self._writer.write_table(piece, row_group_size=self.row_group_rows)
+            self._part_rows += piece.num_rows
+            start += piece.num_rows
+
+    def _open_next(self, schema: pa.Schema) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        path = self.folder / f"part-{self.index:06d}-{len(self.paths):03d}.parquet"
+        self._writer = open_parquet_writer(path, schema)
+        self.paths.append(path)
+        self._part_rows = 0
+
+    def close(self) -> list[Path]:
+        """Flush what is buffered and close; returns the part files written."""
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return self.paths
+
+
+def open_parquet_writer(path: str | Path, schema: pa.Schema | None = None) -> pq.ParquetWriter:
+    """A Parquet writer with the dataset's schema and settings (plain types, zstd)."""
+    strings = [LABEL_COLUMN] + [n for n, t in SCALAR_COLUMNS.items() if t == _STRING]
+    return pq.ParquetWriter(
+        str(path),
+        schema if schema is not None else arrow_schema(),
+        compression=PARQUET_COMPRESSION,
+        use_dictionary=strings,
+        write_statistics=[LABEL_COLUMN, *[n for n in SCALAR_COLUMNS]],
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Parquet -> numpy
+
+
+@dataclass
+class FlowDataset:
+    """Flows as numpy arrays: ``columns`` by schema name, plus labels and class codes.
+
+    ``classes`` are the sorted class names and ``y`` each flow's index into them; ``card``
+    is the dataset's ``dataset.json`` (empty when there is none).
+    """
+
+    columns: dict[str, np.ndarray]
+    labels: np.ndarray  # (N,) str
+    classes: list[str] = field(default_factory=list)
+    y: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,)
+    card: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    def take(self, rows: np.ndarray) -> FlowDataset:
+        """The flows at ``rows``; class names and codes stay those of the whole dataset."""
+        return FlowDataset(
+            columns={k: v[rows] for k, v in self.columns.items()},
+            labels=self.labels[rows],
+            classes=list(self.classes),
+            y=self.y[rows],
+            card=self.card,
+        )
+
+
+def dataset_files(path: str | Path) -> tuple[list[Path], dict]:
+    """The Parquet files of a prepared dataset (folder or one file) and its card."""
+    path = Path(path)
+    if path.is_dir():
+        card_path = path / CARD_NAME
+        if not card_path.is_file():
+            raise ValueError(
+                f"{path}: no {CARD_NAME}; not a finished `dmfnet prepare` output folder"
+            )
+        card = json.loads(card_path.read_text())
+        files = sorted(path.glob(PART_GLOB))
+        return files, card
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such dataset file or folder")
+    card_path = path.parent / CARD_NAME
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    return [path], card
+
+
+def load_dataset(path: str | Path, columns: Sequence[str] | None = None) -> FlowDataset:
+    """Read a prepared dataset (folder written by ``prepare``, or one Parquet file).
+
+    ``columns``: schema columns to load (default: all that the files hold); labels are
+    always loaded. Binary columns are viewed straight from Arrow buffers, not parsed row
+    by row, and each output array is allocated once for all files.
+    """
+    files, card = dataset_files(path)
+    known = set(SCALAR_COLUMNS) | set(SEQUENCE_COLUMNS)
+    if columns is None:
+        if files:
+            present = set(pq.read_schema(files[0]).names)
+            wanted = [c for c in (*SCALAR_COLUMNS, *SEQUENCE_COLUMNS) if c in present]
+        else:
+            wanted = [*SCALAR_COLUMNS, *SEQUENCE_COLUMNS]
+    else:
+        unknown = [c for c in columns if c not in known and c != LABEL_COLUMN]
+        if unknown:
+            raise ValueError(
+                f"unknown column(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        wanted = [c for c in columns if c != LABEL_COLUMN]
+    metas = [pq.ParquetFile(f) for f in files]
+    counts = [m.metadata.num_rows for m in metas]
+    widths = schema_widths(metas[0].schema_arrow) if metas else default_widths()
+    for file, meta in zip(files[1:], metas[1:], strict=True):
+        if schema_widths(meta.schema_arrow) != widths:
+            raise ValueError(f"{file}: sequence widths differ from {files[0].name}'s")
+    total = int(sum(counts))
+    out = {name: _allocate(name, total, widths) for name in wanted}
+    label_parts: list[np.ndarray] = []
+    start = 0
+    for file, count in zip(files, counts, strict=True):
+        table = pq.read_table(file, columns=[LABEL_COLUMN, *wanted])
+        if table.num_rows != count:
+            raise ValueError(f"{file}: {table.num_rows} rows read, metadata says {count}")
+        for name in wanted:
+            column_to_numpy(name, table.column(name), out=out[name][start : start + count])
+        label_parts.append(_strings_to_numpy(table.column(LABEL_COLUMN)))
+        start += count
+    labels = np.concatenate(label_parts).astype(str) if label_parts else np.zeros(0, dtype=str)
+    classes, y = np.unique(labels, return_inverse=True)
+    return FlowDataset(
+        columns=out,
+        labels=labels,
+        classes=[str(c) for c in classes],
+        y=y.astype(np.int64).reshape(-1),
+        card=card,
+    )
+
+
+def _allocate(name: str, n: int, widths: Mapping[str, int] | None = None) -> np.ndarray:
+    if name in SEQUENCE_COLUMNS:
+        dtype, width = SEQUENCE_COLUMNS[name]
+        width = (widths or {}).get(name, width)
+        return np.empty((n, width), dtype=dtype)
+    dtype = SCALAR_COLUMNS[name]
+    return np.empty(n, dtype=object if dtype == _STRING else dtype)
+
+
+def column_to_numpy(
+    name: str, column: pa.ChunkedArray | pa.Array, out: np.ndarray | None = None
+) -> np.ndarray:
+    """One dataset column (Arrow) as the schema's numpy array: 2-D for sequences.
+
+    With ``out`` (rows to fill, e.g. a slice of a preallocated array) the values are
+    copied straight into it, chunk by chunk, with no intermediate array.
+    """
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    if name not in SEQUENCE_COLUMNS and SCALAR_COLUMNS.get(name) == _STRING:
+        strings = _strings_to_numpy(column)
+        if out is None:
+            return strings
+        out[:] = strings
+        return out
+    if name in SEQUENCE_COLUMNS:
+        dtype = SEQUENCE_COLUMNS[name][0]
+        width = out.shape[1] if out is not None else None
+        convert = lambda c: _sequence_chunk(name, c, dtype, width)  # noqa: E731
+    else:
+        dtype = SCALAR_COLUMNS[name]
+        convert = lambda c: np.asarray(c.to_numpy(zero_copy_only=False), dtype=dtype)  # noqa: E731
+    if out is None:
+        parts = [convert(c) for c in chunks]
+        if not parts:
+            return _allocate(name, 0)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    start = 0
+    for chunk in chunks:
+        values = convert(chunk)
+        out[start : start + len(values)] = values
+        start += len(values)
+    if start != len(out):
+        raise ValueError(f"column {name!r}: {start} rows, expected {len(out)}")
+    return out
+
+
+def _sequence_chunk(name: str, chunk: pa.Array, dtype: str, width: int | None) -> np.ndarray:
+    """A sequence column chunk as an (n, width) view or array; ``width`` None: the chunk's."""
+    n = len(chunk)
+    if chunk.null_count:
+        raise ValueError(f"column {name!r} has {chunk.null_count} null value(s)")
+    if pa.types.is_fixed_size_binary(chunk.type):
+        size = chunk.type.byte_width
+        if width is not None and size != width:
+            raise ValueError(f"column {name!r}: {size} bytes per row, not {width}")
+        buffer = chunk.buffers()[1]
+        flat = np.frombuffer(buffer, dtype=np.uint8, count=n * size, offset=chunk.offset * size)
+        return flat.reshape(n, size)
+    if pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type):
+        offsets = chunk.offsets.to_numpy()
+        steps = np.diff(offsets)
+        if width is None:
+            width = int(steps[0]) if n else 0
+        if n and not np.all(steps == width):
+            raise ValueError(f"column {name!r}: rows are not all {width} values long")
+        values = chunk.flatten().to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=dtype).reshape(n, width)
+    if pa.types.is_fixed_size_list(chunk.type):
+        size = chunk.type.list_size
+        if width is not None and size != width:
+            raise ValueError(f"column {name!r}: {size} values per row, not {width}")
+        values = chunk.flatten().to_numpy(zero_copy_only=False)
+        return np.asarray(values, dtype=dtype).reshape(n, size)
+    raise ValueError(f"column {name!r}: unexpected Arrow type {chunk.type}")
+
+
+def _strings_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Strings as an object array; equal strings share one Python object (cheap memory)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.string())
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    names = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)
+    codes = encoded.indices.fill_null(len(names) - 1).to_numpy(zero_copy_only=False)
+    return names[codes]
+
+
+# ------------------------------------------------------------------------------------------
+# In-memory flows (new captures to classify) -> the same arrays
+
+
+def flows_to_dataset(
+    chunks: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]],
+    columns: Sequence[str] | None = None,
+    *,
+    kept_only: bool = True,
+    label: str = "",
+) -> FlowDataset:
+    """Flow chunks from flow assembly -> a :class:`FlowDataset` without writing Parquet.
+
+    ``kept_only`` drops flows a filter removed (``filter_reason`` not empty), as
+    ``prepare`` does. Every flow gets ``label`` (default ``""``: unknown).
+    """
+    if isinstance(chunks, Mapping):
+        chunks = [chunks]
+    wanted = list(columns) if columns is not None else [*SCALAR_COLUMNS, *SEQUENCE_COLUMNS]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+    total = 0
+    for chunk in chunks:
+        n = _row_count(chunk)
+        rows = np.ones(n, dtype=bool)
+        if kept_only and "filter_reason" in chunk:
+            rows = np.asarray(chunk["filter_reason"]).astype(str) == ""
+        for name in wanted:
+            if name not in chunk:
+                raise ValueError(f"flow chunk lacks column {name!r}")
+            parts[name].append(_as_schema_array(name, chunk[name], n)[rows])
+        total += int(rows.sum())
+    columns_out = {
+        name: (np.concatenate(p) if p else _allocate(name, 0)) for name, p in parts.items()
+    }
+    labels = np.full(total, label, dtype=str)
+    classes = [label] if label and total else []
+    return FlowDataset(
+        columns=columns_out,
+        labels=labels,
+        classes=classes,
+        y=np.zeros(total, dtype=np.int64),
+        card={},
+    )
+
+
+def _as_schema_array(name: str, values: np.ndarray | str, n: int) -> np.ndarray:
+    if name in SEQUENCE_COLUMNS:
+        array = np.asarray(values, dtype=SEQUENCE_COLUMNS[name][0])
+        if array.ndim != 2 or len(array) != n:
+            raise ValueError(f"column {name!r}: shape {array.shape}, expected ({n}, width)")
+        return array
+    if SCALAR_COLUMNS[name] == _STRING:
+        if isinstance(values, str):
+            out = np.empty(n, dtype=object)
+            out[:] = values
+            return out
+        return np.asarray(values, dtype=object)
+    return np.asarray(values, dtype=SCALAR_COLUMNS[name])
+
+
+def remove_dataset_files(folder: str | Path) -> None:
+    """Delete what ``prepare`` writes in ``folder`` (its part files and card), nothing else."""
+    folder = Path(folder)
+    for path in [*folder.glob(PART_GLOB), folder / CARD_NAME]:
+        if path.is_file():
+            os.remove(path)

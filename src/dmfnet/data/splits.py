@@ -1,0 +1,194 @@
+"""Train / validation / test splits: stratified by class, by capture file, and de-duplicated.
+
+The paper splits flows 8:1:1 at random, stratified by class. Flows of one capture share
+hosts, sessions and timing, and identical flows are common in traffic datasets, so a
+random split can reward memorising; a split that keeps whole captures apart and the
+removal of test flows identical to a training flow give the honest figure beside it.
+Every function is deterministic for a given ``seed``; returned indices are sorted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (train, validation, test) row indices
+
+
+def _check_ratios(ratios: Sequence[float]) -> np.ndarray:
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.shape != (3,) or np.any(r < 0) or not np.isclose(r.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"ratios must be three non-negative numbers summing to 1, not {ratios}")
+    if r[0] <= 0:
+        raise ValueError(f"the training ratio must be positive, not {r[0]}")
+    return r
+
+
+def _class_codes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D, not shape {y.shape}")
+    return np.unique(y, return_inverse=True)
+
+
+def _sizes(n: int, ratios: np.ndarray) -> tuple[int, int]:
+    """Validation and test counts of a class of ``n`` flows: at least one each when asked."""
+    n_val = int(np.floor(n * ratios[1] + 0.5))
+    n_test = int(np.floor(n * ratios[2] + 0.5))
+    if ratios[1] > 0:
+        n_val = max(n_val, 1)
+    if ratios[2] > 0:
+        n_test = max(n_test, 1)
+    while n_val + n_test > n - 1:  # keep at least one training flow
+        if n_val >= n_test and n_val > (1 if ratios[1] > 0 else 0):
+            n_val -= 1
+        elif n_test > (1 if ratios[2] > 0 else 0):
+            n_test -= 1
+        else:
+            break
+    return n_val, n_test
+
+
+def split_random(y: np.ndarray, seed: int, ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> Split:
+    """Stratified random split (the paper's 8:1:1 protocol).
+
+    Each class is shuffled and cut by ``ratios``; a class too small to give every
+    non-empty part at least one flow goes wholly to training, with a warning.
+    """
+    r = _check_ratios(ratios)
+    classes, codes = _class_codes(y)
+    rng = np.random.default_rng(seed)
+    needed = 1 + int(r[1] > 0) + int(r[2] > 0)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    small = []
+    for c in range(len(classes)):
+        rows = np.flatnonzero(codes == c)
+        rows = rows[rng.permutation(len(rows))]
+        if len(rows) < needed:
+            parts[0].append(rows)
+            small.append(f"{classes[c]} ({len(rows)})")
+            continue
+        n_val, n_test = _sizes(len(rows), r)
+        parts[2].append(rows[:n_test])
+        parts[1].append(rows[n_test : n_test + n_val])
+        parts[0].append(rows[n_test + n_val :])
+    if small:
+        warnings.warn(
+            f"class(es) too small for a {needed}-way split, all in training: {', '.join(small)}",
+            stacklevel=2,
+        )
+    return tuple(_sorted(p) for p in parts)  # type: ignore[return-value]
+
+
+def split_by_file(
+    captures: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+) -> Split:
+    """Split keeping every capture file in one part, near ``ratios`` by flows per class.
+
+    Each capture goes with its majority class; per class, captures are taken in a seeded
+    random order and each goes to the part furthest below its share of that class's
+    flows. A class with fewer captures than parts cannot reach every part (warning);
+    with enough captures, each non-empty part gets at least one.
+    """
+    r = _check_ratios(ratios)
+    captures = np.asarray(captures)
+    if captures.shape != np.shape(y):
+        raise ValueError(f"captures {captures.shape} and labels {np.shape(y)} differ in shape")
+    classes, codes = _class_codes(y)
+    files, file_of_row = np.unique(captures, return_inverse=True)
+    file_of_row = file_of_row.reshape(-1)
+    n_classes = len(classes)
+    # flows per (file, class) -> the majority class and size of each file
+    per_file = np.zeros((len(files), max(n_classes, 1)), dtype=np.int64)
+    np.add.at(per_file, (file_of_row, codes), 1)
+    majority = per_file.argmax(axis=1)
+    size = per_file.sum(axis=1)
+    rng = np.random.default_rng(seed)
+    wanted_parts = [k for k in range(3) if r[k] > 0]
+    part_of_file = np.zeros(len(files), dtype=np.int64)
+    short = []
+    for c in range(n_classes):
+        members = np.flatnonzero(majority == c)
+        if len(members) == 0:
+            continue
+        members = members[rng.permutation(len(members))]
+        target = r * size[members].sum()
+        got = np.zeros(3)
+        chosen: dict[int, int] = {}
+        for f in members:
+            k = int(np.argmax(np.where(r > 0, target - got, -np.inf)))
+            chosen[int(f)] = k
+            got[k] += size[f]
+        if len(members) < len(wanted_parts):
+            short.append(f"{classes[c]} ({len(members)} capture(s))")
+        else:
+            _fill_empty_parts(chosen, size, wanted_parts)
+        for f, k in chosen.items():
+            part_of_file[f] = k
+    if short:
+        warnings.warn(
+            "class(es) with too few captures to reach every part of the split: " + ", ".join(short),
+            stacklevel=2,
+        )
+    part_of_row = part_of_file[file_of_row]
+    return tuple(np.flatnonzero(part_of_row == k) for k in range(3))  # type: ignore[return-value]
+
+
+def _fill_empty_parts(chosen: dict[int, int], size: np.ndarray, wanted: list[int]) -> None:
+    """Move the smallest capture of the most populated part into each empty wanted part."""
+    for k in wanted:
+        if k in chosen.values():
+            continue
+        counts = {p: sum(1 for v in chosen.values() if v == p) for p in wanted}
+        donor = max(counts, key=lambda p: (counts[p], -p))
+        candidates = [f for f, v in chosen.items() if v == donor]
+        smallest = min(candidates, key=lambda f: (size[f], f))
+        chosen[smallest] = k
+
+
+def _row_digests(inputs: Mapping[str, np.ndarray], rows: np.ndarray) -> list[bytes]:
+    arrays = [np.asarray(inputs[name]) for name in sorted(inputs)]
+    n = None
+    for name, a in zip(sorted(inputs), arrays, strict=True):
+        if n is None:
+            n = len(a)
+        elif len(a) != n:
+            raise ValueError(f"input {name!r} has {len(a)} rows, others {n}")
+    views = [np.ascontiguousarray(a[rows]).reshape(len(rows), -1) for a in arrays]
+    out = []
+    for i in range(len(rows)):
+        h = hashlib.blake2b(digest_size=16)
+        for v in views:
+            h.update(v[i].tobytes())
+        out.append(h.digest())
+    return out
+
+
+def drop_test_duplicates(
+    train_idx: np.ndarray, test_idx: np.ndarray, inputs: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, int]:
+    """Drop test flows whose model inputs are byte-identical to some training flow.
+
+    ``inputs`` maps each model input (e.g. ``bytes``, ``lengths``) to its array over all
+    flows; rows are compared by a 128-bit hash of all inputs together. Returns the kept
+    test indices (in their given order) and how many were removed.
+    """
+    if not inputs:
+        raise ValueError("no model inputs given to compare")
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    test_idx = np.asarray(test_idx, dtype=np.int64)
+    seen = set(_row_digests(inputs, train_idx))
+    keep = np.array([d not in seen for d in _row_digests(inputs, test_idx)], dtype=bool)
+    return test_idx[keep], int(len(test_idx) - keep.sum())
+
+
+def _sorted(parts: list[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(parts)).astype(np.int64)
