@@ -230,7 +230,7 @@ def _info_lines(info: Mapping[str, Any]) -> list[str]:
     keys = [k for k in _INFO_LABELS if k in info] + [k for k in info if k not in _INFO_LABELS]
     for key in keys:
         value = info[key]
-        if isinstance(value, Mapping | list | tuple):
+        if value is None or isinstance(value, Mapping | list | tuple):
             continue  # nested configuration lives in the run's config file, not here
         label = _INFO_LABELS.get(key, key.replace("_", " "))
         text = _fmt(value)

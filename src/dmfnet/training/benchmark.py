@@ -1,0 +1,662 @@
+"""The paper's comparison (Tables 2-3) and ablation (Tables 4-5) on any prepared dataset.
+
+:func:`run_benchmark` trains and tests each chosen model for seeds 0..K-1 through the one
+training path (:func:`dmfnet.training.trainer.train`): the same seed gives every model the
+same split. Each finished (model, seed) pair is appended to ``results.csv`` at once, so an
+interrupted benchmark resumes where it stopped. :func:`write_tables` turns ``results.csv``
+into ``tables.md``, ``tables_*.csv`` and a macro-F1 bar chart; it can be run on its own.
+
+Spread is the sample standard deviation over seeds (``ddof=1``); with one seed only the
+mean is shown.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MODELS = (
+    "dmf",
+    "dmf-no-lengths",
+    "dmf-no-bytes",
+    "dmf-late",
+    "cnn1d",
+    "xgboost",
+    "acid",
+    "appnet",
+    "mimetic",
+)
+RESULT_COLUMNS = (
+    "model",
+    "seed",
+    "accuracy",
+    "precision_macro",
+    "recall_macro",
+    "fpr_macro",
+    "f1_macro",
+    "train_seconds",
+    "infer_flows_per_s",
+)
+# The paper's column order (Accuracy, Recall, FPR, Precision), then macro-F1.
+TABLE_METRICS = (
+    ("accuracy", "Accuracy"),
+    ("recall_macro", "Recall"),
+    ("fpr_macro", "FPR"),
+    ("precision_macro", "Precision"),
+    ("f1_macro", "F1"),
+)
+LOWER_IS_BETTER = frozenset({"fpr_macro"})
+# Tables 2-3: rows grouped as in the paper, with the paper's model names.
+COMPARISON_LAYOUT = (
+    ("Non-multimodal", (("cnn1d", "1D CNN"), ("xgboost", "XGBoost"), ("acid", "ACID"))),
+    ("Multimodal", (("appnet", "AppNet"), ("mimetic", "MIMETIC"), ("dmf", "DMF"))),
+)
+# Tables 4-5.
+ABLATION_LAYOUT = (
+    ("dmf-no-lengths", "w/o Packet length sequence"),
+    ("dmf-no-bytes", "w/o Raw byte"),
+    ("dmf-late", "w/o Multi-scale fusion"),
+    ("dmf", "DMF"),
+)
+# Settings that must match for results in one report folder to be comparable.
+_SETTINGS_FILE = "benchmark.json"
+_COMPARABLE = ("dataset", "split", "keep_duplicates", "epochs", "batch_size", "lr",
+               "weight_decay", "patience", "model_config")  # fmt: skip
+
+_SPLIT_TEXT = {
+    "random": "random 8:1:1, stratified by class (the paper's protocol); seed k gives split k",
+    "file": "by capture file (no capture contributes flows to two of train/val/test); "
+    "seed k gives split k",
+}
+
+
+# ----------------------------------------------------------------------------- results.csv
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``results.csv`` (numbers as float, seed as int); a later row for the same
+    (model, seed) replaces an earlier one."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in RESULT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path} is not a benchmark results file: missing {', '.join(missing)}"
+            )
+        for line, raw in enumerate(reader, start=2):
+            try:
+                row: dict[str, Any] = {"model": raw["model"], "seed": int(raw["seed"])}
+                for c in RESULT_COLUMNS[2:]:
+                    row[c] = float(raw[c]) if raw[c] not in ("", None) else math.nan
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path}, line {line}: unreadable row ({exc})") from None
+            rows[(row["model"], row["seed"])] = row
+    return list(rows.values())
+
+
+def append_result(path: str | Path, row: Mapping[str, Any]) -> None:
+    """Append one (model, seed) row, writing the header first if the file is new."""
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        if new:
+            writer.writerow(RESULT_COLUMNS)
+        out = []
+        for c in RESULT_COLUMNS:
+            v = row[c]
+            out.append(repr(float(v)) if isinstance(v, float) else v)
+        writer.writerow(out)
+        fh.flush()
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model: ``seeds`` and, per result column, ``(mean, std)`` (std NaN for one seed)."""
+    by_model: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by_model.setdefault(str(r["model"]), []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for model, rs in by_model.items():
+        s: dict[str, Any] = {"seeds": sorted(int(r["seed"]) for r in rs)}
+        for c in RESULT_COLUMNS[2:]:
+            values = np.array([float(r[c]) for r in rs], dtype=np.float64)
+            std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            s[c] = (float(values.mean()), std)
+        out[model] = s
+    return out
+
+
+def _cell(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(std):
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _registry_group(model: str) -> str | None:
+    try:
+        from dmfnet.models import get_entry
+
+        return get_entry(model).group
+    except Exception:  # unknown model or registry not importable: keep it in the full table
+        return None
+
+
+def comparison_rows(models: Sequence[str]) -> list[tuple[str, str, str]]:
+    """``(group, model, display name)`` rows of Tables 2-3 for the models that have results;
+    models outside the paper's list join their registry group after the paper's."""
+    present = set(models)
+    rows = []
+    known = {m for _, entries in COMPARISON_LAYOUT for m, _ in entries} | {
+        m for m, _ in ABLATION_LAYOUT
+    }
+    for group, entries in COMPARISON_LAYOUT:
+        rows += [(group, m, name) for m, name in entries if m in present]
+        extra = [m for m in models if m not in known and _registry_group(m) == group.lower()]
+        rows += [(group, m, m) for m in extra]
+    return rows
+
+
+def ablation_rows(models: Sequence[str]) -> list[tuple[str, str]]:
+    """``(model, display name)`` rows of Tables 4-5 for the models that have results."""
+    present = set(models)
+    known = {m for m, _ in ABLATION_LAYOUT}
+    extra = [(m, m) for m in models if m not in known and _registry_group(m) == "ablation"]
+    rows = [(m, name) for m, name in ABLATION_LAYOUT[:-1] if m in present] + extra
+    if rows and "dmf" in present:
+        rows.append(ABLATION_LAYOUT[-1])
+    return rows
+
+
+def _best(summary: Mapping[str, Mapping[str, Any]], models: Sequence[str]) -> dict[str, float]:
+    best = {}
+    for key, _ in TABLE_METRICS:
+        means = [summary[m][key][0] for m in models if not math.isnan(summary[m][key][0])]
+        if means:
+            best[key] = min(means) if key in LOWER_IS_BETTER else max(means)
+    return best
+
+
+def _markdown_table(
+    summary: Mapping[str, Mapping[str, Any]], rows: Sequence[tuple[str, str, str]], grouped: bool
+) -> str:
+    models = [m for _, m, _ in rows]
+    best = _best(summary, models)
+    head = (["Type"] if grouped else []) + ["Model"] + [label for _, label in TABLE_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (1 if grouped else 0) + "---|"]
+    lines[1] += "---:|" * len(TABLE_METRICS)
+    last_group = None
+    for group, model, name in rows:
+        cells = []
+        for key, _ in TABLE_METRICS:
+            mean, std = summary[model][key]
+            text = _cell(mean, std)
+            # Bold the best mean; with several seeds this says nothing about significance.
+            if (
+                len(models) > 1
+                and key in best
+                and round(100 * mean, 2) == round(100 * best[key], 2)
+            ):
+                text = f"**{text}**"
+            cells.append(text)
+        first = []
+        if grouped:
+            first = [group if group != last_group else ""]
+            last_group = group
+        lines.append("| " + " | ".join(first + [name] + cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_table_csv(
+    path: Path, summary: Mapping[str, Mapping[str, Any]], rows: Sequence[tuple[str, str, str]]
+) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        head = ["group", "model", "name", "runs"]
+        for key, _ in TABLE_METRICS:
+            head += [f"{key}_mean", f"{key}_std"]
+        head += ["train_seconds_mean", "infer_flows_per_s_mean"]
+        writer.writerow(head)
+        for group, model, name in rows:
+            s = summary[model]
+            out: list[Any] = [group, model, name, len(s["seeds"])]
+            for key, _ in TABLE_METRICS:
+                mean, std = s[key]
+                out += [f"{100 * mean:.4f}", "" if math.isnan(std) else f"{100 * std:.4f}"]
+            out += [f"{s['train_seconds'][0]:.2f}", f"{s['infer_flows_per_s'][0]:.0f}"]
+            writer.writerow(out)
+
+
+def _cost_table(summary: Mapping[str, Mapping[str, Any]], models: Sequence[str]) -> str:
+    lines = [
+        "| Model | Runs | Training time (s) | Inference (flows/s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for m in models:
+        s = summary[m]
+        t_mean, t_std = s["train_seconds"]
+        i_mean, _ = s["infer_flows_per_s"]
+        spread = "" if math.isnan(t_std) else f" ± {t_std:,.0f}"
+        lines.append(f"| {m} | {len(s['seeds'])} | {t_mean:,.0f}{spread} | {i_mean:,.0f} |")
+    return "\n".join(lines)
+
+
+def _header_lines(info: Mapping[str, Any], summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = []
+    if info.get("dataset"):
+        text = str(info["dataset"])
+        extra = [
+            f"{info[k]:,} {label}"
+            for k, label in (("flows", "flows"), ("classes", "classes"))
+            if isinstance(info.get(k), int)
+        ]
+        lines.append(f"- **Dataset:** {text}" + (f" ({', '.join(extra)})" if extra else ""))
+    if info.get("split"):
+        lines.append(f"- **Split protocol:** {_SPLIT_TEXT.get(str(info['split']), info['split'])}")
+    if "keep_duplicates" in info:
+        if info["keep_duplicates"]:
+            dup = "kept: test flows identical to a training flow stay in the test set (the paper's protocol)"
+        else:
+            dup = "removed: test flows whose model inputs equal a training flow's are dropped"
+            if info.get("duplicates_removed") is not None:
+                dup += f" ({info['duplicates_removed']} per run; which flows count depends on "
+                dup += "each model's inputs)"
+        lines.append(f"- **Duplicate test flows:** {dup}")
+    seed_sets = {tuple(s["seeds"]) for s in summary.values()}
+    if len(seed_sets) == 1:
+        seeds = next(iter(seed_sets))
+        lines.append(
+            f"- **Seeds:** {', '.join(map(str, seeds))} — mean ± sample std over {len(seeds)} runs, in %"
+            if len(seeds) > 1
+            else f"- **Seeds:** {seeds[0]} — one run per model, no spread, in %"
+        )
+    elif seed_sets:
+        lines.append(
+            "- **Seeds:** differ between models (runs per model in the cost table) — "
+            "mean ± sample std, in %"
+        )
+    skip = {
+        "dataset",
+        "flows",
+        "classes",
+        "split",
+        "keep_duplicates",
+        "duplicates_removed",
+        "seeds",
+    }
+    for key, value in info.items():
+        if key in skip or value is None or isinstance(value, Mapping | list | tuple):
+            continue
+        lines.append(f"- **{key.replace('_', ' ').capitalize()}:** {value}")
+    return lines
+
+
+def plot_f1_bars(
+    summary: Mapping[str, Mapping[str, Any]],
+    bars: Sequence[tuple[str, str, str]],
+    path: str | Path,
+    title: str = "",
+) -> None:
+    """Macro-F1 per model (mean, error bar = std over seeds), coloured by table group."""
+    from dmfnet.training.report import plt
+
+    colours = {
+        "Non-multimodal": "#8da0cb",
+        "Multimodal": "#66c2a5",
+        "Ablation": "#fc8d62",
+        "DMF": "#d62728",
+    }
+    names = [name for _, _, name in bars]
+    means = np.array([100 * summary[m]["f1_macro"][0] for _, m, _ in bars])
+    stds = np.array([100 * summary[m]["f1_macro"][1] for _, m, _ in bars])
+    errs = np.where(np.isnan(stds), 0.0, stds)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(bars) + 2), 4.6), dpi=120)
+    x = np.arange(len(bars))
+    ax.bar(
+        x,
+        means,
+        yerr=errs,
+        capsize=4,
+        color=[colours["DMF"] if m == "dmf" else colours.get(g, "#b3b3b3") for g, m, _ in bars],
+        edgecolor="#333333",
+        linewidth=0.6,
+        error_kw={"elinewidth": 1, "ecolor": "#222222"},
+    )
+    for xi, mean, err in zip(x, means, errs, strict=True):
+        ax.text(xi, mean + err + 0.3, f"{mean:.1f}", ha="center", va="bottom", fontsize=8)
+    low = float(np.nanmin(means - errs)) if len(means) else 0.0
+    floor = max(0.0, 10 * math.floor((low - 5) / 10))
+    ax.set_ylim(floor, min(100.0, float(np.nanmax(means + errs)) + 4) if len(means) else 100)
+    ax.set_xticks(x, labels=names, rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_ylabel("macro-F1 (%)" + (f" (axis starts at {floor:.0f})" if floor > 0 else ""))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    groups = [
+        g
+        for g in ("Non-multimodal", "Multimodal", "Ablation")
+        if any(b[0] == g and b[1] != "dmf" for b in bars)
+    ]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[g]) for g in groups]
+    if any(m == "dmf" for _, m, _ in bars):
+        handles.append(plt.Rectangle((0, 0), 1, 1, color=colours["DMF"]))
+        groups.append("DMF")
+    ax.legend(handles, groups, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if title:
+        ax.set_title(title, fontsize=11)
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.15)
+    plt.close(fig)
+
+
+def write_tables(
+    results_csv: str | Path, out_dir: str | Path, info: Mapping[str, Any]
+) -> dict[str, Path]:
+    """Write tables.md, tables_comparison.csv, tables_ablation.csv, tables_all.csv and
+    f1_macro.png into ``out_dir`` from ``results_csv``; returns the paths written.
+
+    ``info`` holds what the header states: ``dataset`` (and optionally ``flows``,
+    ``classes``), ``split``, ``keep_duplicates``, plus any other flat settings.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_results(results_csv)
+    if not rows:
+        raise ValueError(f"{results_csv} holds no results yet")
+    summary = summarise(rows)
+    models = list(summary)
+    comparison = comparison_rows(models)
+    ablation = [("Ablation", m, name) for m, name in ablation_rows(models)]
+    everything = [("", m, m) for m in models]
+
+    written: dict[str, Path] = {}
+    parts = ["# Benchmark", ""]
+    parts += _header_lines(info, summary)
+    parts.append("")
+    if comparison:
+        parts += ["## Model comparison (layout of the paper's Tables 2-3)", ""]
+        parts += [_markdown_table(summary, comparison, grouped=True), ""]
+        written["comparison"] = out_dir / "tables_comparison.csv"
+        _write_table_csv(written["comparison"], summary, comparison)
+    if ablation:
+        parts += ["## Ablation (layout of the paper's Tables 4-5)", ""]
+        parts += [_markdown_table(summary, ablation, grouped=False), ""]
+        written["ablation"] = out_dir / "tables_ablation.csv"
+        _write_table_csv(written["ablation"], summary, ablation)
+    parts += [
+        "Accuracy, macro recall, macro FPR (one-vs-rest FP / (FP + TN)), macro precision and "
+        "macro-F1 on each run's test flows. Bold: best mean in the column (lowest for FPR).",
+        "",
+        "![macro-F1 per model](f1_macro.png)",
+        "",
+        "## Cost per run",
+        "",
+        _cost_table(summary, models),
+        "",
+    ]
+    written["all"] = out_dir / "tables_all.csv"
+    _write_table_csv(written["all"], summary, everything)
+
+    bars = comparison + [b for b in ablation if b[1] != "dmf" or not comparison]
+    if not bars:
+        bars = everything
+    written["plot"] = out_dir / "f1_macro.png"
+    dataset = Path(str(info.get("dataset", ""))).name
+    plot_f1_bars(summary, bars, written["plot"], title=f"Macro-F1 on {dataset}" if dataset else "")
+    written["markdown"] = out_dir / "tables.md"
+    written["markdown"].write_text("\n".join(parts), encoding="utf-8")
+    return written
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _check_settings(report_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Refuse to mix results of different datasets or protocols in one report folder."""
+    path = report_dir / _SETTINGS_FILE
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is corrupt: {exc}") from None
+        differ = [
+            f"{k}: {previous.get(k)!r} before, {settings.get(k)!r} now"
+            for k in _COMPARABLE
+            if previous.get(k) != settings.get(k)
+        ]
+        if differ:
+            raise ValueError(
+                f"{report_dir} holds results of another configuration ({'; '.join(differ)}); "
+                "use a new report folder"
+            )
+    path.write_text(json.dumps(dict(settings), indent=2, default=str), encoding="utf-8")
+
+
+def _finished_run(run_dir: Path, model: str, seed: int, settings: Mapping[str, Any]) -> dict | None:
+    """Metrics of a run that finished but whose row never reached results.csv (killed between)."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = (
+        info.get("model") == model
+        and info.get("seed") == seed
+        and info.get("split") == settings["split"]
+        and bool(info.get("keep_duplicates")) == bool(settings["keep_duplicates"])
+    )
+    if same and all(c in metrics for c in RESULT_COLUMNS[2:]):
+        return metrics
+    return None
+
+
+def _duplicates_removed(report_dir: Path, keep_duplicates: bool) -> str | None:
+    """'N' or 'N-M' duplicate test flows removed per run, from the runs' metrics.json."""
+    if keep_duplicates:
+        return None
+    counts = []
+    for path in sorted((report_dir / "runs").glob("*/seed*/metrics.json")):
+        try:
+            counts.append(int(json.loads(path.read_text(encoding="utf-8"))["duplicates_removed"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not counts:
+        return None
+    lo, hi = min(counts), max(counts)
+    return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+
+
+def _dataset_facts(dataset: Any) -> dict[str, Any]:
+    """Flow and class counts for the tables' header, when the dataset can tell them."""
+    facts: dict[str, Any] = {}
+    try:
+        if isinstance(dataset, (str, Path)):
+            from dmfnet.data import load_dataset
+
+            ds = load_dataset(dataset, columns=[])
+        else:
+            ds = dataset
+        facts["flows"] = int(len(ds.y))
+        facts["classes"] = int(len(ds.classes))
+    except Exception:  # the header then names the dataset only
+        pass
+    return facts
+
+
+def run_benchmark(
+    dataset: Any,
+    report_dir: str | Path,
+    *,
+    models: Sequence[str] = DEFAULT_MODELS,
+    seeds: int = 3,
+    split: str = "random",
+    keep_duplicates: bool = False,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    patience: int = 5,
+    device: str | None = None,
+    model_config: Mapping[str, Mapping[str, Any]] | None = None,
+    complexity: bool = True,
+    progress: bool = True,
+    train_fn: Callable[..., dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Train and test ``models`` for seeds ``0..seeds-1`` and write the report folder.
+
+    Writes ``runs/<model>/seed<k>/`` (each a full run folder), ``results.csv`` (one row per
+    finished pair, appended at once), ``tables.md`` + ``tables_*.csv`` + ``f1_macro.png``
+    and, with ``complexity``, ``complexity.md``. Pairs already in ``results.csv`` are not
+    trained again. A pair that fails is reported and skipped (a rerun retries it).
+    ``model_config`` maps a model name to its config overrides. Returns ``trained``,
+    ``skipped`` and ``failed`` lists of (model, seed) and the paths written.
+    """
+    if train_fn is None:
+        from dmfnet.training.trainer import train as train_fn
+    from dmfnet.models import get_entry
+
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    models = list(dict.fromkeys(models))
+    if not models:
+        raise ValueError("no models chosen")
+    for m in models:
+        get_entry(m)  # unknown names fail here, before any training
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    dataset_name = (
+        str(Path(dataset).resolve())
+        if isinstance(dataset, (str, Path))
+        else str(getattr(dataset, "path", "") or "(in memory)")
+    )
+    model_config = {k: dict(v) for k, v in (model_config or {}).items()}
+    settings = {
+        "dataset": dataset_name,
+        "split": split,
+        "keep_duplicates": bool(keep_duplicates),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "patience": patience,
+        "model_config": model_config,
+    }
+    _check_settings(report_dir, settings)
+    results_csv = report_dir / "results.csv"
+    done = {(r["model"], r["seed"]) for r in read_results(results_csv)}
+
+    trained, skipped, failed = [], [], []
+    todo = [(seed, m) for seed in range(seeds) for m in models]
+    for i, (seed, model) in enumerate(todo, start=1):
+        if (model, seed) in done:
+            skipped.append((model, seed))
+            continue
+        run_dir = report_dir / "runs" / model / f"seed{seed}"
+        metrics = _finished_run(run_dir, model, seed, settings)
+        if metrics is None:
+            if progress:
+                print(f"[{i}/{len(todo)}] {model}, seed {seed}", flush=True)
+            try:
+                metrics = train_fn(
+                    dataset,
+                    run_dir,
+                    model=model,
+                    seed=seed,
+                    split=split,
+                    keep_duplicates=keep_duplicates,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    patience=patience,
+                    device=device,
+                    model_config=model_config.get(model),
+                    progress=progress,
+                )
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:
+                failed.append((model, seed, f"{type(exc).__name__}: {exc}"))
+                with open(report_dir / "failures.log", "a", encoding="utf-8") as fh:
+                    fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                             f"{model} seed {seed}: {type(exc).__name__}: {exc}\n")  # fmt: skip
+                if progress:
+                    print(f"  {model}, seed {seed} failed: {exc}", flush=True)
+                continue
+        row = {"model": model, "seed": seed, **{c: metrics[c] for c in RESULT_COLUMNS[2:]}}
+        append_result(results_csv, row)
+        trained.append((model, seed))
+        if progress:
+            print(
+                f"  {model}, seed {seed}: accuracy {100 * row['accuracy']:.2f} %, "
+                f"macro-F1 {100 * row['f1_macro']:.2f} %, {row['train_seconds']:.0f} s",
+                flush=True,
+            )
+
+    info = {"dataset": dataset_name, **_dataset_facts(dataset), "split": split,
+            "keep_duplicates": bool(keep_duplicates),
+            "duplicates_removed": _duplicates_removed(report_dir, keep_duplicates),
+            "epochs (max)": epochs, "early stopping patience": patience}  # fmt: skip
+    written = write_tables(results_csv, report_dir, info) if results_csv.exists() else {}
+    if complexity:
+        written["complexity"] = write_complexity_report(
+            report_dir, models, num_classes=info.get("classes"), progress=progress
+        )
+    return {"trained": trained, "skipped": skipped, "failed": failed, "written": written}
+
+
+def write_complexity_report(
+    report_dir: str | Path,
+    models: Sequence[str],
+    *,
+    num_classes: int | None = None,
+    batch_size: int = 256,
+    isolated: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Measure each model's cost (:mod:`dmfnet.training.complexity`) into complexity.md.
+
+    A trained ``runs/<model>/seed0`` in ``report_dir`` is measured when present (tree
+    models need one for a meaningful tree count); otherwise a freshly built model.
+    """
+    from dmfnet.training.complexity import measure, measure_isolated, write_complexity
+
+    report_dir = Path(report_dir)
+    results = []
+    for m in models:
+        run = report_dir / "runs" / m / "seed0"
+        has_run = (run / "run.json").exists()
+        if not has_run and num_classes is None:
+            raise ValueError(
+                f"no trained run of {m} in {report_dir} and the number of classes is unknown"
+            )
+        if has_run:
+            k = len(json.loads((run / "run.json").read_text(encoding="utf-8"))["classes"])
+        else:
+            k = int(num_classes or 2)
+        kwargs: dict[str, Any] = {
+            "batch_size": batch_size,
+            "run_dir": str(run) if has_run else None,
+        }
+        if progress:
+            print(f"complexity: {m}", flush=True)
+        fn = measure_isolated if isolated else measure
+        results.append(fn(m, k, **kwargs))
+    path = report_dir / "complexity.md"
+    write_complexity(results, path)
+    with open(report_dir / "complexity.json", "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2)
+    return path

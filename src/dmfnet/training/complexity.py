@@ -1,0 +1,383 @@
+"""Model cost on the machine at hand (paper §5.4): parameters, FLOPs, latency, throughput, memory.
+
+What is measured, so the numbers can be compared and repeated:
+
+* **parameters**: ``sum(p.numel())`` over the module's parameters (buffers not counted).
+* **FLOPs per flow**: :class:`torch.utils.flop_counter.FlopCounterMode` over one forward
+  pass of a batch, divided by the batch size. It counts matrix products and convolutions
+  (2 FLOPs per multiply-add, recurrent layers included through their matrix products) and
+  ignores element-wise work (activations, normalisation, pooling), as FLOP tables usually do.
+  Tree models have no FLOPs in this sense: their trees and nodes are reported instead.
+* **latency**: wall time of ``predict`` on one batch (default 256 flows) and on a single
+  flow, inputs already in memory, eval mode, no gradients; median of ``repeats`` runs
+  after ``warmup`` runs, with ``torch.set_num_threads`` set to the machine's cores.
+  **Throughput** = batch size / median batch latency.
+* **peak memory**: the growth of the process's resident set size (RSS, sampled every
+  0.5 ms from ``/proc/self/statm``) while scoring batches, over the RSS after the model
+  and inputs were built; this includes activations and allocator overhead but not the
+  weights, which are reported apart (``weights_mib``). :func:`measure_isolated` runs each
+  model in a fresh process, so no model inherits another's freed memory.
+
+Inputs are synthetic flows of the right dtypes and widths (:func:`synthetic_inputs`);
+cost does not depend on the values, except for tree models, whose size does: give a
+trained run folder (``run_dir``) to measure the trees actually trained.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import statistics
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmfnet.flows.schema import SCALAR_COLUMNS, SEQUENCE_COLUMNS
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def synthetic_inputs(columns: Sequence[str], n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` made-up flows with the dtypes and widths of the dataset columns ``columns``."""
+    rng = np.random.default_rng(seed)
+    packets = rng.integers(2, 31, n)  # packets per flow, up to the M = 30 kept
+    out: dict[str, np.ndarray] = {}
+    for name in columns:
+        if name in SEQUENCE_COLUMNS:
+            dtype, width = SEQUENCE_COLUMNS[name]
+            pad = np.arange(width)[None, :] >= packets[:, None]
+            if name == "lengths":
+                arr = rng.integers(40, 1501, (n, width))
+            elif name == "payload_lengths":
+                arr = rng.integers(0, 1461, (n, width))
+            elif name == "directions":
+                arr = rng.choice(np.array([-1, 1]), (n, width))
+            elif name == "iat":
+                arr = rng.exponential(0.05, (n, width))
+            elif name == "tcp_windows":
+                arr = rng.integers(0, 65536, (n, width))
+            else:  # byte columns: every byte may be set
+                arr = rng.integers(0, 256, (n, width))
+                pad = np.zeros_like(pad)
+            arr = np.where(pad, 0, arr)
+            out[name] = np.ascontiguousarray(arr.astype(dtype))
+        elif name in SCALAR_COLUMNS:
+            dtype = SCALAR_COLUMNS[name]
+            if dtype == "str":
+                out[name] = np.array([f"{name}-{i % 7}" for i in range(n)], dtype=object)
+            elif dtype == "bool":
+                out[name] = rng.random(n) < 0.9
+            elif dtype.startswith("float"):
+                out[name] = rng.exponential(10.0, n).astype(dtype)
+            elif name in ("packets", "packets_c2s", "packets_s2c"):
+                out[name] = packets.astype(dtype)
+            else:
+                out[name] = rng.integers(1, 60_000, n).astype(dtype)
+        else:
+            raise KeyError(f"no synthetic values for column {name!r}: not in the flow schema")
+    return out
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except OSError:  # not Linux: fall back to the lifetime peak (a coarser figure)
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class _PeakRSS:
+    """Samples the RSS in a thread while the block runs; ``peak`` is the largest value."""
+
+    def __init__(self, interval: float = 0.0005) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> _PeakRSS:
+        self.peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def _find_booster(obj: Any) -> Any:
+    """The xgboost Booster inside an estimator wrapper (or None)."""
+    try:
+        import xgboost
+    except ImportError:  # pragma: no cover - xgboost is a dependency
+        return None
+    candidates = [obj, *vars(obj).values()] if hasattr(obj, "__dict__") else [obj]
+    for c in candidates:
+        if isinstance(c, xgboost.Booster):
+            return c
+        if isinstance(c, xgboost.XGBModel):
+            try:
+                return c.get_booster()
+            except Exception:  # not fitted
+                return None
+    return None
+
+
+def _fit_estimator_on_synthetic(model: Any, inputs: Sequence[str], num_classes: int) -> Any:
+    n = 50 * num_classes
+    data = synthetic_inputs(inputs, n, seed=1)
+    y = np.arange(n) % num_classes
+    # Make the classes separable so early stopping does not end after one round.
+    for name, arr in data.items():
+        if arr.dtype.kind in "iuf" and arr.ndim >= 1:
+            shift = (y * 37).reshape((n,) + (1,) * (arr.ndim - 1))
+            data[name] = (arr + shift).astype(arr.dtype)
+            break
+    half = n // 2
+    fitted = model.fit(
+        {c: a[:half] for c, a in data.items()},
+        y[:half],
+        {c: a[half:] for c, a in data.items()},
+        y[half:],
+    )
+    return model if fitted is None else fitted
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(model: Any, tensors: Sequence[Any]) -> int:
+    """FLOPs of one forward pass of ``model(*tensors)`` (matrix products and convolutions).
+
+    Gradients stay enabled while counting: in eval mode without them PyTorch runs
+    ``nn.TransformerEncoderLayer`` as one fused kernel that the counter cannot see into.
+    The CPU attention kernel is counted with PyTorch's own attention formula.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        custom[cpu_sdpa] = _sdpa_cpu_flops
+    counter = FlopCounterMode(display=False, custom_mapping=custom)
+    with torch.enable_grad(), counter:
+        model(*tensors)
+    return int(counter.get_total_flops())
+
+
+def _median_seconds(fn: Any, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(
+    model_name: str,
+    num_classes: int,
+    *,
+    batch_size: int = 256,
+    repeats: int = 7,
+    warmup: int = 2,
+    threads: int | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Cost of one registered model on this CPU (see the module docstring for definitions).
+
+    ``run_dir``: a trained run of this model to measure (needed for tree models, whose
+    size depends on training); otherwise a freshly built model (torch) or one fitted on
+    synthetic flows (estimators) is measured.
+    """
+    import torch
+
+    from dmfnet.models import create_model, get_entry
+    from dmfnet.training.runs import model_logits
+
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("batch_size and repeats must be at least 1, warmup at least 0")
+    entry = get_entry(model_name)
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+
+    source = "untrained (random weights)"
+    if run_dir is not None:
+        from dmfnet.training.runs import load_run
+
+        model = load_run(run_dir).model
+        source = f"trained run {run_dir}"
+    else:
+        model = create_model(model_name, num_classes, **dict(model_config or {}))
+    data = synthetic_inputs(entry.inputs, batch_size)
+    one = {c: a[:1] for c, a in data.items()}
+    result: dict[str, Any] = {
+        "model": model_name,
+        "kind": entry.kind,
+        "group": entry.group,
+        "num_classes": num_classes,
+        "batch_size": batch_size,
+        "threads": threads,
+        "source": source,
+        "params": None,
+        "flops_per_flow": None,
+        "trees": None,
+        "tree_nodes": None,
+        "weights_mib": None,
+    }
+
+    if entry.kind == "torch":
+        model.eval()
+        result["params"] = int(sum(p.numel() for p in model.parameters()))
+        state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        result["weights_mib"] = state_bytes / 2**20
+        tensors = [torch.from_numpy(np.ascontiguousarray(data[c])) for c in entry.inputs]
+        single = [t[:1] for t in tensors]
+
+        result["flops_per_flow"] = count_flops(model, tensors) / batch_size
+
+        def run_batch() -> None:
+            with torch.inference_mode():
+                model_logits(model(*tensors))
+
+        def run_single() -> None:
+            with torch.inference_mode():
+                model_logits(model(*single))
+    else:
+        if run_dir is None:
+            model = _fit_estimator_on_synthetic(model, entry.inputs, num_classes)
+            source = "fitted on synthetic flows (tree count depends on the data)"
+            result["source"] = source
+        booster = _find_booster(model)
+        if booster is not None:
+            dumps = booster.get_dump()
+            result["trees"] = len(dumps)
+            result["tree_nodes"] = int(sum(1 for d in dumps for line in d.splitlines() if line))
+            result["weights_mib"] = len(booster.save_raw("ubj")) / 2**20
+
+        def run_batch() -> None:
+            model.predict_proba(data)
+
+        def run_single() -> None:
+            model.predict_proba(one)
+
+    with _PeakRSS() as rss:
+        base = rss.peak
+        batch_s = _median_seconds(run_batch, repeats, warmup)
+    single_s = _median_seconds(run_single, repeats, warmup)
+    result.update(
+        batch_latency_ms=1000 * batch_s,
+        single_flow_latency_ms=1000 * single_s,
+        throughput_flows_per_s=batch_size / batch_s if batch_s > 0 else float("inf"),
+        peak_memory_mib=max(0, rss.peak - base) / 2**20,
+        rss_mib=rss.peak / 2**20,
+    )
+    return result
+
+
+def _measure_child(args: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
+    name, num_classes, kwargs = args
+    return measure(name, num_classes, **kwargs)
+
+
+def measure_isolated(model_name: str, num_classes: int, **kwargs: Any) -> dict[str, Any]:
+    """:func:`measure` in a fresh spawned process, so memory figures of models do not mix."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_measure_child, ((model_name, num_classes, kwargs),))
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def _flops(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f}"
+
+
+def complexity_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """The §5.4 table: one row per model, in the order given."""
+    lines = [
+        "| Model | Parameters | FLOPs / flow | Trees (nodes) | Weights (MiB) | "
+        "Latency, batch (ms) | Latency, 1 flow (ms) | Throughput (flows/s) | Peak memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        trees = "n/a" if r.get("trees") is None else f"{r['trees']:,} ({r['tree_nodes']:,})"
+        lines.append(
+            f"| {r['model']} | {_num(r.get('params'))} | {_flops(r.get('flops_per_flow'))} | "
+            f"{trees} | {_num(r.get('weights_mib'), 2)} | {_num(r['batch_latency_ms'], 1)} | "
+            f"{_num(r['single_flow_latency_ms'], 2)} | {_num(r['throughput_flows_per_s'])} | "
+            f"{_num(r['peak_memory_mib'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_complexity(
+    results: Sequence[Mapping[str, Any]], path: str | Path, info: Mapping[str, Any] | None = None
+) -> None:
+    """Write complexity.md: the table, the machine, and what each column measures."""
+    import platform
+
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first = results[0] if results else {}
+    cpu = platform.processor() or platform.machine()
+    lines = ["# Model complexity (paper §5.4)", ""]
+    for key, value in (info or {}).items():
+        lines.append(f"- **{key.replace('_', ' ').capitalize()}:** {value}")
+    lines += [
+        f"- **Machine:** {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+        f"{first.get('threads', '?')} threads",
+        f"- **Batch:** {first.get('batch_size', '?')} synthetic flows, "
+        f"{first.get('num_classes', '?')} classes",
+        "",
+        complexity_table(results),
+        "",
+        "Parameters: `sum(p.numel())` of the model's parameters. FLOPs: counted by "
+        "`torch.utils.flop_counter.FlopCounterMode` on one batch divided by its size (matrix "
+        "products and convolutions, 2 per multiply-add; element-wise work not counted); "
+        "tree models report trees and nodes instead. Latency: median of repeated `predict` "
+        "calls after warm-up, inputs in memory, no gradients. Throughput: batch size / batch "
+        "latency. Peak memory: growth of the resident set size while scoring batches, over the "
+        "RSS with model and inputs loaded (activations and allocator overhead; weights are the "
+        "Weights column), each model measured in a fresh process.",
+        "",
+    ]
+    sources = {r["model"]: r.get("source", "") for r in results}
+    if any(s.startswith("trained") for s in sources.values()) or any(
+        r.get("kind") == "estimator" for r in results
+    ):
+        lines.append("Measured models: " + "; ".join(f"{m}: {s}" for m, s in sources.items()))
+        lines.append("")
+    path.write_text("\n".join(lines))
