@@ -1,0 +1,881 @@
+"""Bidirectional flows from packet batches: vectorised per batch, streaming, bounded memory.
+
+The rules (SPEC §Pipeline 2-5):
+
+* key = IP protocol + the two (address, port) endpoints in canonical (sorted) order; for
+  protocols other than TCP and UDP the ports are 0, so ICMP, GRE, ESP... form flows keyed by
+  protocol + addresses (removed by the ``non_tcp_udp`` filter unless it is switched off);
+* the client is the sender of the flow's first packet, except that a first packet that is a
+  TCP SYN/ACK makes its receiver the client;
+* a flow ends after ``idle_timeout`` without a packet of its key, when a packet arrives more
+  than ``active_timeout`` after the flow's first packet (that packet starts a new flow), after
+  a TCP RST, or after a TCP FIN from both sides; a later packet with the same key starts a
+  new flow;
+* after a close (RST, or FIN both ways) the packets that finish the close handshake - TCP
+  segments without payload and without SYN (the last ACK, a FIN/ACK or RST sent in reply) -
+  still belong to the closed flow: the first segment with payload or a SYN starts a new one;
+* packets are taken in file order, never sorted by timestamp (timestamps can go backwards
+  in real captures); inter-arrival times are then what the capture says, possibly negative;
+* non-IP records and non-first IP fragments (no transport header: their flow cannot be
+  told from the packet alone) are counted in :class:`AssemblyStats` and left out.
+
+How it is fast: each batch is processed with numpy, not per packet or per flow. Packets and
+the flows still open from earlier batches get a 64-bit hash of their key; a stable argsort
+groups each key's packets in file order (hash collisions are checked exactly and fall back
+to a full lexicographic sort); key changes and idle gaps split flows in one vectorised pass;
+the rare sequential cases (a close followed by a new connection on the same key, the active
+timeout) are resolved by an iterative pass over only the affected runs. Per-flow sums use
+``np.add.reduceat``, the first packets' fields are scattered by rank within the flow, and
+bytes are copied only for the first packets of each flow.
+
+How memory stays bounded: a flow still open at the end of a batch is kept as one row of a
+small table of counters and close state, plus one row of a reusable pool holding its
+sequence and byte columns; it continues in the next batch. A flow is emitted as soon as it
+has ended (or its idle timeout has passed on the capture's clock) and its row is reused, so
+memory grows with the number of concurrently open flows, never with the capture size.
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+from dmfnet.capture.packets import ParsedPackets
+from dmfnet.flows.anonymise import (
+    header_field_offsets,
+    looks_like_tls,
+    tls_zero_ranges,
+    transport_offsets,
+)
+from dmfnet.flows.config import FlowConfig
+
+FlowChunk = dict[str, np.ndarray]
+"""Ended flows: every column of :mod:`dmfnet.flows.schema` plus ``filter_reason``."""
+
+TCP, UDP = 6, 17
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+DNS_PORT, LLMNR_PORT = 53, 5355
+
+END_REASONS = ("idle", "active", "fin", "rst", "end_of_capture")
+END_IDLE, END_ACTIVE, END_FIN, END_RST, END_OF_CAPTURE = range(5)
+FILTER_REASONS = ("", "failed_handshake", "no_payload", "dns", "llmnr", "non_tcp_udp")
+
+_TLS_UNDECIDED, _TLS_YES, _TLS_NO = 0, 1, 2
+_TLS_STREAM_LIMIT = 16384  # bytes of each direction's stream kept for TLS parsing
+_MAX_VECTOR_ROUNDS = 64  # reopenings of one key per batch resolved vectorised, then a loop
+_BIG = np.iinfo(np.int64).max
+SLICE_PACKETS = 1 << 16  # packets assembled at once: bounds temporaries and chunk size
+
+_KEY_FIELDS = ("h", "proto", "ipv", "lo_hi", "lo_lo", "hi_hi", "hi_lo", "ports")
+_STATE_DTYPES: dict[str, type] = {
+    "h": np.uint64,
+    "proto": np.uint8,
+    "ipv": np.uint8,
+    "lo_hi": np.uint64,
+    "lo_lo": np.uint64,
+    "hi_hi": np.uint64,
+    "hi_lo": np.uint64,
+    "ports": np.int64,  # lo_port << 16 | hi_port
+    "client_is_lo": np.bool_,
+    "start": np.float64,
+    "last": np.float64,
+    "first_index": np.int64,
+    "packets": np.int64,
+    "packets_c2s": np.int64,
+    "ip_bytes": np.int64,
+    "ip_bytes_c2s": np.int64,
+    "payload_bytes": np.int64,
+    "payload_bytes_c2s": np.int64,
+    "syn_seen": np.bool_,
+    "synack_seen": np.bool_,
+    "handshake_complete": np.bool_,
+    "fin_lo": np.bool_,
+    "fin_hi": np.bool_,
+    "rst": np.bool_,
+    "flow_head_fill": np.int64,
+    "payload_head_fill": np.int64,
+    "tls_c2s": np.int8,
+    "tls_s2c": np.int8,
+    "slot": np.int64,
+}
+
+
+@dataclass
+class AssemblyStats:
+    """What flow assembly saw and could not place; the caller reads it after the stream."""
+
+    packets: int = 0  # records handed in
+    ip_packets: int = 0  # packets placed in flows
+    non_ip: int = 0  # records that are not IP (ARP, LLDP, unparseable...)
+    unplaced_fragments: int = 0  # non-first IP fragments (no ports: flow unknown)
+    flows: int = 0  # flows emitted, kept and removed
+    removed: dict[str, int] = field(default_factory=dict)  # filter reason -> flows
+    peak_open_flows: int = 0
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads key bits over the whole hash."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _key_hash(
+    proto: np.ndarray,
+    lo_hi: np.ndarray,
+    lo_lo: np.ndarray,
+    hi_hi: np.ndarray,
+    hi_lo: np.ndarray,
+    ports: np.ndarray,
+) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        k = np.uint64(0x9E3779B97F4A7C15)
+        a = _mix64(lo_lo + lo_hi * k)
+        b = _mix64(hi_lo + hi_hi * k)
+        c = ports.astype(np.uint64) << np.uint64(8) | proto.astype(np.uint64)
+        return _mix64(a * k + b + _mix64(c))
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for each pair, vectorised."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    first = np.cumsum(lengths) - lengths
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - first, lengths)
+
+
+def _copy_ranges(
+    dst: np.ndarray, dst_start: np.ndarray, src: np.ndarray, src_start: np.ndarray, n: np.ndarray
+) -> None:
+    """``dst[d:d+k] = src[s:s+k]`` for many (d, s, k) at once (flat uint8 arrays)."""
+    keep = n > 0
+    if not keep.any():
+        return
+    dst_start, src_start, n = dst_start[keep], src_start[keep], n[keep]
+    # Bounded temporaries: at most a few million bytes per round.
+    bounds = np.searchsorted(np.cumsum(n), np.arange(1, 1 + int(n.sum()) // 4_000_000) * 4_000_000)
+    for part in np.split(np.arange(len(n)), bounds):
+        if not len(part):
+            continue
+        within = _ranges(np.zeros(len(part), dtype=np.int64), n[part])
+        rep = np.repeat(np.arange(len(part)), n[part])
+        dst[dst_start[part][rep] + within] = src[src_start[part][rep] + within]
+
+
+def _zero_ranges(dst: np.ndarray, start: np.ndarray, n: np.ndarray) -> None:
+    keep = n > 0
+    if keep.any():
+        dst[_ranges(start[keep], n[keep])] = 0
+
+
+def _segment_cumsum(x: np.ndarray, seg_first: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sum restarting at each segment start."""
+    c = np.cumsum(x, dtype=np.int64)
+    return c - np.repeat(c[seg_first] - x[seg_first], lengths)
+
+
+class _RowPool:
+    """Rows of the sequence and byte columns of open flows, reused after a flow is emitted."""
+
+    def __init__(self, widths: dict[str, tuple[type, int]]) -> None:
+        self.widths = widths
+        self.arrays = {name: np.zeros((0, w), dtype=dt) for name, (dt, w) in widths.items()}
+        self.free = np.empty(0, dtype=np.int64)
+
+    def allocate(self, k: int) -> np.ndarray:
+        if k > len(self.free):
+            cap = len(next(iter(self.arrays.values())))
+            new_cap = max(2 * cap, cap + k - len(self.free), 1024)
+            for name, (dt, w) in self.widths.items():
+                grown = np.zeros((new_cap, w), dtype=dt)
+                grown[:cap] = self.arrays[name]
+                self.arrays[name] = grown
+            self.free = np.concatenate([np.arange(new_cap - 1, cap - 1, -1), self.free])
+        slots = self.free[len(self.free) - k :]
+        self.free = self.free[: len(self.free) - k]
+        for arr in self.arrays.values():
+            arr[slots] = 0
+        return slots
+
+    def release(self, slots: np.ndarray) -> None:
+        self.free = np.concatenate([self.free, slots])
+
+
+def _empty_state() -> dict[str, np.ndarray]:
+    return {name: np.empty(0, dtype=dt) for name, dt in _STATE_DTYPES.items()}
+
+
+def _split_sequential(
+    run_start: np.ndarray,
+    ts: np.ndarray,
+    start: np.ndarray,
+    rst: np.ndarray,
+    fin_lo: np.ndarray,
+    fin_hi: np.ndarray,
+    straggler: np.ndarray,
+    active_timeout: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split runs (one key, no idle gap) at reopenings after a close and at active timeouts.
+
+    Returns the flow-start mask and, per flow start, whether the previous flow ended by
+    the active timeout. Only runs with a close event or longer than the active timeout are
+    looked at; each round resolves one split per run, vectorised over all such runs.
+    """
+    n = len(run_start)
+    flow_start = run_start.copy()
+    active_mark = np.zeros(n, dtype=bool)
+    rs = np.flatnonzero(run_start)
+    re = np.append(rs[1:], n)
+    events = rst | fin_lo | fin_hi
+    has_event = np.logical_or.reduceat(events, rs)
+    too_long = np.maximum.reduceat(ts, rs) - start[rs] > active_timeout
+    pending = (has_event | too_long) & (re - rs > 1)
+    a, b = rs[pending], re[pending]
+    head_start = start[a]
+    rounds = 0
+    while len(a):
+        rounds += 1
+        if rounds > _MAX_VECTOR_ROUNDS:
+            _split_loop(a, b, head_start, ts, rst, fin_lo, fin_hi, straggler, active_timeout,
+                        flow_start, active_mark)  # fmt: skip
+            break
+        lengths = b - a
+        idx = _ranges(a, lengths)
+        seg_first = np.cumsum(lengths) - lengths
+        c_rst = _segment_cumsum(rst[idx], seg_first, lengths)
+        c_fl = _segment_cumsum(fin_lo[idx], seg_first, lengths)
+        c_fh = _segment_cumsum(fin_hi[idx], seg_first, lengths)
+        closed = (c_rst > 0) | ((c_fl > 0) & (c_fh > 0))
+        prev_closed = np.empty_like(closed)
+        prev_closed[0] = False
+        prev_closed[1:] = closed[:-1]
+        prev_closed[seg_first] = False
+        close_cand = prev_closed & ~straggler[idx]
+        act_cand = ts[idx] - np.repeat(head_start, lengths) > active_timeout
+        act_cand[seg_first] = False
+        cand = close_cand | act_cand
+        first = np.minimum.reduceat(
+            np.where(cand, np.arange(len(idx), dtype=np.int64), _BIG), seg_first
+        )
+        hit = first < _BIG
+        j = first[hit]
+        g = idx[j]
+        flow_start[g] = True
+        active_mark[g] = ~close_cand[j]
+        a, b, head_start = g, b[hit], start[g]
+        longer = b - a > 1
+        a, b, head_start = a[longer], b[longer], head_start[longer]
+    return flow_start, active_mark
+
+
+def _split_loop(
+    a: np.ndarray,
+    b: np.ndarray,
+    head_start: np.ndarray,
+    ts: np.ndarray,
+    rst: np.ndarray,
+    fin_lo: np.ndarray,
+    fin_hi: np.ndarray,
+    straggler: np.ndarray,
+    active_timeout: float,
+    flow_start: np.ndarray,
+    active_mark: np.ndarray,
+) -> None:
+    """The rules of :func:`_split_sequential`, one packet at a time (keys reopened very often)."""
+    for lo, hi, t0 in zip(a.tolist(), b.tolist(), head_start.tolist(), strict=True):
+        seen_rst, seen_lo, seen_hi = bool(rst[lo]), bool(fin_lo[lo]), bool(fin_hi[lo])
+        for i in range(lo + 1, hi):
+            closed = seen_rst or (seen_lo and seen_hi)
+            close_split = closed and not straggler[i]
+            if close_split or ts[i] - t0 > active_timeout:
+                flow_start[i] = True
+                active_mark[i] = not close_split
+                t0 = float(ts[i])
+                seen_rst = seen_lo = seen_hi = False
+            seen_rst |= bool(rst[i])
+            seen_lo |= bool(fin_lo[i])
+            seen_hi |= bool(fin_hi[i])
+
+
+def _ip_strings(hi: np.ndarray, lo: np.ndarray, ipv: np.ndarray) -> np.ndarray:
+    """Text form of 16-byte addresses (IPv4 as dotted quad), formatting each distinct one once."""
+    if not len(hi):
+        return np.empty(0, dtype=object)
+    packed = np.empty((len(hi), 3), dtype=np.uint64)
+    packed[:, 0], packed[:, 1], packed[:, 2] = hi, lo, ipv
+    uniq, inverse = np.unique(packed, axis=0, return_inverse=True)
+    raw = uniq[:, :2].astype(">u8").view(np.uint8).reshape(-1, 16)
+    text = [
+        socket.inet_ntop(socket.AF_INET, bytes(r[12:]))
+        if v == 4
+        else socket.inet_ntop(socket.AF_INET6, bytes(r))
+        for r, v in zip(raw, uniq[:, 2].tolist(), strict=True)
+    ]
+    return np.array(text, dtype=object)[inverse.reshape(-1)]
+
+
+def _slice(parsed: ParsedPackets, lo: int, hi: int) -> ParsedPackets:
+    """Packets ``lo:hi`` of a batch as a batch of their own (views, sharing the data)."""
+    if lo == 0 and hi >= len(parsed):
+        return parsed
+    b = parsed.batch
+    per_record = {
+        f.name: getattr(b, f.name)[lo:hi]
+        for f in fields(b)
+        if f.name != "data" and isinstance(getattr(b, f.name), np.ndarray)
+    }
+    batch = replace(b, **per_record, first_index=b.first_index + lo)
+    return ParsedPackets(
+        batch=batch,
+        **{f.name: getattr(parsed, f.name)[lo:hi] for f in fields(parsed) if f.name != "batch"},
+    )
+
+
+class FlowAssembler:
+    """Turns a capture's packet batches into flows; push batches, then :meth:`finish`."""
+
+    def __init__(self, config: FlowConfig, capture: str) -> None:
+        self.config = config
+        self.capture = str(capture)
+        self.stats = AssemblyStats()
+        c = config
+        self._pool = _RowPool(
+            {
+                "bytes": (np.uint8, c.bytes_len),
+                "lengths": (np.int32, c.m_packets),
+                "directions": (np.int8, c.m_packets),
+                "iat": (np.float32, c.m_packets),
+                "payload_lengths": (np.int32, c.m_packets),
+                "tcp_windows": (np.int32, c.m_packets),
+                "tcp_flags": (np.uint8, c.m_packets),
+                "flow_head": (np.uint8, c.head_bytes),
+                "payload_head": (np.uint8, c.head_bytes),
+            }
+        )
+        self._open = _empty_state()
+        self._clock = -np.inf
+        self._tls: dict[tuple[int, bool], tuple[int, bytearray]] = {}
+
+    # ------------------------------------------------------------------ public
+    def push(self, parsed: ParsedPackets) -> list[FlowChunk]:
+        """Add one batch (file order); returns chunks of the flows that ended meanwhile.
+
+        Large batches are processed in slices of ``SLICE_PACKETS`` packets so that the
+        temporary arrays (and each chunk) stay small whatever the reader's batch size.
+        """
+        self.stats.packets += len(parsed)
+        chunks = []
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for lo in range(0, len(parsed), SLICE_PACKETS):
+                chunk = self._push(_slice(parsed, lo, lo + SLICE_PACKETS))
+                if chunk is not None:
+                    chunks.append(chunk)
+        finally:
+            if was_enabled:
+                gc.enable()
+        return chunks
+
+    def finish(self) -> FlowChunk | None:
+        """End of capture: every flow still open is emitted."""
+        st = self._open
+        if not len(st["h"]):
+            return None
+        tcp = st["proto"] == TCP
+        closed = tcp & (st["rst"] | (st["fin_lo"] & st["fin_hi"]))
+        reason = np.where(self._clock - st["last"] > self.config.idle_timeout, END_IDLE,
+                          END_OF_CAPTURE)  # fmt: skip
+        reason = np.where(closed, np.where(st["rst"], END_RST, END_FIN), reason)
+        chunk = self._emit(st, reason.astype(np.int8))
+        self._open = _empty_state()
+        return chunk
+
+    # ------------------------------------------------------------------ batch
+    def _push(self, parsed: ParsedPackets) -> FlowChunk | None:
+        cfg = self.config
+        batch = parsed.batch
+        data = batch.data
+        n = len(parsed)
+        is_ip = parsed.ip_version != 0
+        frag = parsed.fragment & is_ip
+        self.stats.non_ip += int(n - np.count_nonzero(is_ip))
+        self.stats.unplaced_fragments += int(np.count_nonzero(frag))
+        use = np.flatnonzero(is_ip & ~frag)
+        m = len(use)
+        self.stats.ip_packets += m
+        if m == 0 and not len(self._open["h"]):
+            return None
+
+        # Per packet: canonical key, direction relative to the key.
+        proto = parsed.protocol[use]
+        ipv = parsed.ip_version[use]
+        has_ports = (proto == TCP) | (proto == UDP)
+        sport = np.where(has_ports, parsed.src_port[use], 0).astype(np.int64)
+        dport = np.where(has_ports, parsed.dst_port[use], 0).astype(np.int64)
+        src = np.ascontiguousarray(parsed.src_ip[use]).view(">u8").astype(np.uint64)
+        dst = np.ascontiguousarray(parsed.dst_ip[use]).view(">u8").astype(np.uint64)
+        s_hi, s_lo, d_hi, d_lo = src[:, 0], src[:, 1], dst[:, 0], dst[:, 1]
+        src_is_lo = (s_hi < d_hi) | (
+            (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sport <= dport)))
+        )
+        lo_hi = np.where(src_is_lo, s_hi, d_hi)
+        lo_lo = np.where(src_is_lo, s_lo, d_lo)
+        hi_hi = np.where(src_is_lo, d_hi, s_hi)
+        hi_lo = np.where(src_is_lo, d_lo, s_lo)
+        ports = np.where(src_is_lo, sport << 16 | dport, dport << 16 | sport)
+        h = _key_hash(proto, lo_hi, lo_lo, hi_hi, hi_lo, ports)
+        ts = batch.ts[use].astype(np.float64)
+        if m:
+            self._clock = max(self._clock, float(ts.max()))
+
+        # Items: the open flows (as summaries) first, then the batch's packets, grouped by key
+        # with file order kept inside each key.
+        op = self._open
+        fc = len(op["h"])
+        keys = {
+            "h": h,
+            "proto": proto,
+            "ipv": ipv,
+            "lo_hi": lo_hi,
+            "lo_lo": lo_lo,
+            "hi_hi": hi_hi,
+            "hi_lo": hi_lo,
+            "ports": ports,
+        }
+        item_keys = {k: np.concatenate([op[k], v.astype(op[k].dtype)]) for k, v in keys.items()}
+        order, same = self._group_by_key(item_keys)
+        nitems = len(order)
+        is_pkt = order >= fc
+        pi = np.where(is_pkt, order - fc, 0)  # packet index (valid where is_pkt)
+
+        def items(open_values: np.ndarray, packet_values: np.ndarray) -> np.ndarray:
+            return np.concatenate([open_values, packet_values])[order]
+
+        zeros_fc = np.zeros(fc, dtype=bool)
+        flags = items(np.zeros(fc, np.uint8), parsed.tcp_flags[use])
+        tcp = items(op["proto"] == TCP, proto == TCP)
+        src_lo = items(zeros_fc, src_is_lo)
+        payload_len = items(np.zeros(fc, np.int64), parsed.payload_len[use].astype(np.int64))
+        ip_len = items(np.zeros(fc, np.int64), parsed.ip_len[use].astype(np.int64))
+        ts_i = items(op["last"], ts)
+        start_i = items(op["start"], ts)
+        tcp_pkt = tcp & is_pkt
+        rst_e = items(op["rst"], (parsed.tcp_flags[use] & RST) != 0) & tcp
+        fin = (flags & FIN) != 0
+        fin_lo_e = (tcp_pkt & fin & src_lo) | (~is_pkt & items(op["fin_lo"], np.zeros(m, bool)))
+        fin_hi_e = (tcp_pkt & fin & ~src_lo) | (~is_pkt & items(op["fin_hi"], np.zeros(m, bool)))
+        straggler = tcp_pkt & (payload_len == 0) & ((flags & SYN) == 0)
+
+        key_start = np.ones(nitems, dtype=bool)
+        key_start[1:] = ~same
+        run_start = key_start.copy()
+        run_start[1:] |= np.diff(ts_i) > cfg.idle_timeout
+        flow_start, active_mark = _split_sequential(
+            run_start, ts_i, start_i, rst_e, fin_lo_e, fin_hi_e, straggler, cfg.active_timeout
+        )
+
+        # Flows of this batch: continuing open flows and new ones.
+        fpos = np.flatnonzero(flow_start)
+        nf = len(fpos)
+        fid = np.cumsum(flow_start) - 1
+        fend = np.append(fpos[1:], nitems) - 1
+        has_next = np.zeros(nf, dtype=bool)
+        has_next[:-1] = ~key_start[fend[:-1] + 1]
+        cont = ~is_pkt[fpos]
+        crow = order[fpos[cont]]  # open-flow row of each continuing flow
+
+        def carried(name: str) -> np.ndarray:
+            """The open flows' value of ``name`` for continuing flows, 0 for new ones."""
+            out = np.zeros(nf, dtype=op[name].dtype)
+            out[cont] = op[name][crow]
+            return out
+
+        head_flags = flags[fpos]
+        synack_first = tcp[fpos] & ((head_flags & (SYN | ACK)) == (SYN | ACK))
+        client_is_lo = np.where(cont, carried("client_is_lo"), src_lo[fpos] ^ synack_first)
+        c2s = src_lo == client_is_lo[fid]
+
+        st: dict[str, np.ndarray] = {k: item_keys[k][order[fpos]] for k in _KEY_FIELDS}
+        st["client_is_lo"] = client_is_lo
+        st["start"] = start_i[fpos]
+        st["last"] = ts_i[fend]
+        first_index = batch.first_index + use[pi[fpos]]
+        st["first_index"] = np.where(cont, carried("first_index"), first_index)
+
+        def per_flow_sum(values: np.ndarray) -> np.ndarray:
+            return np.add.reduceat(values, fpos)
+
+        pk = is_pkt.astype(np.int64)
+        c2s_pk = pk * c2s
+        st["packets"] = carried("packets") + per_flow_sum(pk)
+        st["packets_c2s"] = carried("packets_c2s") + per_flow_sum(c2s_pk)
+        st["ip_bytes"] = carried("ip_bytes") + per_flow_sum(ip_len)
+        st["ip_bytes_c2s"] = carried("ip_bytes_c2s") + per_flow_sum(ip_len * c2s_pk)
+        st["payload_bytes"] = carried("payload_bytes") + per_flow_sum(payload_len)
+        st["payload_bytes_c2s"] = carried("payload_bytes_c2s") + per_flow_sum(payload_len * c2s_pk)
+
+        syn_only = (flags & (SYN | ACK)) == SYN
+        syn_any = np.logical_or.reduceat(tcp_pkt & c2s & syn_only, fpos)
+        st["syn_seen"] = syn_any | carried("syn_seen")
+        pos = np.arange(nitems, dtype=np.int64)
+        synack_item = (tcp_pkt & ~c2s & ((flags & (SYN | ACK)) == (SYN | ACK))) | (
+            ~is_pkt & items(op["synack_seen"], np.zeros(m, bool))
+        )
+        first_synack = np.minimum.reduceat(np.where(synack_item, pos, _BIG), fpos)
+        ack_item = tcp_pkt & c2s & ((flags & (SYN | ACK)) == ACK)
+        last_ack = np.maximum.reduceat(np.where(ack_item, pos, -1), fpos)
+        st["synack_seen"] = first_synack < _BIG
+        st["handshake_complete"] = carried("handshake_complete") | (
+            st["syn_seen"] & (first_synack < last_ack)
+        )
+        st["fin_lo"] = np.logical_or.reduceat(fin_lo_e, fpos)
+        st["fin_hi"] = np.logical_or.reduceat(fin_hi_e, fpos)
+        st["rst"] = np.logical_or.reduceat(rst_e, fpos)
+
+        # Rows for the sequence and byte columns.
+        slot = np.zeros(nf, dtype=np.int64)
+        slot[cont] = op["slot"][crow]
+        slot[~cont] = self._pool.allocate(int(np.count_nonzero(~cont)))
+        st["slot"] = slot
+        st["flow_head_fill"] = carried("flow_head_fill")
+        st["payload_head_fill"] = carried("payload_head_fill")
+        st["tls_c2s"] = carried("tls_c2s").astype(np.int8)
+        st["tls_s2c"] = carried("tls_s2c").astype(np.int8)
+
+        # Packets that enter the per-packet columns: rank < m_packets within their flow.
+        local = pos - fpos[fid]
+        base = carried("packets") - cont
+        rank = base[fid] + local
+        early = np.flatnonzero(is_pkt & (rank < cfg.m_packets))
+        if len(early):
+            self._fill_sequences(parsed, use, pi, early, fid, rank, c2s, ts_i, local, st, data)
+
+        # Which flows ended: a later flow of the same key exists, or the idle timeout has
+        # passed on the capture's clock.
+        closed = (st["proto"] == TCP) & (st["rst"] | (st["fin_lo"] & st["fin_hi"]))
+        expired = ~has_next & (self._clock - st["last"] > cfg.idle_timeout)
+        ended = has_next | expired
+        next_start = np.minimum(fend + 1, nitems - 1)
+        reason = np.where(has_next & active_mark[next_start], END_ACTIVE, END_IDLE)
+        reason = np.where(closed, np.where(st["rst"], END_RST, END_FIN), reason).astype(np.int8)
+
+        keep = ~ended
+        self._open = {k: v[keep] for k, v in st.items()}
+        self.stats.peak_open_flows = max(self.stats.peak_open_flows, int(keep.sum()))
+        if not ended.any():
+            return None
+        return self._emit({k: v[ended] for k, v in st.items()}, reason[ended])
+
+    def _group_by_key(self, item_keys: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Stable order grouping equal keys; ``same[i]``: item i+1 has item i's key."""
+        h = item_keys["h"]
+        order = np.argsort(h, kind="stable")
+        hs = h[order]
+        same = hs[1:] == hs[:-1]
+        dup = np.flatnonzero(same)
+        exact = np.ones(len(dup), dtype=bool)
+        for k in _KEY_FIELDS[1:]:
+            v = item_keys[k][order]
+            exact &= v[dup] == v[dup + 1]
+        if exact.all():
+            return order, same
+        # A hash collision (never seen in practice): sort by the full key instead.
+        cols = [item_keys[k] for k in reversed(_KEY_FIELDS[1:])]
+        order = np.lexsort([np.arange(len(h)), *cols])
+        same = np.ones(len(h) - 1 if len(h) else 0, dtype=bool)
+        for k in _KEY_FIELDS[1:]:
+            v = item_keys[k][order]
+            same &= v[1:] == v[:-1]
+        return order, same
+
+    def _fill_sequences(
+        self,
+        parsed: ParsedPackets,
+        use: np.ndarray,
+        pi: np.ndarray,
+        early: np.ndarray,
+        fid: np.ndarray,
+        rank: np.ndarray,
+        c2s: np.ndarray,
+        ts_i: np.ndarray,
+        local: np.ndarray,
+        st: dict[str, np.ndarray],
+        data: np.ndarray,
+    ) -> None:
+        """Per-packet columns, bytes, heads and their anonymisation for the early packets."""
+        cfg = self.config
+        pool = self._pool.arrays
+        p = use[pi[early]]  # index in the parsed batch
+        f = fid[early]
+        r = rank[early]
+        rows = st["slot"][f]
+        direction = np.where(c2s[early], 1, -1).astype(np.int8)
+        ip_len = parsed.ip_len[p].astype(np.int64)
+        pool["lengths"][rows, r] = ip_len * direction if cfg.signed_lengths else ip_len
+        pool["directions"][rows, r] = direction
+        prev = np.maximum(early - 1, 0)
+        pool["iat"][rows, r] = np.where(local[early] > 0, ts_i[early] - ts_i[prev], 0.0)
+        pool["payload_lengths"][rows, r] = parsed.payload_len[p]
+        pool["tcp_windows"][rows, r] = parsed.tcp_window[p]
+        pool["tcp_flags"][rows, r] = parsed.tcp_flags[p]
+
+        l3 = parsed.l3_offset[p].astype(np.int64)
+        cap = np.maximum(parsed.l3_caplen[p].astype(np.int64), 0)
+        hlen = parsed.header_len[p].astype(np.int64)
+        header_avail = np.minimum(hlen, cap)
+        payload_avail = np.clip(np.minimum(parsed.payload_len[p], cap - hlen), 0, None)
+        payload_at = l3 + np.minimum(hlen, cap)
+
+        # Raw-byte modality: packet k's header at k*(Lh+Lp), its payload Lh bytes later.
+        lh, lp, width = cfg.header_bytes, cfg.payload_bytes, cfg.bytes_len
+        in_bytes = r < cfg.n_packets
+        b_base = rows * width + r * (lh + lp)
+        b_hdr = np.where(in_bytes, np.minimum(header_avail, lh), 0)
+        b_pay = np.where(in_bytes, np.minimum(payload_avail, lp), 0)
+        flat_bytes = pool["bytes"].reshape(-1)
+        _copy_ranges(flat_bytes, b_base, data, l3, b_hdr)
+        _copy_ranges(flat_bytes, b_base + lh, data, payload_at, b_pay)
+
+        # Heads: the early packets (whole IP packets / payloads) back to back.
+        head = cfg.head_bytes
+        fh_off = self._head_offsets(f, cap, st["flow_head_fill"])
+        ph_off = self._head_offsets(f, payload_avail, st["payload_head_fill"])
+        fh_n = np.clip(np.minimum(cap, head - fh_off), 0, None)
+        ph_n = np.clip(np.minimum(payload_avail, head - ph_off), 0, None)
+        fh_base = rows * head + fh_off
+        ph_base = rows * head + ph_off
+        _copy_ranges(pool["flow_head"].reshape(-1), fh_base, data, l3, fh_n)
+        _copy_ranges(pool["payload_head"].reshape(-1), ph_base, data, payload_at, ph_n)
+        nflows = len(st["slot"])
+        st["flow_head_fill"] = st["flow_head_fill"] + np.bincount(f, cap, nflows).astype(np.int64)
+        st["payload_head_fill"] = st["payload_head_fill"] + np.bincount(
+            f, payload_avail, nflows
+        ).astype(np.int64)
+
+        if not cfg.anonymise:
+            return
+        # Addresses, ports, checksums.
+        l4 = transport_offsets(data, l3, cap, parsed.ip_version[p], parsed.protocol[p])
+        fields = header_field_offsets(parsed.ip_version[p], parsed.protocol[p], l4)
+        valid = fields >= 0
+        hit = valid & (fields < b_hdr[:, None])
+        flat_bytes[(b_base[:, None] + fields)[hit]] = 0
+        hit = valid & (fields < fh_n[:, None])
+        pool["flow_head"].reshape(-1)[(fh_base[:, None] + fields)[hit]] = 0
+
+        # TLS server names and certificates, in payload coordinates of each packet.
+        zp, za, zb = self._tls_ranges(parsed, p, f, c2s[early], payload_at, payload_avail, st,
+                                      data)  # fmt: skip
+        if not len(zp):
+            return
+        pay_in_fh = np.minimum(hlen, cap)[zp]
+
+        def zero(flat: np.ndarray, base: np.ndarray, kept: np.ndarray) -> None:
+            lo = np.clip(za, 0, kept)
+            hi = np.clip(zb, 0, kept)
+            _zero_ranges(flat, base + lo, hi - lo)
+
+        zero(flat_bytes, b_base[zp] + lh, b_pay[zp])
+        fh_kept = np.clip(fh_n[zp] - pay_in_fh, 0, None)
+        zero(pool["flow_head"].reshape(-1), fh_base[zp] + pay_in_fh, fh_kept)
+        zero(pool["payload_head"].reshape(-1), ph_base[zp], ph_n[zp])
+
+    @staticmethod
+    def _head_offsets(f: np.ndarray, contribution: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        """Where each early packet starts in its flow's head: fill + earlier packets' bytes."""
+        c = np.cumsum(contribution)
+        excl = c - contribution
+        first = np.ones(len(f), dtype=bool)
+        first[1:] = f[1:] != f[:-1]
+        group = np.cumsum(first) - 1
+        return excl - excl[first][group] + fill[f]
+
+    def _tls_ranges(
+        self,
+        parsed: ParsedPackets,
+        p: np.ndarray,
+        f: np.ndarray,
+        c2s: np.ndarray,
+        payload_at: np.ndarray,
+        payload_avail: np.ndarray,
+        st: dict[str, np.ndarray],
+        data: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ranges to zero (early-packet index, start, end) for TLS names and certificates."""
+        empty = np.empty(0, dtype=np.int64)
+        cand = np.flatnonzero((parsed.protocol[p] == TCP) & (payload_avail > 0))
+        if not len(cand):
+            return empty, empty, empty
+        group = f[cand] * 2 + c2s[cand]
+        order = np.argsort(group, kind="stable")
+        cand, group = cand[order], group[order]
+        firsts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        gflow, gc2s = group[firsts] // 2, (group[firsts] % 2).astype(bool)
+        state = np.where(gc2s, st["tls_c2s"][gflow], st["tls_s2c"][gflow])
+        undecided = state == _TLS_UNDECIDED
+        if undecided.any():
+            first_pkt = cand[firsts[undecided]]
+            at = payload_at[first_pkt]
+            head3 = data[np.minimum(at[:, None] + np.arange(3), len(data) - 1)]
+            ok = looks_like_tls(head3) & (payload_avail[first_pkt] >= 3)
+            state[undecided] = np.where(ok, _TLS_YES, _TLS_NO)
+            st["tls_c2s"][gflow[gc2s]] = state[gc2s]
+            st["tls_s2c"][gflow[~gc2s]] = state[~gc2s]
+        bounds = np.append(firsts, len(cand))
+        seq = parsed.tcp_seq[p].astype(np.int64)
+        out_p: list[int] = []
+        out_a: list[int] = []
+        out_b: list[int] = []
+        for g in np.flatnonzero(state == _TLS_YES).tolist():
+            members = cand[bounds[g] : bounds[g + 1]]
+            key = (int(st["slot"][gflow[g]]), bool(gc2s[g]))
+            seqs = seq[members].tolist()
+            stream = self._tls.get(key)
+            if stream is None:
+                first = seqs[0]
+                low = min(((s - first + 2**31) % 2**32) - 2**31 for s in seqs)
+                stream = ((first + low) % 2**32, bytearray())
+                self._tls[key] = stream
+            base, buf = stream
+            spans = []
+            for i, s in zip(members.tolist(), seqs, strict=True):
+                at, k = int(payload_at[i]), int(payload_avail[i])
+                pos = (s - base) % 2**32
+                spans.append((i, pos, k))
+                if pos >= _TLS_STREAM_LIMIT:
+                    continue
+                k = min(k, _TLS_STREAM_LIMIT - pos)
+                if len(buf) < pos + k:
+                    buf.extend(bytes(pos + k - len(buf)))
+                buf[pos : pos + k] = data[at : at + k].tobytes()
+            for za, zb in tls_zero_ranges(buf):
+                for i, pos, k in spans:
+                    if za < pos + k and zb > pos:
+                        out_p.append(i)
+                        out_a.append(za - pos)
+                        out_b.append(zb - pos)
+        return (np.array(out_p, dtype=np.int64), np.array(out_a, dtype=np.int64),
+                np.array(out_b, dtype=np.int64))  # fmt: skip
+
+    # ------------------------------------------------------------------ output
+    def _emit(self, st: dict[str, np.ndarray], reason: np.ndarray) -> FlowChunk:
+        """Build the output columns of ended flows and free their rows."""
+        cfg = self.config
+        order = np.argsort(st["first_index"], kind="stable")
+        st = {k: v[order] for k, v in st.items()}
+        reason = reason[order]
+        n = len(order)
+        slots = st["slot"]
+        out: FlowChunk = {name: arr[slots] for name, arr in self._pool.arrays.items()}
+        if self._tls:
+            tls_rows = np.flatnonzero((st["tls_c2s"] == _TLS_YES) | (st["tls_s2c"] == _TLS_YES))
+            for s in slots[tls_rows].tolist():
+                self._tls.pop((s, True), None)
+                self._tls.pop((s, False), None)
+        self._pool.release(slots)
+
+        client_lo = st["client_is_lo"]
+        lo_port = (st["ports"] >> 16).astype(np.int32)
+        hi_port = (st["ports"] & 0xFFFF).astype(np.int32)
+        lo_ip = _ip_strings(st["lo_hi"], st["lo_lo"], st["ipv"])
+        hi_ip = _ip_strings(st["hi_hi"], st["hi_lo"], st["ipv"])
+        proto = st["proto"]
+        packets = st["packets"]
+        out["capture"] = np.full(n, self.capture, dtype=object)
+        out["protocol"] = proto.astype(np.uint8)
+        out["ip_version"] = st["ipv"].astype(np.uint8)
+        out["client_ip"] = np.where(client_lo, lo_ip, hi_ip)
+        out["client_port"] = np.where(client_lo, lo_port, hi_port).astype(np.int32)
+        out["server_ip"] = np.where(client_lo, hi_ip, lo_ip)
+        out["server_port"] = np.where(client_lo, hi_port, lo_port).astype(np.int32)
+        out["start_time"] = st["start"]
+        out["end_time"] = st["last"]
+        out["packets"] = packets
+        out["packets_c2s"] = st["packets_c2s"]
+        out["packets_s2c"] = packets - st["packets_c2s"]
+        out["ip_bytes"] = st["ip_bytes"]
+        out["ip_bytes_c2s"] = st["ip_bytes_c2s"]
+        out["ip_bytes_s2c"] = st["ip_bytes"] - st["ip_bytes_c2s"]
+        out["payload_bytes"] = st["payload_bytes"]
+        out["payload_bytes_c2s"] = st["payload_bytes_c2s"]
+        out["payload_bytes_s2c"] = st["payload_bytes"] - st["payload_bytes_c2s"]
+        out["syn_seen"] = st["syn_seen"].copy()
+        out["handshake_complete"] = st["handshake_complete"].copy()
+        out["end_reason"] = np.array(END_REASONS, dtype=object)[reason]
+
+        # Filters, first matching rule wins (order: what the flow is, then how it went).
+        tcp = proto == TCP
+        rule = np.zeros(n, dtype=np.int8)
+        checks = [
+            (cfg.drop_non_tcp_udp, (proto != TCP) & (proto != UDP), 5),
+            (cfg.drop_dns, (lo_port == DNS_PORT) | (hi_port == DNS_PORT), 3),
+            (cfg.drop_llmnr, (lo_port == LLMNR_PORT) | (hi_port == LLMNR_PORT), 4),
+            (cfg.drop_failed_handshake, tcp & st["syn_seen"] & ~st["handshake_complete"], 1),
+            (cfg.drop_no_payload, tcp & (st["payload_bytes"] == 0), 2),
+        ]
+        for enabled, match, code in checks:
+            if enabled:
+                rule = np.where((rule == 0) & match, code, rule).astype(np.int8)
+        out["filter_reason"] = np.array(FILTER_REASONS, dtype=object)[rule]
+        self.stats.flows += n
+        counts = np.bincount(rule, minlength=len(FILTER_REASONS))
+        for code in np.flatnonzero(counts[1:]) + 1:
+            name = FILTER_REASONS[code]
+            self.stats.removed[name] = self.stats.removed.get(name, 0) + int(counts[code])
+        return out
+
+
+class FlowStream(Iterator[FlowChunk]):
+    """Iterator over a capture's flow chunks; ``stats`` is complete once it is exhausted."""
+
+    def __init__(self, packets: Iterable[ParsedPackets], config: FlowConfig, capture: str) -> None:
+        self._packets = iter(packets)
+        self._assembler = FlowAssembler(config, capture)
+        self._done = False
+        self._ready: deque[FlowChunk] = deque()
+
+    @property
+    def stats(self) -> AssemblyStats:
+        return self._assembler.stats
+
+    def __iter__(self) -> FlowStream:
+        return self
+
+    def __next__(self) -> FlowChunk:
+        if self._ready:
+            return self._ready.popleft()
+        while not self._done:
+            try:
+                parsed = next(self._packets)
+            except StopIteration:
+                self._done = True
+                chunk = self._assembler.finish()
+                if chunk is not None:
+                    return chunk
+                break
+            self._ready.extend(self._assembler.push(parsed))
+            if self._ready:
+                return self._ready.popleft()
+        if self._ready:
+            return self._ready.popleft()
+        raise StopIteration
+
+
+def assemble_flows(
+    packets: Iterable[ParsedPackets], config: FlowConfig, capture: str
+) -> FlowStream:
+    """Stream a capture's flows: chunks of ended flows as they end, the rest at the end.
+
+    ``capture`` names the source file in every flow. Removed flows are included with their
+    ``filter_reason``; read ``.stats`` of the returned iterator for what could not be placed.
+    """
+    return FlowStream(packets, config, capture)

@@ -1,0 +1,60 @@
+"""Flow assembly parameters, named as nfstream names them, with the defaults SPEC.md settles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dmfnet.flows import schema
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """How packets become flows, which flows are removed, and what the modalities hold.
+
+    Timeouts are in seconds. A flow ends when no packet of its key arrived for
+    ``idle_timeout``, when ``active_timeout`` has passed since its first packet (the next
+    packet starts a new flow), after a TCP RST, or after a FIN from both sides.
+
+    The ``drop_*`` switches name the paper's filters; a removed flow is still emitted with
+    its ``filter_reason`` so the dataset can count removals per class.
+    """
+
+    idle_timeout: float = 120.0
+    active_timeout: float = 1800.0
+    # Modalities (SPEC §Pipeline 5). The schema's column widths follow the defaults; other
+    # values change the widths of ``bytes`` (n_packets * (header_bytes + payload_bytes)) and
+    # of the per-packet columns (m_packets).
+    n_packets: int = schema.N_PACKETS
+    header_bytes: int = schema.HEADER_BYTES
+    payload_bytes: int = schema.PAYLOAD_BYTES
+    m_packets: int = schema.M_PACKETS
+    head_bytes: int = schema.HEAD_BYTES
+    # Filters (SPEC §Pipeline 3): each one can be switched off.
+    drop_failed_handshake: bool = True  # client SYN seen, handshake never completed
+    drop_no_payload: bool = True  # TCP flow that never carried transport payload
+    drop_dns: bool = True  # either port 53 (TCP or UDP)
+    drop_llmnr: bool = True  # either port 5355
+    drop_non_tcp_udp: bool = True  # ICMP, GRE, ESP, ... (flows keyed by protocol + addresses)
+    # Zero addresses, ports, checksums, TLS SNI and certificates in the byte columns.
+    anonymise: bool = True
+    # ``lengths`` signed by direction (+ client->server, - server->client) instead of plain.
+    signed_lengths: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout", "active_timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        for name in ("n_packets", "header_bytes", "payload_bytes", "m_packets", "head_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_packets > self.m_packets:
+            raise ValueError(
+                f"n_packets ({self.n_packets}) must not exceed m_packets ({self.m_packets})"
+            )
+
+    @property
+    def bytes_len(self) -> int:
+        """Width of the raw-byte modality: N packets x (header + payload) bytes."""
+        return self.n_packets * (self.header_bytes + self.payload_bytes)
