@@ -23,13 +23,134 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "prepare",
         help="captures -> bidirectional flows -> DMF modalities -> Parquet dataset",
         description="Read pcap/pcapng captures (files or folders, .gz too), assemble "
-        "bidirectional flows, filter and anonymise them, and write a Parquet dataset.",
+        "bidirectional flows, filter and anonymise them, and write a Parquet dataset "
+        "(one row per flow) with OUT/dataset.json recording parameters, flows per class, "
+        "flows removed by each filter per class and every problem met.",
     )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="capture files, or folders searched recursively for pcap/pcapng/gzip files",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="dataset folder to write")
+    p.add_argument(
+        "--labels",
+        default="folder",
+        metavar="folder|file|CSV_PATH",
+        help="class of each flow: 'folder' = the capture's parent folder name (default); "
+        "'file' = the capture file name without extension and numeric part suffix "
+        "(SMB-1.pcap -> SMB); or a CSV of flows with header "
+        "file,protocol,src_ip,src_port,dst_ip,dst_port,label (matched in both directions)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="captures processed in parallel (default: all cores; 1 = in this process)",
+    )
+    p.add_argument(
+        "--max-flows-per-class",
+        type=int,
+        default=None,
+        metavar="K",
+        help="keep a seeded random sample of at most K flows of each class",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of that sample (default: 0)"
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="a flow ends after S seconds without a packet (default: 120)",
+    )
+    p.add_argument(
+        "--active-timeout",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="a flow ends S seconds after its first packet; the next starts a new one "
+        "(default: 1800)",
+    )
+    p.add_argument(
+        "--keep-dns", action="store_true", help="keep DNS flows (port 53; removed by default)"
+    )
+    p.add_argument(
+        "--keep-llmnr", action="store_true", help="keep LLMNR flows (port 5355; removed by default)"
+    )
+    p.add_argument(
+        "--keep-failed-handshakes",
+        action="store_true",
+        help="keep TCP flows whose handshake never completed (removed by default)",
+    )
+    p.add_argument(
+        "--keep-no-payload",
+        action="store_true",
+        help="keep TCP flows that never carried payload (removed by default)",
+    )
+    p.add_argument(
+        "--keep-non-tcp-udp",
+        action="store_true",
+        help="keep flows of other IP protocols: ICMP, GRE, ESP... (removed by default)",
+    )
+    p.add_argument(
+        "--no-anonymise",
+        action="store_true",
+        help="keep IP addresses, ports, TLS SNI and certificates in the byte columns "
+        "(zeroed by default)",
+    )
+    p.add_argument(
+        "--signed-lengths",
+        action="store_true",
+        help="packet lengths signed by direction (- for server->client) instead of plain",
+    )
+    p.add_argument(
+        "--keep-unlabelled",
+        action="store_true",
+        help="with a label CSV, keep flows it does not list, labelled 'unlabelled' "
+        "(default: count them and leave them out)",
+    )
+    p.add_argument("--force", action="store_true", help="write into OUT even if it is not empty")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_run_prepare)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    raise UserError("prepare is not available yet")
+    from dmfnet.data.prepare import PrepareError, prepare
+    from dmfnet.flows.config import FlowConfig
+
+    try:
+        config = FlowConfig(
+            idle_timeout=args.idle_timeout,
+            active_timeout=args.active_timeout,
+            drop_failed_handshake=not args.keep_failed_handshakes,
+            drop_no_payload=not args.keep_no_payload,
+            drop_dns=not args.keep_dns,
+            drop_llmnr=not args.keep_llmnr,
+            drop_non_tcp_udp=not args.keep_non_tcp_udp,
+            anonymise=not args.no_anonymise,
+            signed_lengths=args.signed_lengths,
+        )
+        summary = prepare(
+            args.inputs,
+            args.output,
+            labels=args.labels,
+            workers=args.workers,
+            config=config,
+            max_flows_per_class=args.max_flows_per_class,
+            seed=args.seed,
+            keep_unlabelled=args.keep_unlabelled,
+            progress=not args.no_progress,
+            force=args.force,
+        )
+    except (PrepareError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(summary.report(warnings=False))  # warnings went to stderr already
+    print(f"dataset: {summary.out} ({summary.flows:,} flows)")
+    return 0
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +160,14 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    raise UserError("info is not available yet")
+    from dmfnet.data.card import format_info, read_card
+
+    try:
+        card = read_card(args.dataset)
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(format_info(card, args.dataset))
+    return 0
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -126,7 +126,15 @@ def format_problems(card: Mapping, limit: int = 10) -> str:
     return "\n".join(lines)
 
 
-def format_summary(card: Mapping) -> str:
+def warning_lines(warnings: list[str], limit: int = 12) -> list[str]:
+    """``WARNING: ...`` lines, the first ``limit`` of them and a count of the rest."""
+    lines = [f"WARNING: {w}" for w in warnings[:limit]]
+    if len(warnings) > limit:
+        lines.append(f"WARNING: ... and {len(warnings) - limit} more warnings in {CARD_NAME}")
+    return lines
+
+
+def format_summary(card: Mapping, *, warnings: bool = True) -> str:
     """Class table, totals, unlabelled and non-IP counts, problems and warnings."""
     totals = card.get("totals", {})
     lines = [format_class_table(card), ""]
@@ -149,6 +157,30 @@ def format_summary(card: Mapping) -> str:
     if "elapsed_s" in card:
         lines.append(f"elapsed: {card['elapsed_s']:.1f} s")
     lines.append(format_problems(card))
-    for w in card.get("warnings", []):
-        lines.append(f"WARNING: {w}")
+    if warnings:
+        lines += warning_lines(card.get("warnings", []))
+    return "\n".join(lines)
+
+
+def format_info(card: Mapping, path: str | Path) -> str:
+    """``dmfnet info``: where and how the dataset was made, then its summary."""
+    tool = card.get("tool", {})
+    params = card.get("parameters", {})
+    labels = params.get("labels", {})
+    config = params.get("flow_config", {})
+    lines = [
+        f"dataset: {path}",
+        f"made by: {tool.get('name', '?')} {tool.get('version', '?')} at {card.get('created', '?')}",
+        f"labels: {labels.get('mode', '?')}"
+        + (f" ({labels['csv']})" if labels.get("csv") else "")
+        + (", unlabelled kept" if labels.get("keep_unlabelled") else ""),
+    ]
+    if config:
+        lines.append("flow parameters: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    if params.get("max_flows_per_class") is not None:
+        lines.append(
+            f"sampled: at most {params['max_flows_per_class']} flows per class "
+            f"(seed {params.get('seed', 0)})"
+        )
+    lines += ["", format_summary(card)]
     return "\n".join(lines)

@@ -1,0 +1,626 @@
+"""Captures -> labelled flow dataset on disk: ``dmfnet prepare``.
+
+Each capture is streamed (packets -> flows -> labels -> Parquet) by one worker process,
+so memory stays bounded whatever the capture size and captures are processed in
+parallel. Every worker writes its own part files; when all are done the optional
+per-class sample is applied and ``dataset.json`` records how the dataset was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from dmfnet import __version__
+from dmfnet.data.card import class_warnings, format_summary, warning_lines, write_card
+from dmfnet.data.dataset import (
+    LABEL_COLUMN,
+    ROW_GROUP_ROWS,
+    PartWriter,
+    open_parquet_writer,
+    remove_dataset_files,
+    take_rows,
+)
+from dmfnet.data.labels import UNLABELLED, Labeller, make_labeller
+from dmfnet.flows.config import FlowConfig
+from dmfnet.problems import ProblemLog
+
+# First bytes of the files taken from input folders (pcap both orders, µs/ns; pcapng; gzip).
+CAPTURE_MAGICS = (
+    b"\xd4\xc3\xb2\xa1",
+    b"\xa1\xb2\xc3\xd4",
+    b"\x4d\x3c\xb2\xa1",
+    b"\xa1\xb2\x3c\x4d",
+    b"\x34\xcd\xb2\xa1",
+    b"\xa1\xb2\xcd\x34",
+    b"\x0a\x0d\x0d\x0a",
+    b"\x1f\x8b",
+)
+# Files with these endings are always taken from folders, so a broken or empty capture is
+# reported rather than passed over.
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz")
+PROGRESS_STEP = 1 << 20  # workers report progress every MiB read
+
+
+class PrepareError(ValueError):
+    """``prepare`` cannot do its job (no input, nothing readable, output in the way)."""
+
+
+@dataclass
+class CaptureResult:
+    """What one capture gave: counts per class and filter, problems, part files."""
+
+    index: int
+    path: str
+    size: int
+    packets: int = 0
+    flows: int = 0  # assembled, before filters
+    kept: Counter = field(default_factory=Counter)  # flows written, per label
+    removed: dict[str, Counter] = field(default_factory=dict)  # rule -> label -> flows
+    unlabelled: int = 0  # flows that passed the filters without a label
+    non_ip: Counter = field(default_factory=Counter)  # packets outside any flow, by kind
+    problems: ProblemLog = field(default_factory=ProblemLog)
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """Nothing could be read from this capture, and something went wrong."""
+        return self.packets == 0 and self.problems.total > 0
+
+
+@dataclass
+class PrepareSummary:
+    """The outcome of :func:`prepare`: the output folder and its dataset card."""
+
+    out: Path
+    card: dict
+
+    @property
+    def classes(self) -> dict[str, int]:
+        """Flows written per class."""
+        return {k: v["flows"] for k, v in self.card["classes"].items()}
+
+    @property
+    def flows(self) -> int:
+        return int(self.card["totals"]["flows_written"])
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.card["warnings"])
+
+    def __str__(self) -> str:
+        return format_summary(self.card)
+
+    def report(self, *, warnings: bool = True) -> str:
+        """The summary printed at the end of ``dmfnet prepare``."""
+        return format_summary(self.card, warnings=warnings)
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs
+
+
+def is_capture_file(path: Path) -> bool:
+    """A file to take from a folder: capture suffix, or pcap/pcapng/gzip first bytes."""
+    if path.name.lower().endswith(CAPTURE_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return True  # unreadable: taken, so that the failure is reported
+    return any(head.startswith(m) for m in CAPTURE_MAGICS)
+
+
+def find_captures(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Files to read (explicit files, capture files found in folders) and files skipped.
+
+    Folders are walked recursively in sorted order; a path given twice is read once.
+    """
+    captures: list[Path] = []
+    skipped: list[Path] = []
+    seen: set[Path] = set()
+
+    def take(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            captures.append(path)
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    file = Path(root) / name
+                    if not file.is_file():
+                        continue
+                    if is_capture_file(file):
+                        take(file)
+                    else:
+                        skipped.append(file)
+        elif path.exists():
+            take(path)
+        else:
+            raise PrepareError(f"{path}: no such file or folder")
+    return captures, skipped
+
+
+# ------------------------------------------------------------------------------------------
+# One capture (runs in a worker process)
+
+_WORKER: dict = {}
+
+
+def _init_worker(
+    labeller: Labeller, config: FlowConfig, keep_unlabelled: bool, out: str, queue
+) -> None:
+    _WORKER.update(
+        labeller=labeller, config=config, keep_unlabelled=keep_unlabelled, out=out, queue=queue
+    )
+
+
+def _worker_task(index: int, path: str, size: int) -> CaptureResult:
+    queue = _WORKER["queue"]
+    return prepare_capture(
+        index,
+        path,
+        size,
+        out=_WORKER["out"],
+        labeller=_WORKER["labeller"],
+        config=_WORKER["config"],
+        keep_unlabelled=_WORKER["keep_unlabelled"],
+        progress=queue.put if queue is not None else None,
+    )
+
+
+class _ProgressRelay:
+    """Batches the reader's byte increments: sent at most every MiB, never past the size."""
+
+    def __init__(self, send: Callable[[int], None] | None, size: int) -> None:
+        self.send = send
+        self.size = size
+        self.sent = 0
+        self.pending = 0
+
+    def __call__(self, consumed: int) -> None:
+        # The reader reports bytes of the file consumed since its previous call.
+        self.pending += max(int(consumed), 0)
+        if self.send is not None and self.pending >= PROGRESS_STEP:
+            self.flush()
+
+    def flush(self) -> None:
+        step = min(self.pending, self.size - self.sent)
+        if self.send is not None and step > 0:
+            self.send(step)
+        self.sent += max(step, 0)
+        self.pending = 0
+
+    def finish(self) -> None:
+        """Report the rest of the file, read or not, so the bar ends at 100 %."""
+        self.pending = self.size - self.sent
+        self.flush()
+
+
+def _count_packets(batches: Iterable, result: CaptureResult) -> Iterator:
+    for batch in batches:
+        result.packets += len(batch)
+        yield batch
+
+
+def _count_non_ip(flows, result: CaptureResult) -> None:
+    """Add the assembler's counts of packets that entered no flow."""
+    stats = getattr(flows, "stats", None)
+    for name in ("non_ip", "unplaced_fragments"):
+        value = getattr(stats, name, None)
+        if isinstance(value, (int, np.integer)):
+            result.non_ip[name] += int(value)
+
+
+def prepare_capture(
+    index: int,
+    path: str | Path,
+    size: int,
+    *,
+    out: str | Path,
+    labeller: Labeller,
+    config: FlowConfig,
+    keep_unlabelled: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> CaptureResult:
+    """Stream one capture into part files of ``out``; never raises for bad input.
+
+    A problem reading the capture is recorded (file, offset, reason) and what was read
+    before it is kept.
+    """
+    from dmfnet.capture import read_packets
+    from dmfnet.flows import assemble_flows
+
+    path = str(path)
+    result = CaptureResult(index=index, path=path, size=size)
+    relay = _ProgressRelay(progress, size)
+    writer = PartWriter(out, index)
+    try:
+        packets = _count_packets(read_packets(path, result.problems, progress=relay), result)
+        flows = assemble_flows(packets, config, capture=path)
+        for chunk in flows:
+            _add_chunk(chunk, path, labeller, keep_unlabelled, writer, result)
+        _count_non_ip(flows, result)
+    except MemoryError:
+        result.problems.add(path, -1, "out of memory while reading; rest of capture skipped")
+    except Exception as exc:  # a capture must never take the whole run down
+        if os.environ.get("DMFNET_DEBUG"):
+            raise
+        result.problems.add(path, -1, f"cannot read: {type(exc).__name__}: {exc}")
+    finally:
+        try:
+            result.parts = [p.name for p in writer.close()]
+        except Exception as exc:
+            result.problems.add(path, -1, f"cannot write flows: {type(exc).__name__}: {exc}")
+        relay.finish()
+    return result
+
+
+def _add_chunk(
+    chunk: dict,
+    path: str,
+    labeller: Labeller,
+    keep_unlabelled: bool,
+    writer: PartWriter,
+    result: CaptureResult,
+) -> None:
+    labels = labeller.label_chunk(chunk, path)
+    n = len(labels)
+    result.flows += n
+    if n == 0:
+        return
+    reasons = np.asarray(chunk.get("filter_reason", np.full(n, "", dtype=object))).astype(str)
+    kept = reasons == ""
+    named = np.where(labels == "", UNLABELLED, labels)
+    if not kept.all():
+        for reason, label in zip(reasons[~kept].tolist(), named[~kept].tolist(), strict=True):
+            result.removed.setdefault(reason, Counter())[label] += 1
+    unlabelled = kept & (labels == "")
+    result.unlabelled += int(unlabelled.sum())
+    if keep_unlabelled:
+        labels = named
+    else:
+        kept &= ~unlabelled
+    if kept.any():
+        writer.write(take_rows(chunk, kept), labels[kept])
+        result.kept.update(labels[kept].tolist())
+
+
+# ------------------------------------------------------------------------------------------
+# All captures
+
+
+def _run_pool(
+    tasks: list[tuple[int, str, int]],
+    workers: int,
+    init_args: tuple,
+    bar,
+) -> list[CaptureResult]:
+    """Run the tasks in ``workers`` processes, largest capture first, feeding the bar."""
+    ctx = mp.get_context("fork") if sys.platform == "linux" else mp.get_context()
+    queue = ctx.Queue()
+    results: list[CaptureResult] = []
+
+    def drain() -> None:
+        while True:
+            item = queue.get()
+            if isinstance(item, str):  # the stop signal
+                return
+            bar.update(item)
+
+    labeller, config, keep_unlabelled, out = init_args
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(labeller, config, keep_unlabelled, out, queue),
+    )
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        order = sorted(tasks, key=lambda t: -t[2])
+        futures = {pool.submit(_worker_task, *t): t for t in order}
+        for future in as_completed(futures):
+            index, path, size = futures[future]
+            try:
+                results.append(future.result())
+            except BrokenProcessPool:
+                failed = CaptureResult(index=index, path=path, size=size)
+                failed.problems.add(path, -1, "worker process died (out of memory?)")
+                results.append(failed)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        queue.put("stop")
+        reader.join(timeout=5)
+    return results
+
+
+def _sample_per_class(
+    out: Path, parts: list[str], max_flows: int, seed: int
+) -> tuple[dict[str, int], list[str]]:
+    """Keep at most ``max_flows`` flows of each class (seeded), rewriting the part files.
+
+    The sample depends only on the seed and the flows in file order, not on the number
+    of workers that wrote them.
+    """
+    labels = [pq.read_table(out / p, columns=[LABEL_COLUMN]).column(0).to_numpy() for p in parts]
+    sizes = [len(x) for x in labels]
+    every = np.concatenate(labels).astype(str) if labels else np.zeros(0, dtype=str)
+    keep = np.ones(len(every), dtype=bool)
+    rng = np.random.default_rng(seed)
+    classes, codes = np.unique(every, return_inverse=True)
+    for c in range(len(classes)):
+        rows = np.flatnonzero(codes == c)
+        if len(rows) > max_flows:
+            keep[rows] = False
+            keep[rng.choice(rows, size=max_flows, replace=False)] = True
+    kept_parts = []
+    start = 0
+    for part, n in zip(parts, sizes, strict=True):
+        mask = keep[start : start + n]
+        start += n
+        path = out / part
+        if mask.all():
+            kept_parts.append(part)
+            continue
+        if not mask.any():
+            path.unlink()
+            continue
+        tmp = path.with_suffix(".tmp")
+        source = pq.ParquetFile(path)
+        writer = open_parquet_writer(tmp, source.schema_arrow)
+        offset = 0
+        for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS):
+            piece = mask[offset : offset + batch.num_rows]
+            offset += batch.num_rows
+            if piece.any():
+                writer.write_batch(batch.filter(piece), row_group_size=ROW_GROUP_ROWS)
+        writer.close()
+        source.close()
+        tmp.replace(path)
+        kept_parts.append(part)
+    counts = Counter(every[keep].tolist())
+    return dict(counts), kept_parts
+
+
+def _describe_labels(labeller: Labeller, keep_unlabelled: bool) -> dict:
+    description = labeller.describe()
+    description["keep_unlabelled"] = keep_unlabelled
+    return description
+
+
+def prepare(
+    inputs: Sequence[str | Path] | str | Path,
+    out: str | Path,
+    *,
+    labels: str | Path = "folder",
+    workers: int | None = None,
+    config: FlowConfig = FlowConfig(),
+    max_flows_per_class: int | None = None,
+    seed: int = 0,
+    keep_unlabelled: bool = False,
+    progress: bool = True,
+    force: bool = False,
+) -> PrepareSummary:
+    """Turn captures (files or folders) into a labelled Parquet flow dataset in ``out``.
+
+    ``labels``: ``"folder"`` (parent folder name), ``"file"`` (file name without part
+    suffix) or the path of a CSV of flows. ``workers``: processes (default: all cores;
+    1 runs in this process). Raises :class:`PrepareError` when nothing could be read or
+    kept (the card is still written), or when ``out`` holds files and ``force`` is off.
+    """
+    started = time.monotonic()
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    if not inputs:
+        raise PrepareError("no input given")
+    if max_flows_per_class is not None and max_flows_per_class < 1:
+        raise PrepareError(f"max_flows_per_class must be at least 1, not {max_flows_per_class}")
+    if workers is not None and workers < 1:
+        raise PrepareError(f"workers must be at least 1, not {workers}")
+    labeller = make_labeller(labels)
+    captures, skipped = find_captures(inputs)
+    if not captures:
+        raise PrepareError(
+            f"no capture file among {len(inputs)} input(s)"
+            + (f" ({len(skipped)} other file(s) skipped)" if skipped else "")
+        )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise PrepareError(f"{out}: folder exists and is not empty (use --force to overwrite)")
+        remove_dataset_files(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    sizes = []
+    for path in captures:
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            sizes.append(0)
+    tasks = [(i, str(p), s) for i, (p, s) in enumerate(zip(captures, sizes, strict=True))]
+    n_workers = min(workers or os.cpu_count() or 1, len(tasks))
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=sum(sizes),
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="prepare",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        if n_workers == 1:
+            results = [
+                prepare_capture(
+                    i,
+                    p,
+                    s,
+                    out=out,
+                    labeller=labeller,
+                    config=config,
+                    keep_unlabelled=keep_unlabelled,
+                    progress=bar.update,
+                )
+                for i, p, s in tasks
+            ]
+        else:
+            results = _run_pool(
+                tasks, n_workers, (labeller, config, keep_unlabelled, str(out)), bar
+            )
+    finally:
+        bar.close()
+    results.sort(key=lambda r: r.index)
+
+    card = _build_card(results, skipped, inputs, out, labeller, config, keep_unlabelled)
+    card["parameters"].update(max_flows_per_class=max_flows_per_class, seed=seed)
+    parts = [p for r in results for p in r.parts]
+    written = {k: v["flows"] for k, v in card["classes"].items()}
+    if max_flows_per_class is not None and parts:
+        written, parts = _sample_per_class(out, parts, max_flows_per_class, seed)
+    for label, entry in card["classes"].items():
+        entry["flows"] = int(written.get(label, 0))
+    card["files"] = parts
+    card["totals"]["flows_written"] = int(sum(written.values()))
+    card["elapsed_s"] = round(time.monotonic() - started, 3)
+    write_card(out, card)
+    summary = PrepareSummary(out=out, card=card)
+    _raise_if_empty(results, card, out)
+    for line in warning_lines(card["warnings"]):
+        print(f"dmfnet prepare: {line}", file=sys.stderr)
+    return summary
+
+
+def _build_card(
+    results: list[CaptureResult],
+    skipped: list[Path],
+    inputs: Sequence[str | Path],
+    out: Path,
+    labeller: Labeller,
+    config: FlowConfig,
+    keep_unlabelled: bool,
+) -> dict:
+    kept: Counter = Counter()
+    removed: dict[str, Counter] = {}
+    non_ip: Counter = Counter()
+    problems = ProblemLog()
+    for r in results:
+        kept.update(r.kept)
+        for rule, per_class in r.removed.items():
+            removed.setdefault(rule, Counter()).update(per_class)
+        non_ip.update(r.non_ip)
+        problems.extend(r.problems)
+    unlabelled = sum(r.unlabelled for r in results)
+    ignore = () if keep_unlabelled else (UNLABELLED,)
+    warnings = class_warnings(kept, removed, ignore=ignore)
+    if unlabelled and not keep_unlabelled and unlabelled > sum(kept.values()):
+        warnings.append(
+            f"{unlabelled} flows matched no row of the label CSV and were left out "
+            f"(more than the {sum(kept.values())} labelled ones)"
+        )
+    failed = [r for r in results if r.failed]
+    if failed:
+        warnings.append(f"{len(failed)} of {len(results)} capture(s) could not be read at all")
+    labels_seen = sorted(set(kept) | {lab for c in removed.values() for lab in c} - set(ignore))
+    removed_total = sum(sum(c.values()) for c in removed.values())
+    return {
+        "format": "dmfnet-flow-dataset",
+        "format_version": 1,
+        "tool": {"name": "dmfnet", "version": __version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "parameters": {
+            "flow_config": dataclasses.asdict(config),
+            "labels": _describe_labels(labeller, keep_unlabelled),
+        },
+        "inputs": [str(p) for p in inputs],
+        "captures": [
+            {
+                "path": r.path,
+                "bytes": r.size,
+                "packets": r.packets,
+                "flows_assembled": r.flows,
+                "flows_kept": int(sum(r.kept.values())),
+                "problems": r.problems.total,
+                "parts": r.parts,
+            }
+            for r in results
+        ],
+        "skipped_files": {"count": len(skipped), "first": [str(p) for p in skipped[:20]]},
+        "classes": {
+            label: {"flows": int(kept.get(label, 0)), "before_sampling": int(kept.get(label, 0))}
+            for label in labels_seen
+        },
+        "removed": {rule: dict(sorted(c.items())) for rule, c in sorted(removed.items())},
+        "unlabelled": {"flows": int(unlabelled), "kept": bool(keep_unlabelled)},
+        "non_ip_packets": {
+            "total": int(non_ip.get("non_ip", 0)),
+            "unplaced_fragments": int(non_ip.get("unplaced_fragments", 0)),
+        },
+        "problems": problems.to_json(),
+        "totals": {
+            "captures": len(results),
+            "captures_failed": len(failed),
+            "bytes": int(sum(r.size for r in results)),
+            "packets": int(sum(r.packets for r in results)),
+            "flows_assembled": int(sum(r.flows for r in results)),
+            "flows_removed": int(removed_total),
+            "flows_unlabelled": int(unlabelled),
+            "flows_kept": int(sum(kept.values())),
+            "flows_written": int(sum(kept.values())),
+        },
+        "warnings": warnings,
+    }
+
+
+def _raise_if_empty(results: list[CaptureResult], card: dict, out: Path) -> None:
+    """One clear line when the run produced nothing usable."""
+    n = len(results)
+    totals = card["totals"]
+    if totals["flows_written"] > 0:
+        return
+    if all(r.failed for r in results):
+        first = next(str(p) for r in results for p in r.problems.problems[:1])
+        raise PrepareError(f"no readable capture among {n} input(s): {first}")
+    if totals["packets"] == 0:
+        raise PrepareError(f"no packets in {n} capture(s) (all empty or unreadable)")
+    removed = ", ".join(
+        f"{rule} {sum(c.values())}" for rule, c in card["removed"].items() if sum(c.values())
+    )
+    why = f"{totals['flows_assembled']} flow(s) assembled"
+    if removed:
+        why += f", removed by filters: {removed}"
+    if totals["flows_unlabelled"] and not card["unlabelled"]["kept"]:
+        why += f", {totals['flows_unlabelled']} unlabelled (left out)"
+    first = next((str(p) for r in results for p in r.problems.problems[:1]), None)
+    if first:
+        why += f"; first problem: {first}"
+    raise PrepareError(f"no flows kept from {n} capture(s): {why} (see {out / 'dataset.json'})")
