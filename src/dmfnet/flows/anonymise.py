@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+TLS_CHANGE_CIPHER_SPEC = 20
 TLS_HANDSHAKE = 22
 TLS_CLIENT_HELLO = 1
+TLS_SERVER_HELLO = 2
 TLS_CERTIFICATE = 11
 TLS_SNI_EXTENSION = 0
-_TLS_RECORD_TYPES = (20, 21, 22, 23)
 
 # IPv6 extension headers whose length field counts 8-octet units beyond the first 8 octets.
 _IPV6_EXT_8 = np.zeros(256, dtype=bool)
@@ -165,22 +166,49 @@ def tls_zero_ranges(stream: bytes | bytearray) -> list[tuple[int, int]]:
 
     ``stream`` starts at the direction's first payload byte; missing data is zeros (it stops
     the walk). Ranges may reach past the end of ``stream`` (a certificate longer than what
-    was seen so far). The walk stops at the first non-handshake record: after
-    ChangeCipherSpec the handshake is encrypted.
+    was seen so far). The walk goes over handshake and ChangeCipherSpec records and stops at
+    the first other record (alert, application data). After a ChangeCipherSpec the handshake
+    may be encrypted (TLS 1.2 Finished) or plain (TLS 1.3 ClientHello after a
+    HelloRetryRequest): a later run of handshake records is only read when its first message
+    is a well-formed ClientHello, ServerHello or Certificate.
     """
     pos, n = 0, len(stream)
-    hs = bytearray()
-    pieces: list[tuple[int, int, int]] = []
-    logical = 0
-    while pos + 5 <= n:
-        if stream[pos] != TLS_HANDSHAKE or stream[pos + 1] != 3:
-            break
-        length = stream[pos + 3] << 8 | stream[pos + 4]
-        pieces.append((logical, pos + 5, length))
-        hs += stream[pos + 5 : pos + 5 + length]
-        logical += length
-        pos += 5 + length
     ranges: list[tuple[int, int]] = []
+    after_ccs = False
+    while pos + 5 <= n and stream[pos + 1] == 3:
+        if stream[pos] == TLS_CHANGE_CIPHER_SPEC:
+            pos += 5 + (stream[pos + 3] << 8 | stream[pos + 4])
+            after_ccs = True
+            continue
+        if stream[pos] != TLS_HANDSHAKE:
+            break
+        # One run of consecutive handshake records: one handshake-message stream.
+        hs = bytearray()
+        pieces: list[tuple[int, int, int]] = []
+        logical = 0
+        while pos + 5 <= n and stream[pos] == TLS_HANDSHAKE and stream[pos + 1] == 3:
+            length = stream[pos + 3] << 8 | stream[pos + 4]
+            pieces.append((logical, pos + 5, length))
+            hs += stream[pos + 5 : pos + 5 + length]
+            logical += length
+            pos += 5 + length
+        if after_ccs and not _plain_handshake(hs, logical):
+            continue
+        _handshake_ranges(hs, pieces, ranges)
+    return ranges
+
+
+def _plain_handshake(hs: bytearray, logical: int) -> bool:
+    """Whether a run of handshake records after ChangeCipherSpec is readable, not encrypted."""
+    if len(hs) < 4 or hs[0] not in (TLS_CLIENT_HELLO, TLS_SERVER_HELLO, TLS_CERTIFICATE):
+        return False
+    msg_len = hs[1] << 16 | hs[2] << 8 | hs[3]
+    return msg_len + 4 <= logical and (len(hs) < 6 or hs[4] == 3)
+
+
+def _handshake_ranges(
+    hs: bytearray, pieces: list[tuple[int, int, int]], ranges: list[tuple[int, int]]
+) -> None:
     h = 0
     while h + 4 <= len(hs):
         msg_type = hs[h]
@@ -192,4 +220,3 @@ def tls_zero_ranges(stream: bytes | bytearray) -> list[tuple[int, int]]:
             for a, b in _client_hello_names(hs, body, body + msg_len):
                 _map_handshake_range(a, b, pieces, ranges)
         h = body + msg_len
-    return ranges
