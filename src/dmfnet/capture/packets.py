@@ -25,6 +25,7 @@ class PacketBatch:
     linktype: np.ndarray  # int32 (n,), DLT/LINKTYPE of each record (pcapng interfaces differ)
     file_offset: np.ndarray  # int64 (n,), offset of each record in the (decompressed) file
     first_index: int  # index of the batch's first record in the whole capture
+    ts_ns: np.ndarray | None = None  # int64 (n,), epoch nanoseconds (exact; ``ts`` rounds)
 
     def __len__(self) -> int:
         return len(self.offset)

@@ -1,0 +1,321 @@
+"""Vectorised link/network/transport header parsing of a whole :class:`PacketBatch`.
+
+Every step works on arrays over the batch (numpy fancy indexing into the capture
+buffer); there is no Python object per packet. The walk down the headers is:
+
+1. link layer by link type → position of the next header and an ethertype;
+2. 802.1Q / 802.1ad / QinQ tags (stacked), PPPoE session, MPLS label stacks;
+3. IPv4 (options by IHL) or IPv6 (extension headers skipped, a bounded number of times);
+4. TCP (data offset, flags, window, seq) or UDP ports.
+
+Anything that is not IP, or too short to hold its IP header, keeps ``ip_version == 0``;
+that is not an error (flow assembly counts those packets as non-IP).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dmfnet.capture.fields import rows, u8, u16be, u32be, u32le
+from dmfnet.capture.packets import PacketBatch, ParsedPackets
+
+# Link types whose packets are parsed; packets of others stay non-IP.
+LINKTYPE_NAMES: dict[int, str] = {
+    0: "BSD NULL",
+    1: "Ethernet",
+    9: "PPP",
+    12: "raw IP",
+    14: "raw IP",
+    50: "PPP in HDLC framing",
+    101: "raw IP",
+    104: "Cisco HDLC",
+    108: "BSD LOOP",
+    113: "Linux cooked (SLL)",
+    228: "IPv4",
+    229: "IPv6",
+    276: "Linux cooked v2 (SLL2)",
+}
+SUPPORTED_LINKTYPES = frozenset(LINKTYPE_NAMES)
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+ETHERTYPE_MPLS = (0x8847, 0x8848)
+ETHERTYPE_PPPOE_SESSION = 0x8864
+PPP_IPV4 = 0x0021
+PPP_IPV6 = 0x0057
+AF_INET = 2
+AF_INET6 = (24, 28, 30)  # NetBSD/OpenBSD, FreeBSD, macOS
+
+# IPv6 extension headers that are skipped to reach the transport header.
+IPV6_EXTENSIONS = (0, 43, 44, 51, 60, 135)  # hop-by-hop, routing, fragment, AH, dest, mobility
+MAX_VLAN_TAGS = 4
+MAX_MPLS_LABELS = 8
+MAX_IPV6_EXTENSIONS = 8
+
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+
+def _ethertype_from_ppp(proto: np.ndarray) -> np.ndarray:
+    return np.where(
+        proto == PPP_IPV4, ETHERTYPE_IPV4, np.where(proto == PPP_IPV6, ETHERTYPE_IPV6, 0)
+    )
+
+
+def _ethertype_from_version(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    version = u8(data, pos) >> 4
+    return np.where(version == 4, ETHERTYPE_IPV4, np.where(version == 6, ETHERTYPE_IPV6, 0))
+
+
+def _link_layer(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Position after the link header and the ethertype it announces (0 = unknown)."""
+    data = batch.data
+    start = batch.offset.astype(np.int64)
+    caplen = batch.caplen.astype(np.int64)
+    lt = batch.linktype
+    n = len(start)
+    pos = np.zeros(n, np.int64)
+    et = np.zeros(n, np.int64)
+
+    def group(mask: np.ndarray, min_len: int) -> np.ndarray:
+        return np.flatnonzero(mask & (caplen >= min_len))
+
+    s = group(lt == 1, 14)  # Ethernet II
+    et[s] = u16be(data, start[s] + 12)
+    pos[s] = start[s] + 14
+    s = group(lt == 113, 16)  # Linux SLL: protocol at 14
+    et[s] = u16be(data, start[s] + 14)
+    pos[s] = start[s] + 16
+    s = group(lt == 276, 20)  # Linux SLL2: protocol first
+    et[s] = u16be(data, start[s])
+    pos[s] = start[s] + 20
+    s = group(np.isin(lt, (12, 14, 101, 228, 229)), 1)  # raw IP: version nibble decides
+    pos[s] = start[s]
+    et[s] = _ethertype_from_version(data, start[s])
+    s4 = s[lt[s] == 229]
+    et[s4[et[s4] != ETHERTYPE_IPV6]] = 0
+    s6 = s[lt[s] == 228]
+    et[s6[et[s6] != ETHERTYPE_IPV4]] = 0
+    s = group((lt == 0) | (lt == 108), 4)  # BSD NULL / LOOP: address family, either order
+    le, be = u32le(data, start[s]), u32be(data, start[s])
+    family = np.where(np.isin(le, (AF_INET, *AF_INET6)), le, be)
+    et[s] = np.where(
+        family == AF_INET, ETHERTYPE_IPV4, np.where(np.isin(family, AF_INET6), ETHERTYPE_IPV6, 0)
+    )
+    pos[s] = start[s] + 4
+    s = group((lt == 9) | (lt == 50), 2)  # PPP, with or without HDLC address/control
+    hdlc = (u8(data, start[s]) == 0xFF) & (u8(data, start[s] + 1) == 0x03)
+    head = start[s] + np.where(hdlc, 2, 0)
+    et[s] = _ethertype_from_ppp(u16be(data, head))
+    pos[s] = head + 2
+    s = group(lt == 104, 4)  # Cisco HDLC: address, control, ethertype
+    et[s] = u16be(data, start[s] + 2)
+    pos[s] = start[s] + 4
+    return pos, et
+
+
+def _encapsulations(data: np.ndarray, pos: np.ndarray, et: np.ndarray, end: np.ndarray) -> None:
+    """Skip VLAN tags, PPPoE session headers and MPLS stacks in place."""
+    for _ in range(MAX_VLAN_TAGS):
+        s = np.flatnonzero(np.isin(et, VLAN_TPIDS))
+        if not len(s):
+            break
+        short = pos[s] + 4 > end[s]
+        et[s[short]] = 0
+        s = s[~short]
+        et[s] = u16be(data, pos[s] + 2)
+        pos[s] += 4
+    s = np.flatnonzero(et == ETHERTYPE_PPPOE_SESSION)
+    if len(s):
+        ok = pos[s] + 8 <= end[s]
+        et[s[~ok]] = 0
+        s = s[ok]
+        et[s] = _ethertype_from_ppp(u16be(data, pos[s] + 6))
+        pos[s] += 8
+    active = np.flatnonzero(np.isin(et, ETHERTYPE_MPLS))
+    et[active] = 0
+    for _ in range(MAX_MPLS_LABELS):
+        active = active[pos[active] + 4 <= end[active]]
+        if not len(active):
+            break
+        bottom = (u8(data, pos[active] + 2) & 1).astype(bool)
+        pos[active] += 4
+        done = active[bottom]
+        et[done] = _ethertype_from_version(data, pos[done])
+        active = active[~bottom]
+
+
+def parse_packets(batch: PacketBatch) -> ParsedPackets:
+    """Parse link, IP and TCP/UDP headers of every packet in ``batch`` at once."""
+    n = len(batch)
+    data = batch.data
+    end = batch.offset.astype(np.int64) + batch.caplen.astype(np.int64)
+    pos, et = _link_layer(batch)
+    _encapsulations(data, pos, et, end)
+
+    version = np.zeros(n, np.uint8)
+    l3 = np.full(n, -1, np.int64)
+    protocol = np.zeros(n, np.uint8)
+    src_ip = np.zeros((n, 16), np.uint8)
+    dst_ip = np.zeros((n, 16), np.uint8)
+    ip_len = np.zeros(n, np.int64)
+    l4 = np.zeros(n, np.int64)
+    fragment = np.zeros(n, bool)
+
+    first_byte = u8(data, pos)
+    # IPv4 -------------------------------------------------------------------------------
+    s = np.flatnonzero((et == ETHERTYPE_IPV4) & (pos + 20 <= end) & (first_byte >> 4 == 4))
+    ihl = (first_byte[s] & 0x0F) * 4
+    s, ihl = s[ihl >= 20], ihl[ihl >= 20]
+    p = pos[s]
+    version[s] = 4
+    l3[s] = p
+    total = u16be(data, p + 2)
+    ip_len[s] = np.where(total == 0, end[s] - p, total)  # 0: TCP segmentation offload
+    protocol[s] = u8(data, p + 9)
+    src_ip[s, 10:12] = 0xFF
+    dst_ip[s, 10:12] = 0xFF
+    src_ip[s, 12:] = rows(data, p + 12, 4)
+    dst_ip[s, 12:] = rows(data, p + 16, 4)
+    l4[s] = p + ihl
+    flags_offset = u16be(data, p + 6)
+    fragment[s] = (flags_offset & 0x1FFF) != 0
+    frag4 = (s, flags_offset, u16be(data, p + 4))
+
+    # IPv6 -------------------------------------------------------------------------------
+    s = np.flatnonzero((et == ETHERTYPE_IPV6) & (pos + 40 <= end) & (first_byte >> 4 == 6))
+    p = pos[s]
+    version[s] = 6
+    l3[s] = p
+    plen = u16be(data, p + 4)
+    ip_len[s] = np.where(plen == 0, end[s] - p, 40 + plen)  # 0: jumbogram
+    src_ip[s] = rows(data, p + 8, 16)
+    dst_ip[s] = rows(data, p + 24, 16)
+    nh = u8(data, p + 6)
+    cur = p + 40
+    frag6_idx, frag6_word, frag6_id = [], [], []
+    active = np.arange(len(s))
+    for _ in range(MAX_IPV6_EXTENSIONS):
+        active = active[np.isin(nh[active], IPV6_EXTENSIONS) & (cur[active] + 8 <= end[s[active]])]
+        if not len(active):
+            break
+        c = cur[active]
+        kind = nh[active]
+        length = u8(data, c + 1)
+        step = np.where(kind == 44, 8, np.where(kind == 51, (length + 2) * 4, (length + 1) * 8))
+        is_frag = kind == 44
+        if is_frag.any():
+            fa, fc = active[is_frag], c[is_frag]
+            word = u16be(data, fc + 2)
+            frag6_idx.append(s[fa])
+            frag6_word.append(word)
+            frag6_id.append(u32be(data, fc + 4))
+            fragment[s[fa[(word & 0xFFF8) != 0]]] = True
+        nh[active] = u8(data, c)
+        cur[active] = c + step
+        # after a non-first fragment's header come data bytes, not headers
+        active = active[~fragment[s[active]]]
+    protocol[s] = nh
+    l4[s] = cur
+
+    # TCP / UDP --------------------------------------------------------------------------
+    ip = np.flatnonzero(version != 0)
+    proto = protocol[ip]
+    avail = end[ip] - l4[ip]
+    transport = ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & ~fragment[ip]
+    src_port = np.zeros(n, np.uint16)
+    dst_port = np.zeros(n, np.uint16)
+    tcp_flags = np.zeros(n, np.uint8)
+    tcp_window = np.zeros(n, np.int32)
+    tcp_seq = np.zeros(n, np.uint32)
+    t = ip[transport & (avail >= 4)]
+    src_port[t] = u16be(data, l4[t])
+    dst_port[t] = u16be(data, l4[t] + 2)
+    is_tcp = (proto == PROTO_TCP) & transport
+    t = ip[is_tcp & (avail >= 8)]
+    tcp_seq[t] = u32be(data, l4[t] + 4)
+    t = ip[is_tcp & (avail >= 14)]
+    offset_byte = u8(data, l4[t] + 12)
+    tcp_flags[t] = u8(data, l4[t] + 13)
+    t16 = ip[is_tcp & (avail >= 16)]
+    tcp_window[t16] = u16be(data, l4[t16] + 14)
+    transport_len = np.zeros(n, np.int64)
+    transport_len[ip[is_tcp]] = 20  # when the data offset is not captured or is invalid
+    transport_len[t] = np.where(offset_byte >> 4 >= 5, (offset_byte >> 4) * 4, 20)
+    transport_len[ip[(proto == PROTO_UDP) & transport]] = 8
+
+    header_len = np.zeros(n, np.int64)
+    header_len[ip] = l4[ip] - l3[ip] + transport_len[ip]
+    payload_len = np.zeros(n, np.int64)
+    payload_len[ip] = np.maximum(ip_len[ip] - header_len[ip], 0)
+
+    _fragment_ports(
+        src_ip,
+        dst_ip,
+        protocol,
+        src_port,
+        dst_port,
+        fragment,
+        frag4,
+        frag6_idx,
+        frag6_word,
+        frag6_id,
+    )
+
+    return ParsedPackets(
+        batch=batch,
+        ip_version=version,
+        l3_offset=l3,
+        l3_caplen=np.where(version != 0, end - l3, 0).astype(np.int32),
+        protocol=protocol,
+        src_ip=src_ip,
+        dst_ip=dst_ip,
+        src_port=src_port,
+        dst_port=dst_port,
+        ip_len=ip_len.astype(np.int32),
+        header_len=header_len.astype(np.int32),
+        payload_len=payload_len.astype(np.int32),
+        tcp_flags=tcp_flags,
+        tcp_window=tcp_window,
+        tcp_seq=tcp_seq,
+        fragment=fragment,
+    )
+
+
+def _fragment_ports(
+    src_ip: np.ndarray,
+    dst_ip: np.ndarray,
+    protocol: np.ndarray,
+    src_port: np.ndarray,
+    dst_port: np.ndarray,
+    fragment: np.ndarray,
+    frag4: tuple[np.ndarray, np.ndarray, np.ndarray],
+    frag6_idx: list[np.ndarray],
+    frag6_word: list[np.ndarray],
+    frag6_id: list[np.ndarray],
+) -> None:
+    """Give non-first fragments the ports of their batch's first fragment, if present.
+
+    Fragments are rare, so this looks them up in a dict; a non-first fragment whose first
+    fragment is in another batch (or lost) keeps ports 0.
+    """
+    s4, word4, id4 = frag4
+    in_frag4 = (word4 & 0x3FFF) != 0  # MF set or offset > 0
+    idx = [s4[in_frag4]] + frag6_idx
+    first = [(word4[in_frag4] & 0x1FFF) == 0] + [(w & 0xFFF8) == 0 for w in frag6_word]
+    ident = [id4[in_frag4]] + frag6_id
+    idx_all = np.concatenate(idx)
+    if not len(idx_all) or fragment[idx_all].all() or not fragment[idx_all].any():
+        return
+    first_all = np.concatenate(first)
+    ident_all = np.concatenate(ident)
+    ports = {}
+    for i, fid in zip(idx_all[first_all].tolist(), ident_all[first_all].tolist(), strict=True):
+        key = (src_ip[i].tobytes(), dst_ip[i].tobytes(), int(protocol[i]), fid)
+        ports[key] = (src_port[i], dst_port[i])
+    later = ~first_all
+    for i, fid in zip(idx_all[later].tolist(), ident_all[later].tolist(), strict=True):
+        key = (src_ip[i].tobytes(), dst_ip[i].tobytes(), int(protocol[i]), fid)
+        if key in ports:
+            src_port[i], dst_port[i] = ports[key]

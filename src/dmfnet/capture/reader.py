@@ -1,0 +1,779 @@
+"""Read pcap and pcapng captures (plain or gzip) as a stream of parsed packet batches.
+
+The format is recognised by its magic bytes, never by the file name. Plain files are
+memory-mapped and walked in place; gzip files are decompressed in bounded chunks (a record
+cut by a chunk boundary is carried over to the next chunk), so memory stays bounded however
+large the capture is.
+
+The walk over records is the only per-record Python loop: it follows the length fields to
+collect record positions, and everything else (header fields, timestamps, link types) is
+decoded with numpy over the whole chunk, then :func:`parse_packets` parses the packets.
+
+Bad data never raises: a truncated last record, a corrupt length, an unknown link type, a
+file that is not a capture, an empty or unreadable file each become a :class:`Problem`
+(file, offset, reason) in the caller's :class:`ProblemLog`, and everything readable before
+and after is kept. A corrupt record length is followed by a resynchronisation: the walk
+scans forward for the next plausible record (whose successor must be plausible too).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dmfnet.capture.fields import u16, u32
+from dmfnet.capture.packets import PacketBatch, ParsedPackets
+from dmfnet.capture.parse import SUPPORTED_LINKTYPES, parse_packets
+from dmfnet.problems import ProblemLog
+
+MAX_CAPLEN = 256 * 1024  # no real link carries a larger captured packet
+MAX_BLOCK = 16 << 20  # a pcapng block larger than this is taken for corrupt
+RESYNC_WINDOW = 1 << 20  # bytes scanned per step when looking for the next good record
+MAX_CLOCK_JUMP_S = 30 * 86400  # a resync candidate's time must be this close to the last one
+NS = 1_000_000_000
+
+PCAP_MAGICS = {  # magic as read little-endian -> (big endian, nanosecond, record header size)
+    0xA1B2C3D4: (False, False, 16),
+    0xD4C3B2A1: (True, False, 16),
+    0xA1B23C4D: (False, True, 16),
+    0x4D3CB2A1: (True, True, 16),
+    0xA1B2CD34: (False, False, 24),  # Kuznetzov's modified pcap (extra per-record fields)
+    0x34CDB2A1: (True, False, 24),
+}
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BYTE_ORDER = 0x1A2B3C4D
+PCAPNG_IDB, PCAPNG_PB, PCAPNG_SPB, PCAPNG_EPB = 1, 2, 3, 6
+PCAPNG_PACKET_BLOCKS = (PCAPNG_PB, PCAPNG_SPB, PCAPNG_EPB)
+PCAPNG_KNOWN_BLOCKS = frozenset(
+    {PCAPNG_SHB, 1, 2, 3, 4, 5, 6, 7, 9, 10, 0x80000001, 0x00000BAD, 0x40000BAD}
+)
+GZIP_MAGIC = b"\x1f\x8b"
+OTHER_COMPRESSION = {
+    b"BZh": "bzip2",
+    b"\xfd7zXZ": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+    b"\x04\x22\x4d\x18": "lz4",
+}
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class _Records:
+    """Records found by one walk step: positions plus vectorised header fields."""
+
+    offset: np.ndarray  # start of the captured bytes in the buffer
+    caplen: np.ndarray
+    wirelen: np.ndarray
+    ts_ns: np.ndarray
+    linktype: np.ndarray
+    interface: np.ndarray  # global interface number (pcap: 0)
+    record_pos: np.ndarray  # start of the record (header) in the buffer
+
+
+def _empty_records() -> _Records:
+    z = np.zeros(0, np.int64)
+    return _Records(z, z, z, z, z, z, z)
+
+
+@dataclass
+class _Interface:
+    linktype: int
+    snaplen: int
+    tsresol: int = 6  # if_tsresol byte
+    tsoffset: int = 0  # seconds
+
+
+@dataclass
+class _Walker:
+    """State shared by the format walkers: file name, problems, interfaces, last time."""
+
+    name: str
+    problems: ProblemLog
+    interfaces: list[_Interface] = field(default_factory=list)
+    reported_linktypes: set[int] = field(default_factory=set)  # global interface numbers
+    last_ts_ns: int | None = None
+    resyncing: bool = False
+
+    def report(self, offset: int, reason: str) -> None:
+        self.problems.add(self.name, offset, reason)
+
+    def check_linktypes(self, recs: _Records) -> None:
+        """Report each interface whose link type cannot be parsed, once, at its first packet."""
+        if not len(recs.linktype):
+            return
+        bad = ~np.isin(recs.linktype, list(SUPPORTED_LINKTYPES))
+        if not bad.any():
+            return
+        for iface in np.unique(recs.interface[bad]).tolist():
+            if iface in self.reported_linktypes:
+                continue
+            self.reported_linktypes.add(iface)
+            first = int(np.flatnonzero(bad & (recs.interface == iface))[0])
+            lt = self.interfaces[iface].linktype
+            self.report(
+                int(recs.record_pos[first]),
+                f"unsupported link type {lt} on interface {iface}: its packets are skipped",
+            )
+
+    def resynchronised(self, start: int, found: int) -> None:
+        self.resyncing = False
+        self.report(found, f"resynchronised: skipped {found - start} bytes after a corrupt record")
+
+
+# ----------------------------------------------------------------------------------------
+# pcap
+
+
+class _PcapWalker(_Walker):
+    """Classic pcap: one file header, then (header, captured bytes) records."""
+
+    file_header_size = 24
+
+    def __init__(self, name: str, problems: ProblemLog, header: bytes) -> None:
+        super().__init__(name, problems)
+        magic = struct.unpack("<I", header[:4])[0]
+        self.big_endian, self.nanosecond, self.header_size = PCAP_MAGICS[magic]
+        bo = ">" if self.big_endian else "<"
+        snaplen, linkfield = struct.unpack(bo + "II", header[16:24])
+        self.linktype = linkfield & 0xFFFF  # upper bits: FCS length flags
+        self.max_caplen = MAX_CAPLEN
+        if 0 < snaplen < MAX_CAPLEN // 2:
+            self.max_caplen = 2 * snaplen
+        self.interfaces = [_Interface(self.linktype, snaplen)]
+        self._caplen_at = struct.Struct(bo + "I").unpack_from
+        self.frac_limit = NS if self.nanosecond else 1_000_000
+        self.resync_start = 0
+
+    def walk(
+        self, buf: bytes | mmap.mmap, data: np.ndarray, pos: int, limit: int, final: bool
+    ) -> tuple[_Records, int]:
+        """Collect the records that start in ``[pos, limit)``; return them and the next pos.
+
+        With ``final`` false the buffer is a chunk of a stream: the walk stops before a
+        record that is not complete in it (the caller carries it over to the next chunk).
+        """
+        end = len(data)
+        hs = self.header_size
+        max_caplen = self.max_caplen
+        caplen_at = self._caplen_at
+        found: list[int] = []
+        append = found.append
+        truncated_caplen = -1
+        while pos < limit:
+            if self.resyncing:
+                nxt, confirmed = self._resync(data, pos, final)
+                pos = nxt
+                if not confirmed:
+                    break
+                self.resynchronised(self.resync_start, pos)
+                continue
+            try:  # fast path: whole, sane records
+                while pos < limit:
+                    caplen = caplen_at(buf, pos + 8)[0]
+                    nxt = pos + hs + caplen
+                    if caplen > max_caplen or nxt > end:
+                        break
+                    append(pos)
+                    pos = nxt
+            except struct.error:  # the record header runs past the buffer's end
+                pass
+            if pos >= limit:
+                break
+            if pos + hs > end:
+                if final:
+                    self.report(pos, f"truncated record header ({end - pos} of {hs} bytes)")
+                    pos = end
+                break
+            caplen = caplen_at(buf, pos + 8)[0]
+            if caplen > max_caplen and not self._believable(data, pos, caplen, final):
+                what = "twice the snap length" if max_caplen < MAX_CAPLEN else "the maximum"
+                self.report(
+                    pos, f"corrupt record: captured length {caplen} exceeds {what} {max_caplen}"
+                )
+                self.resyncing, self.resync_start = True, pos
+                pos += 1
+                continue
+            nxt = pos + hs + caplen
+            if nxt > end:
+                if final:
+                    truncated_caplen = end - pos - hs
+                    self.report(
+                        pos,
+                        f"truncated last record: {truncated_caplen} of {caplen} captured bytes "
+                        "present (kept)",
+                    )
+                    append(pos)
+                    pos = end
+                break
+            append(pos)
+            pos = nxt
+        return self._decode(data, found, truncated_caplen), pos
+
+    def _believable(self, data: np.ndarray, pos: int, caplen: int, final: bool) -> bool:
+        """A record longer than twice the snap length, taken as real if what follows is.
+
+        Some writers put a wrong snap length in the file header (libpcap reads such
+        files too); a record is kept when it ends at the end of the capture or the
+        next record header is plausible.
+        """
+        if caplen > MAX_CAPLEN:
+            return False
+        nxt = pos + self.header_size + caplen
+        end = len(data)
+        if nxt == end or (nxt > end and final):
+            return bool(self._plausible(data, np.array([pos], np.int64))[0])
+        if nxt + self.header_size > end:
+            return not final  # decided when the next chunk is in (the walk waits)
+        return bool(self._plausible(data, np.array([nxt], np.int64))[0])
+
+    def _plausible(self, data: np.ndarray, q: np.ndarray) -> np.ndarray:
+        be = self.big_endian
+        caplen = u32(data, q + 8, be)
+        wirelen = u32(data, q + 12, be)
+        ok = (caplen > 0) & (caplen <= MAX_CAPLEN) & (caplen <= wirelen)
+        ok &= (wirelen <= MAX_CAPLEN) & (u32(data, q + 4, be) < self.frac_limit)
+        if self.last_ts_ns is not None:
+            ok &= np.abs(u32(data, q, be) - self.last_ts_ns // NS) <= MAX_CLOCK_JUMP_S
+        return ok
+
+    def _resync(self, data: np.ndarray, pos: int, final: bool) -> tuple[int, bool]:
+        """First position from ``pos`` holding a plausible record followed by another.
+
+        Returns ``(position, True)`` when found (or the end of a final buffer), and
+        ``(position, False)`` when the rest of the buffer cannot tell: wait for more data.
+        """
+        end = len(data)
+        hs = self.header_size
+        while True:
+            stop = min(end - hs + 1, pos + RESYNC_WINDOW)
+            if stop <= pos:
+                if final:
+                    self.report(pos, "no further valid record after a corrupt record")
+                    return end, False
+                return pos, False
+            cand = np.arange(pos, stop, dtype=np.int64)
+            cand = cand[self._plausible(data, cand)]
+            if len(cand):
+                nxt = cand + hs + u32(data, cand + 8, self.big_endian)
+                inside = nxt + hs <= end
+                ok = ~inside | (nxt == end)
+                ok[inside] |= self._plausible(data, nxt[inside])
+                first = np.flatnonzero(ok)
+                if len(first):
+                    q = int(cand[first[0]])
+                    if inside[first[0]] or final:
+                        return q, True
+                    return q, False  # its successor is not in this chunk yet
+            pos = stop
+
+    def _decode(self, data: np.ndarray, found: list[int], truncated_caplen: int) -> _Records:
+        if not found:
+            return _empty_records()
+        be = self.big_endian
+        pos = np.array(found, np.int64)
+        sec = u32(data, pos, be)
+        frac = u32(data, pos + 4, be)
+        caplen = u32(data, pos + 8, be)
+        wirelen = u32(data, pos + 12, be)
+        if truncated_caplen >= 0:
+            caplen[-1] = truncated_caplen
+        ts_ns = sec * NS + (frac if self.nanosecond else frac * 1000)
+        self.last_ts_ns = int(ts_ns[-1])
+        n = len(pos)
+        return _Records(
+            offset=pos + self.header_size,
+            caplen=caplen,
+            wirelen=wirelen,
+            ts_ns=ts_ns,
+            linktype=np.full(n, self.linktype, np.int64),
+            interface=np.zeros(n, np.int64),
+            record_pos=pos,
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# pcapng
+
+
+class _PcapngWalker(_Walker):
+    """pcapng: sections (SHB) of interfaces (IDB) and packet blocks (EPB, SPB, obsolete PB).
+
+    Interfaces are numbered globally across sections; other blocks are skipped.
+    """
+
+    file_header_size = 0
+
+    def __init__(self, name: str, problems: ProblemLog) -> None:
+        super().__init__(name, problems)
+        self.big_endian = False
+        self.section_base = 0  # global number of the current section's interface 0
+        self._set_order(False)
+        self.resync_start = 0
+
+    def _set_order(self, big_endian: bool) -> None:
+        self.big_endian = big_endian
+        self._u32 = struct.Struct(">I" if big_endian else "<I").unpack_from
+
+    def walk(
+        self, buf: bytes | mmap.mmap, data: np.ndarray, pos: int, limit: int, final: bool
+    ) -> tuple[_Records, int]:
+        """Collect the packet blocks that start in ``[pos, limit)`` (see the pcap walk).
+
+        A walk step ends at a section header so one step's records share a byte order.
+        A non-packet block that runs past a non-final chunk is skipped: the returned
+        position is then beyond the chunk's end.
+        """
+        end = len(data)
+        found: list[int] = []
+        append = found.append
+        truncated = False
+        while pos < limit:
+            if self.resyncing:
+                nxt, confirmed = self._resync(buf, data, pos, final)
+                pos = nxt
+                if not confirmed:
+                    break
+                self.resynchronised(self.resync_start, pos)
+                continue
+            if pos + 12 > end:
+                if final:
+                    self.report(pos, f"truncated block header ({end - pos} of 12 bytes)")
+                    pos = end
+                break
+            btype = self._u32(buf, pos)[0]
+            if btype == PCAPNG_SHB:
+                if found:
+                    break  # the records so far belong to the previous section
+                order = struct.unpack_from("<I", buf, pos + 8)[0]
+                if order not in (PCAPNG_BYTE_ORDER, 0x4D3C2B1A):
+                    self._corrupt(pos, "section header with an invalid byte-order magic")
+                    pos += 4
+                    continue
+                self._set_order(order != PCAPNG_BYTE_ORDER)
+            blen = self._u32(buf, pos + 4)[0]
+            if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+                self._corrupt(pos, f"corrupt block: block length {blen} (type {btype:#x})")
+                pos += 4
+                continue
+            if pos + blen > end:
+                if not final:
+                    if btype not in (PCAPNG_SHB, PCAPNG_IDB, *PCAPNG_PACKET_BLOCKS):
+                        pos += blen  # skip it without buffering it
+                    break
+                if btype in PCAPNG_PACKET_BLOCKS and end - pos >= 28:
+                    self.report(
+                        pos, f"truncated last block: {end - pos} of {blen} bytes present (kept)"
+                    )
+                    append(pos)
+                    truncated = True
+                else:
+                    self.report(pos, f"truncated last block: {end - pos} of {blen} bytes")
+                pos = end
+                break
+            if self._u32(buf, pos + blen - 4)[0] != blen:
+                self._corrupt(pos, f"corrupt block: trailing length differs from {blen}")
+                pos += 4
+                continue
+            if btype in PCAPNG_PACKET_BLOCKS:
+                append(pos)
+            elif btype == PCAPNG_SHB:
+                self.section_base = len(self.interfaces)
+            elif btype == PCAPNG_IDB:
+                self._interface(buf, pos, blen)
+            pos += blen
+        return self._decode(data, found, truncated), pos
+
+    def _corrupt(self, pos: int, reason: str) -> None:
+        self.report(pos, reason)
+        self.resyncing, self.resync_start = True, pos
+
+    def _interface(self, buf: bytes | mmap.mmap, pos: int, blen: int) -> None:
+        bo = ">" if self.big_endian else "<"
+        linktype, _, snaplen = struct.unpack_from(bo + "HHI", buf, pos + 8)
+        iface = _Interface(linktype, snaplen)
+        opt, stop = pos + 16, pos + blen - 4
+        while opt + 4 <= stop:
+            code, length = struct.unpack_from(bo + "HH", buf, opt)
+            if code == 0 or opt + 4 + length > stop:
+                break
+            if code == 9 and length >= 1:
+                iface.tsresol = buf[opt + 4]
+            elif code == 14 and length >= 8:
+                iface.tsoffset = struct.unpack_from(bo + "q", buf, opt + 4)[0]
+            opt += 4 + length + (-length % 4)
+        self.interfaces.append(iface)
+
+    def _resync(
+        self, buf: bytes | mmap.mmap, data: np.ndarray, pos: int, final: bool
+    ) -> tuple[int, bool]:
+        """Next 4-aligned position holding a consistent block followed by a known block."""
+        end = len(data)
+        be = self.big_endian
+        while True:
+            count = min((end - 12 - pos) // 4 + 1, RESYNC_WINDOW // 4)
+            if count <= 0:
+                if final:
+                    self.report(pos, "no further valid block after a corrupt block")
+                    return end, False
+                return pos, False
+            cand = pos + 4 * np.arange(count, dtype=np.int64)
+            btype = u32(data, cand, be)
+            blen = u32(data, cand + 4, be)
+            ok = np.isin(btype, list(PCAPNG_KNOWN_BLOCKS)) & (blen >= 12) & (blen % 4 == 0)
+            ok &= blen <= MAX_BLOCK
+            for q, length in zip(cand[ok].tolist(), blen[ok].tolist(), strict=True):
+                nxt = q + length
+                if nxt > end:
+                    if final:
+                        continue
+                    return q, False
+                if self._u32(buf, nxt - 4)[0] != length:
+                    continue
+                if nxt + 8 <= end:
+                    t = self._u32(buf, nxt)[0]
+                    if t not in PCAPNG_KNOWN_BLOCKS:
+                        continue
+                elif nxt != end and not final:
+                    return q, False
+                return q, True
+            pos += 4 * count
+
+    def _decode(self, data: np.ndarray, found: list[int], truncated: bool) -> _Records:
+        if not found:
+            return _empty_records()
+        be = self.big_endian
+        pos = np.array(found, np.int64)
+        btype = u32(data, pos, be)
+        blen = u32(data, pos + 4, be)
+        n = len(pos)
+        simple = btype == PCAPNG_SPB
+        local = np.where(btype == PCAPNG_PB, u16(data, pos + 8, be), u32(data, pos + 8, be))
+        local[simple] = 0
+        units = (u32(data, pos + 12, be) << 32) | u32(data, pos + 16, be)
+        caplen = u32(data, pos + 20, be)
+        wirelen = u32(data, pos + 24, be)
+        start = pos + 28
+        room = blen - 32
+        wirelen[simple] = u32(data, pos[simple] + 8, be)
+        start[simple] = pos[simple] + 12
+        room[simple] = blen[simple] - 16
+        caplen[simple] = wirelen[simple]
+        if truncated:
+            room[-1] = len(data) - start[-1]
+        n_local = len(self.interfaces) - self.section_base
+        known = local < n_local
+        if not known.all():
+            for i in np.flatnonzero(~known)[:3].tolist():
+                self.report(int(pos[i]), f"packet of undefined interface {int(local[i])} skipped")
+        iface = self.section_base + np.minimum(local, max(n_local - 1, 0))
+        snaplen = np.array([i.snaplen for i in self.interfaces] or [0], np.int64)[iface]
+        if simple.any():  # an SPB holds min(original length, snap length) bytes
+            cut = simple & (snaplen > 0)
+            caplen[cut] = np.minimum(caplen[cut], snaplen[cut])
+        over = caplen > room
+        if over.any():
+            for i in np.flatnonzero(over)[:3].tolist():
+                if truncated and i == n - 1:
+                    continue
+                self.report(
+                    int(pos[i]),
+                    f"corrupt block: captured length {int(caplen[i])} exceeds the block "
+                    f"({int(room[i])} bytes; cut)",
+                )
+            caplen = np.minimum(caplen, np.maximum(room, 0))
+        ts_ns = self._timestamps(units, iface)
+        if simple.any():  # no timestamp: the previous packet's
+            last = np.maximum.accumulate(np.where(simple, -1, np.arange(n)))
+            previous = self.last_ts_ns if self.last_ts_ns is not None else 0
+            ts_ns = np.where(last >= 0, ts_ns[np.maximum(last, 0)], previous)
+        self.last_ts_ns = int(ts_ns[-1])
+        linktype = np.array([i.linktype for i in self.interfaces] or [-1], np.int64)[iface]
+        keep = known if not known.all() else slice(None)
+        return _Records(
+            offset=start[keep],
+            caplen=caplen[keep],
+            wirelen=wirelen[keep],
+            ts_ns=ts_ns[keep],
+            linktype=linktype[keep],
+            interface=iface[keep],
+            record_pos=pos[keep],
+        )
+
+    def _timestamps(self, units: np.ndarray, iface: np.ndarray) -> np.ndarray:
+        """Epoch nanoseconds from each interface's timestamp units and offset."""
+        ts_ns = np.zeros(len(units), np.int64)
+        for i in np.unique(iface).tolist():
+            sel = iface == i
+            u = units[sel]
+            resol = self.interfaces[i].tsresol
+            if resol & 0x80:  # 2^-k seconds
+                k = resol & 0x7F
+                if k <= 32:
+                    whole, frac = u >> k, u & ((1 << k) - 1)
+                    ns = whole * NS + ((frac * NS) >> k)
+                else:
+                    ns = (u.astype(np.float64) * (NS / 2.0**k)).astype(np.int64)
+            elif resol <= 9:
+                ns = u * 10 ** (9 - resol)
+            elif resol <= 18:
+                ns = u // 10 ** (resol - 9)
+            else:
+                ns = np.zeros_like(u)
+            ts_ns[sel] = ns + self.interfaces[i].tsoffset * NS
+        return ts_ns
+
+
+# ----------------------------------------------------------------------------------------
+# Opening files
+
+
+def _format_problem(head: bytes) -> str:
+    """Why a file that starts with ``head`` is not a readable capture."""
+    for magic, name in OTHER_COMPRESSION.items():
+        if head.startswith(magic):
+            return f"compressed with {name}, which is not supported (decompress it first)"
+    return f"not a pcap or pcapng capture (starts with {head[:4].hex(' ')})"
+
+
+def _make_walker(
+    name: str, problems: ProblemLog, head: bytes, where: str = ""
+) -> _PcapWalker | _PcapngWalker | None:
+    """The walker for a capture that starts with ``head``, or None (problem reported)."""
+    if len(head) < 4:
+        problems.add(name, 0, f"too short to be a capture ({len(head)} bytes){where}")
+        return None
+    magic = struct.unpack("<I", head[:4])[0]
+    if magic in PCAP_MAGICS:
+        if len(head) < 24:
+            problems.add(name, 0, f"truncated pcap file header ({len(head)} of 24 bytes){where}")
+            return None
+        return _PcapWalker(name, problems, head)
+    if magic == PCAPNG_SHB:
+        if len(head) < 12 or struct.unpack("<I", head[8:12])[0] not in (
+            PCAPNG_BYTE_ORDER,
+            0x4D3C2B1A,
+        ):
+            problems.add(name, 0, f"pcapng section header without a valid byte-order magic{where}")
+            return None
+        return _PcapngWalker(name, problems)
+    problems.add(name, 0, _format_problem(head) + where)
+    return None
+
+
+class _Batcher:
+    """Turns walk results into parsed batches numbered across the whole capture."""
+
+    def __init__(self, walker: _PcapWalker | _PcapngWalker) -> None:
+        self.walker = walker
+        self.next_index = 0
+
+    def batch(self, data: np.ndarray, recs: _Records, base: int) -> ParsedPackets:
+        self.walker.check_linktypes(recs)
+        batch = PacketBatch(
+            data=data,
+            offset=recs.offset,
+            caplen=recs.caplen.astype(np.int32),
+            wirelen=np.minimum(recs.wirelen, 2**31 - 1).astype(np.int32),
+            ts=recs.ts_ns / 1e9,
+            linktype=recs.linktype.astype(np.int32),
+            file_offset=recs.record_pos + base,
+            first_index=self.next_index,
+            ts_ns=recs.ts_ns,
+        )
+        self.next_index += len(recs.offset)
+        return parse_packets(batch)
+
+
+def read_packets(
+    path: str | os.PathLike,
+    problems: ProblemLog,
+    *,
+    chunk_bytes: int = 64 << 20,
+    progress: Progress | None = None,
+) -> Iterator[ParsedPackets]:
+    """Parsed packets of a pcap/pcapng capture (plain or gzip), one batch per chunk.
+
+    ``chunk_bytes`` bounds the capture bytes behind one batch (and, for gzip input, the
+    decompressed bytes held). ``progress(n)`` is called as the file is consumed, with the
+    number of bytes of the file on disk consumed since the previous call; the calls add up
+    to the file's size. Problems go to ``problems``; this never raises for bad data.
+    """
+    name = str(path)
+    chunk_bytes = max(int(chunk_bytes), 1 << 16)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below, the generator may stop early
+    except OSError as exc:
+        problems.add(name, -1, f"cannot open: {exc.strerror or exc}")
+        return
+    with fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(24)
+        except OSError as exc:
+            problems.add(name, -1, f"cannot read: {exc.strerror or exc}")
+            return
+        if size == 0 or not head:
+            problems.add(name, 0, "empty file")
+            return
+        if head.startswith(GZIP_MAGIC):
+            fh.seek(0)
+            yield from _read_gzip(fh, name, problems, chunk_bytes, progress)
+        else:
+            yield from _read_mapped(fh, name, size, head, problems, chunk_bytes, progress)
+
+
+def _read_mapped(
+    fh, name: str, size: int, head: bytes, problems: ProblemLog, chunk: int, progress
+) -> Iterator[ParsedPackets]:
+    walker = _make_walker(name, problems, head)
+    if walker is None:
+        if progress:
+            progress(size)
+        return
+    try:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        problems.add(name, -1, f"cannot map the file: {exc}")
+        return
+    data = np.frombuffer(mm, np.uint8)
+    batcher = _Batcher(walker)
+    pos = walker.file_header_size
+    done = 0
+    while pos < size:
+        recs, new = walker.walk(mm, data, pos, min(size, pos + chunk), True)
+        if progress:
+            progress(new - done)
+            done = new
+        pos = max(new, pos + 1) if new <= pos else new
+        if len(recs.offset):
+            yield batcher.batch(data, recs, 0)
+    if progress and done < size:
+        progress(size - done)
+    del data
+    try:
+        mm.close()
+    except BufferError:  # batches still refer to it; the mapping closes when they go
+        pass
+
+
+class _GzipStream:
+    """Decompressed bytes of a (multi-member) gzip file, read in bounded pieces."""
+
+    def __init__(self, fh, name: str, problems: ProblemLog, progress: Progress | None) -> None:
+        self.fh, self.name, self.problems, self.progress = fh, name, problems, progress
+        self.inflate = zlib.decompressobj(31)
+        self.pending = b""
+        self.eof = False
+        self.produced = 0  # decompressed bytes handed out or skipped
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` decompressed bytes; fewer only at the end (then ``eof`` is set)."""
+        parts, have = [], 0
+        while have < n and not self.eof:
+            piece = self._piece(n - have)
+            parts.append(piece)
+            have += len(piece)
+        out = b"".join(parts)
+        self.produced += len(out)
+        return out
+
+    def skip(self, n: int) -> None:
+        """Decompress and drop ``n`` bytes (a block too large to buffer)."""
+        while n > 0 and not self.eof:
+            piece = self._piece(min(n, 1 << 20))
+            n -= len(piece)
+            self.produced += len(piece)
+
+    def _piece(self, n: int) -> bytes:
+        try:
+            if self.inflate.unconsumed_tail:
+                return self.inflate.decompress(self.inflate.unconsumed_tail, n)
+            if self.inflate.eof:
+                rest = self.inflate.unused_data
+                if not rest.strip(b"\x00"):
+                    rest = self._raw()
+                    if not rest:
+                        self.eof = True
+                        return b""
+                if not rest.startswith(GZIP_MAGIC):
+                    self.problems.add(
+                        self.name, self.produced, "bytes after the gzip stream ignored"
+                    )
+                    self.eof = True
+                    return b""
+                self.inflate = zlib.decompressobj(31)
+                return self.inflate.decompress(rest, n)
+            raw = self._raw()
+            if not raw:
+                self.problems.add(
+                    self.name,
+                    self.produced,
+                    "gzip stream ends early (truncated file); kept what was there",
+                )
+                self.eof = True
+                return b""
+            return self.inflate.decompress(raw, n)
+        except zlib.error as exc:
+            self.problems.add(self.name, self.produced, f"corrupt gzip data: {exc}")
+            self.eof = True
+            return b""
+
+    def _raw(self) -> bytes:
+        try:
+            raw = self.fh.read(1 << 20)
+        except OSError as exc:
+            self.problems.add(self.name, self.produced, f"cannot read: {exc.strerror or exc}")
+            return b""
+        if self.progress and raw:
+            self.progress(len(raw))
+        return raw
+
+
+def _read_gzip(
+    fh, name: str, problems: ProblemLog, chunk: int, progress
+) -> Iterator[ParsedPackets]:
+    stream = _GzipStream(fh, name, problems, progress)
+    buf = stream.read(chunk)
+    if not buf:
+        if stream.eof and stream.produced == 0 and problems.total == 0:
+            problems.add(name, 0, "empty gzip stream")
+        return
+    walker = _make_walker(name, problems, buf[:24], " (inside gzip)")
+    if walker is None:
+        return
+    batcher = _Batcher(walker)
+    pos = walker.file_header_size
+    base = 0  # decompressed offset of buf[0]
+    want = chunk
+    while True:
+        final = stream.eof
+        data = np.frombuffer(buf, np.uint8)
+        start = pos
+        while pos < len(buf):
+            recs, new = walker.walk(buf, data, pos, len(buf), final)
+            if len(recs.offset):
+                yield batcher.batch(data, recs, base)
+            if new <= pos:
+                break
+            pos = new
+        if final:
+            return
+        if pos > len(buf):  # a block to skip runs past the chunk
+            stream.skip(pos - len(buf))
+            base += pos
+            carry = b""
+        else:
+            carry = buf[pos:]
+            base += pos
+        # a record that did not fit: read a larger chunk next time
+        want = chunk if pos > start or len(carry) < chunk // 2 else 2 * len(carry)
+        pos = 0
+        buf = carry + stream.read(max(want - len(carry), 1 << 16))
