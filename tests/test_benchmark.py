@@ -118,3 +118,44 @@ def test_flop_count_sees_the_fusion_transformer():
     # Hand count of the byte MLP alone: 2 * 16 flows * (1600*512 + 512*256) multiply-adds.
     assert late > 2 * 16 * (1600 * 512 + 512 * 256)
     assert deep > late * 1.2  # three Transformer fusion blocks are not free
+
+
+def test_cli_benchmark_and_complexity_only(dataset, tmp_path, capsys):
+    from dmfnet.cli import main
+    from training_data import write_flow_file
+
+    data = write_flow_file(dataset, tmp_path / "flows.parquet")
+    report = tmp_path / "report"
+    args = ["benchmark", str(data), "-o", str(report), "--models", "dmf-late", "--seeds", "2",
+            "--epochs", "1", "--batch-size", "64", "--device", "cpu", "-q"]  # fmt: skip
+    assert main([*args, "--no-complexity"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs trained, 0 already in" in out and "| w/o Multi-scale fusion |" in out
+    assert "mean ± sample std over 2 runs" in (report / "tables.md").read_text()
+    assert "(120 flows, 3 classes)" in (report / "tables.md").read_text()
+
+    assert main(["benchmark", str(data), "-o", str(report), "--models", "dmf-late",
+                 "--complexity-only", "--complexity-batch", "16"]) == 0  # fmt: skip
+    table = (report / "complexity.md").read_text()
+    params = sum(p.numel() for p in create_model("dmf-late", 3).parameters())
+    assert f"| dmf-late | {params:,} |" in table
+    assert json.loads((report / "complexity.json").read_text())[0]["source"].startswith("trained")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--models", "dmf,nope"], "unknown model(s) nope"),
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--set", "cnn1d:x=1", "--models", "dmf"], "--set expects MODEL:KEY=VALUE"),
+    ],
+)
+def test_cli_bad_options_give_one_line(dataset, tmp_path, capsys, extra, message):
+    from dmfnet.cli import main
+    from training_data import write_flow_file
+
+    data = write_flow_file(dataset, tmp_path / "flows.parquet")
+    assert main(["benchmark", str(data), "-o", str(tmp_path / "r"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert main(["benchmark", str(tmp_path / "missing"), "-o", str(tmp_path / "r")]) == 2

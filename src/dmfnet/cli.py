@@ -350,6 +350,165 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    from dmfnet.training.benchmark import DEFAULT_MODELS
+
+    p = sub.add_parser(
+        "benchmark",
+        help="DMF vs the baselines and its ablations over K seeds -> the paper's tables",
+        description="Train and test every chosen model on the same splits for seeds 0..K-1 "
+        "(run folders under REPORT/runs/<model>/seed<k>/), append one row per model and seed "
+        "to REPORT/results.csv as each finishes (a rerun resumes where it stopped), then write "
+        "REPORT/tables.md and tables_*.csv in the layout of the paper's Tables 2-5 (mean ± std "
+        "in %), a macro-F1 bar chart and REPORT/complexity.md (paper §5.4).",
+    )
+    p.add_argument("dataset", help="folder written by `dmfnet prepare` (or one Parquet file)")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT", help="report folder")
+    p.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated registered model names (default: %(default)s)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="runs per model, seeds 0..K-1 (default: 3)")
+    p.add_argument(
+        "--split",
+        choices=("random", "file"),
+        default="random",
+        help="random: 8:1:1 stratified by class (paper); file: whole capture files kept apart "
+        "(default: random)",
+    )
+    p.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="keep test flows whose model inputs equal a training flow's (the paper's "
+        "protocol; inflates scores)",
+    )
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs per run (default: 30)")
+    p.add_argument("--batch-size", type=int, default=256, help="flows per step (default: 256)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument(
+        "--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 1e-2)"
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="early-stopping patience in epochs; 0 never stops early (default: 5)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when present, else CPU (default: auto)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="MODEL:KEY=VALUE",
+        help="configuration override of one model, repeatable; VALUE is read as JSON when it "
+        "parses (--set dmf:fusion_tokens=4)",
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--complexity-only",
+        action="store_true",
+        help="train nothing: measure parameters, FLOPs, latency, throughput and memory of the "
+        "chosen models into REPORT/complexity.md",
+    )
+    what.add_argument(
+        "--no-complexity", action="store_true", help="skip the complexity measurement"
+    )
+    p.add_argument(
+        "--complexity-batch",
+        type=int,
+        default=256,
+        help="flows per batch for the latency and throughput figures (default: 256)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
+    p.set_defaults(func=_run_benchmark)
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dmfnet.models import available_models
+    from dmfnet.training.benchmark import run_benchmark, write_complexity_report
+
+    if not Path(args.dataset).exists():
+        raise UserError(f"dataset {args.dataset} does not exist")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    known = available_models()
+    unknown = [m for m in models if m not in known]
+    if not models or unknown:
+        raise UserError(
+            f"unknown model(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}"
+        )
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    per_model: dict[str, list[str]] = {}
+    for item in args.overrides:
+        model, sep, rest = item.partition(":")
+        if not sep or model not in models:
+            raise UserError(
+                f"--set expects MODEL:KEY=VALUE with MODEL one of --models, got {item!r}"
+            )
+        per_model.setdefault(model, []).append(rest)
+    model_config = {m: _parse_overrides(items) for m, items in per_model.items()}
+
+    if args.complexity_only:
+        from dmfnet.data import load_dataset
+
+        classes = len(load_dataset(args.dataset, columns=[]).classes)
+        path = write_complexity_report(
+            args.output, models, num_classes=classes, batch_size=args.complexity_batch
+        )
+        print(Path(path).read_text())
+        print(f"complexity: {path}")
+        return 0
+
+    out = run_benchmark(
+        args.dataset,
+        args.output,
+        models=models,
+        seeds=args.seeds,
+        split=args.split,
+        keep_duplicates=args.keep_duplicates,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        device=args.device,
+        model_config=model_config,
+        complexity=not args.no_complexity,
+        complexity_batch=args.complexity_batch,
+        progress=not args.quiet,
+    )
+    written = out["written"]
+    print()
+    if "markdown" in written:
+        print(written["markdown"].read_text())
+    print(
+        f"{len(out['trained'])} runs trained, {len(out['skipped'])} already in "
+        f"{Path(args.output) / 'results.csv'}"
+    )
+    for key in ("markdown", "complexity"):
+        if key in written:
+            print(f"{key if key != 'markdown' else 'tables'}: {written[key]}")
+    if out["failed"]:
+        for model, seed, reason in out["failed"]:
+            print(f"failed: {model}, seed {seed}: {reason}", file=sys.stderr)
+        print(
+            f"dmfnet benchmark: {len(out['failed'])} run(s) failed (see "
+            f"{Path(args.output) / 'failures.log'}); rerun to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmfnet",
@@ -358,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dmfnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_info, _add_train, _add_evaluate):
+    for add in (_add_prepare, _add_info, _add_train, _add_evaluate, _add_benchmark):
         add(sub)
     return parser
 

@@ -512,6 +512,7 @@ def run_benchmark(
     device: str | None = None,
     model_config: Mapping[str, Mapping[str, Any]] | None = None,
     complexity: bool = True,
+    complexity_batch: int = 256,
     progress: bool = True,
     train_fn: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -613,7 +614,11 @@ def run_benchmark(
     written = write_tables(results_csv, report_dir, info) if results_csv.exists() else {}
     if complexity:
         written["complexity"] = write_complexity_report(
-            report_dir, models, num_classes=info.get("classes"), progress=progress
+            report_dir,
+            models,
+            num_classes=info.get("classes"),
+            batch_size=complexity_batch,
+            progress=progress,
         )
     return {"trained": trained, "skipped": skipped, "failed": failed, "written": written}
 
