@@ -44,6 +44,7 @@ ETHERTYPE_MPLS = (0x8847, 0x8848)
 ETHERTYPE_PPPOE_SESSION = 0x8864
 PPP_IPV4 = 0x0021
 PPP_IPV6 = 0x0057
+PPP_MPLS = 0x0281
 AF_INET = 2
 AF_INET6 = (24, 28, 30)  # NetBSD/OpenBSD, FreeBSD, macOS
 
@@ -58,9 +59,9 @@ PROTO_UDP = 17
 
 
 def _ethertype_from_ppp(proto: np.ndarray) -> np.ndarray:
-    return np.where(
-        proto == PPP_IPV4, ETHERTYPE_IPV4, np.where(proto == PPP_IPV6, ETHERTYPE_IPV6, 0)
-    )
+    et = np.where(proto == PPP_IPV4, ETHERTYPE_IPV4, np.where(proto == PPP_IPV6, ETHERTYPE_IPV6, 0))
+    et[proto == PPP_MPLS] = ETHERTYPE_MPLS[0]
+    return et
 
 
 def _ethertype_from_version(data: np.ndarray, pos: np.ndarray) -> np.ndarray:

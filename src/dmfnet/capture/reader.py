@@ -315,6 +315,7 @@ class _PcapngWalker(_Walker):
         super().__init__(name, problems)
         self.big_endian = False
         self.section_base = 0  # global number of the current section's interface 0
+        self.bad_time_reported = False
         self._set_order(False)
         self.resync_start = 0
 
@@ -489,7 +490,7 @@ class _PcapngWalker(_Walker):
                     f"({int(room[i])} bytes; cut)",
                 )
             caplen = np.minimum(caplen, np.maximum(room, 0))
-        ts_ns = self._timestamps(units, iface)
+        ts_ns = self._timestamps(units, iface, pos)
         if simple.any():  # no timestamp: the previous packet's
             last = np.maximum.accumulate(np.where(simple, -1, np.arange(n)))
             previous = self.last_ts_ns if self.last_ts_ns is not None else 0
@@ -507,7 +508,7 @@ class _PcapngWalker(_Walker):
             record_pos=pos[keep],
         )
 
-    def _timestamps(self, units: np.ndarray, iface: np.ndarray) -> np.ndarray:
+    def _timestamps(self, units: np.ndarray, iface: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Epoch nanoseconds from each interface's timestamp units and offset."""
         ts_ns = np.zeros(len(units), np.int64)
         for i in np.unique(iface).tolist():
@@ -522,7 +523,14 @@ class _PcapngWalker(_Walker):
                 else:
                     ns = (u.astype(np.float64) * (NS / 2.0**k)).astype(np.int64)
             elif resol <= 9:
-                ns = u * 10 ** (9 - resol)
+                scale = 10 ** (9 - resol)
+                ns = u * scale
+                bogus = u > (2**63 - 1) // scale  # past the year 2262: a broken writer
+                ns[bogus] = 0
+                if bogus.any() and not self.bad_time_reported:
+                    self.bad_time_reported = True
+                    first = int(pos[sel][np.flatnonzero(bogus)[0]])
+                    self.report(first, f"timestamp out of range on interface {i} (set to 0)")
             elif resol <= 18:
                 ns = u // 10 ** (resol - 9)
             else:
