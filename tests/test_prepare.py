@@ -111,8 +111,12 @@ def test_classes_removals_and_problems(captures, tmp_path):
     assert card["tool"]["name"] == "dmfnet"
     assert card["parameters"]["flow_config"]["idle_timeout"] == 120.0
     assert card["parameters"]["labels"]["mode"] == "folder"
+    # small captures' parts are merged into one file, in capture order
+    assert [p.name for p in (tmp_path / "ds").glob("part-*.parquet")] == card["files"]
+    assert len(card["files"]) == 1
     ds = load_dataset(tmp_path / "ds")
     assert len(ds) == 8 and ds.classes == ["chat", "web"]
+    assert ds.labels.tolist() == ["chat"] * 3 + ["web"] * 5
     assert ds["bytes"].shape == (8, 1600) and ds["lengths"].shape == (8, 30)
     web = ds.labels == "web"
     assert set(ds["server_port"][web].tolist()) == {443, 8443}

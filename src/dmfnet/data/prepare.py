@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmfnet import __version__
@@ -170,6 +171,7 @@ _WORKER: dict = {}
 def _init_worker(
     labeller: Labeller, config: FlowConfig, keep_unlabelled: bool, out: str, queue
 ) -> None:
+    """Runs once in each worker process: what every capture task needs."""
     _WORKER.update(
         labeller=labeller, config=config, keep_unlabelled=keep_unlabelled, out=out, queue=queue
     )
@@ -310,52 +312,56 @@ def _add_chunk(
 # All captures
 
 
-def _run_pool(
-    tasks: list[tuple[int, str, int]],
-    workers: int,
-    init_args: tuple,
-    bar,
-) -> list[CaptureResult]:
-    """Run the tasks in ``workers`` processes, largest capture first, feeding the bar."""
-    ctx = mp.get_context("fork") if sys.platform == "linux" else mp.get_context()
-    queue = ctx.Queue()
-    results: list[CaptureResult] = []
+class _WorkerPool:
+    """Worker processes for the captures, started before any thread of this process.
 
-    def drain() -> None:
-        while True:
-            item = queue.get()
-            if isinstance(item, str):  # the stop signal
-                return
-            bar.update(item)
+    Processes are forked at start (before the progress bar's and the queue reader's
+    threads exist); workers send bytes read through a queue that feeds the bar.
+    """
 
-    labeller, config, keep_unlabelled, out = init_args
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(labeller, config, keep_unlabelled, out, queue),
-    )
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        order = sorted(tasks, key=lambda t: -t[2])
-        futures = {pool.submit(_worker_task, *t): t for t in order}
-        for future in as_completed(futures):
-            index, path, size = futures[future]
-            try:
-                results.append(future.result())
-            except BrokenProcessPool:
-                failed = CaptureResult(index=index, path=path, size=size)
-                failed.problems.add(path, -1, "worker process died (out of memory?)")
-                results.append(failed)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        queue.put("stop")
-        reader.join(timeout=5)
-    return results
+    def __init__(self, workers: int, init_args: tuple) -> None:
+        ctx = mp.get_context("fork") if sys.platform == "linux" else mp.get_context()
+        self.queue = ctx.Queue()
+        self.pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(*init_args, self.queue),
+        )
+        self.pool.submit(int).result()  # launches the worker processes now
+
+    def run(self, tasks: list[tuple[int, str, int]], bar) -> list[CaptureResult]:
+        """Run the tasks, largest capture first; a dead worker fails only its capture."""
+
+        def drain() -> None:
+            while True:
+                item = self.queue.get()
+                if isinstance(item, str):  # the stop signal
+                    return
+                bar.update(item)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        results: list[CaptureResult] = []
+        try:
+            order = sorted(tasks, key=lambda t: -t[2])
+            futures = {self.pool.submit(_worker_task, *t): t for t in order}
+            for future in as_completed(futures):
+                index, path, size = futures[future]
+                try:
+                    results.append(future.result())
+                except BrokenProcessPool:
+                    failed = CaptureResult(index=index, path=path, size=size)
+                    failed.problems.add(path, -1, "worker process died (out of memory?)")
+                    results.append(failed)
+        except BaseException:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            self.pool.shutdown(wait=True)
+            self.queue.put("stop")
+            reader.join(timeout=5)
+        return results
 
 
 def _sample_per_class(
@@ -404,6 +410,45 @@ def _sample_per_class(
         kept_parts.append(part)
     counts = Counter(every[keep].tolist())
     return dict(counts), kept_parts
+
+
+def _merge_small_parts(out: Path, parts: list[str], target_rows: int = ROW_GROUP_ROWS) -> list[str]:
+    """Merge runs of consecutive small part files (many small captures) into larger ones.
+
+    Thousands of tiny Parquet files are slow to open; consecutive parts of fewer than
+    ``target_rows`` flows are rewritten into one file named after the first of them,
+    keeping row order. Large parts are left untouched, so big captures cost nothing.
+    """
+    rows = {p: pq.ParquetFile(out / p).metadata.num_rows for p in parts}
+    groups: list[list[str]] = []
+    for part in parts:
+        small = rows[part] < target_rows
+        if small and groups and len(groups[-1]) and _group_open(groups[-1], rows, target_rows):
+            groups[-1].append(part)
+        else:
+            groups.append([part])
+    merged = []
+    for group in groups:
+        merged.append(group[0])
+        if len(group) == 1:
+            continue
+        tables = [pq.read_table(out / p) for p in group]
+        schema = tables[0].schema
+        if any(t.schema != schema for t in tables):  # differing widths: leave as they are
+            merged.extend(group[1:])
+            continue
+        tmp = out / (group[0] + ".tmp")
+        with open_parquet_writer(tmp, schema) as writer:
+            writer.write_table(pa.concat_tables(tables), row_group_size=ROW_GROUP_ROWS)
+        for p in group:
+            (out / p).unlink()
+        tmp.replace(out / group[0])
+    return merged
+
+
+def _group_open(group: list[str], rows: dict[str, int], target_rows: int) -> bool:
+    """A group still takes small parts: it holds only small parts and has room."""
+    return all(rows[p] < target_rows for p in group) and sum(rows[p] for p in group) < target_rows
 
 
 def _describe_labels(labeller: Labeller, keep_unlabelled: bool) -> dict:
@@ -468,6 +513,9 @@ def prepare(
 
     from tqdm import tqdm
 
+    pool = None
+    if n_workers > 1:
+        pool = _WorkerPool(n_workers, (labeller, config, keep_unlabelled, str(out)))
     bar = tqdm(
         total=sum(sizes),
         unit="B",
@@ -479,7 +527,9 @@ def prepare(
         dynamic_ncols=True,
     )
     try:
-        if n_workers == 1:
+        if pool is not None:
+            results = pool.run(tasks, bar)
+        else:
             results = [
                 prepare_capture(
                     i,
@@ -493,10 +543,6 @@ def prepare(
                 )
                 for i, p, s in tasks
             ]
-        else:
-            results = _run_pool(
-                tasks, n_workers, (labeller, config, keep_unlabelled, str(out)), bar
-            )
     finally:
         bar.close()
     results.sort(key=lambda r: r.index)
@@ -507,6 +553,7 @@ def prepare(
     written = {k: v["flows"] for k, v in card["classes"].items()}
     if max_flows_per_class is not None and parts:
         written, parts = _sample_per_class(out, parts, max_flows_per_class, seed)
+    parts = _merge_small_parts(out, parts)
     for label, entry in card["classes"].items():
         entry["flows"] = int(written.get(label, 0))
     card["files"] = parts
