@@ -78,8 +78,9 @@ def teardown() -> None:
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around ``module`` (already on ``device``)."""
     ids = [device.index] if device.type == "cuda" else None
-    # Ablations may leave a branch unused; DDP must then not wait for its gradients.
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    # Every step uses the same parameters (static graph): DDP learns them in the first step,
+    # so a model with unused parameters works without a graph traversal every step.
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, static_graph=True)
 
 
 def shard(order: np.ndarray, rank: int, world: int) -> np.ndarray:

@@ -170,7 +170,8 @@ def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     (batch normalisation cannot train on a single flow)."""
     out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(out) > 1 and len(out[-1]) == 1:
-        out[-2] = np.concatenate([out[-2], out.pop()])
+        last = out.pop()
+        out[-1] = np.concatenate([out[-1], last])
     return out
 
 
