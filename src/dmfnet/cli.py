@@ -145,11 +145,13 @@ def _run_prepare(args: argparse.Namespace) -> int:
             keep_unlabelled=args.keep_unlabelled,
             progress=not args.no_progress,
             force=args.force,
+            warn=False,
         )
     except (PrepareError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    print(summary.report(warnings=False))  # warnings went to stderr already
-    print(f"dataset: {summary.out} ({summary.flows:,} flows)")
+    print(summary.report(warnings=False))
+    print(f"dataset: {summary.out} ({summary.flows:,} flows)", flush=True)
+    summary.print_warnings()  # last, where they are seen
     return 0
 
 

@@ -244,6 +244,7 @@ class FlowDataset:
     classes: list[str] = field(default_factory=list)
     y: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,)
     card: dict = field(default_factory=dict)
+    path: str = ""  # where it was loaded from ("" when built in memory)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -262,6 +263,7 @@ class FlowDataset:
             classes=list(self.classes),
             y=self.y[rows],
             card=self.card,
+            path=self.path,
         )
 
 
@@ -337,6 +339,7 @@ def load_dataset(path: str | Path, columns: Sequence[str] | None = None) -> Flow
         classes=[str(c) for c in classes],
         y=y.astype(np.int64).reshape(-1),
         card=card,
+        path=str(path),
     )
 
 

@@ -106,6 +106,11 @@ class PrepareSummary:
     def __str__(self) -> str:
         return format_summary(self.card)
 
+    def print_warnings(self) -> None:
+        """Warnings about (nearly) empty classes and unreadable captures, to stderr."""
+        for line in warning_lines(self.card["warnings"]):
+            print(f"dmfnet prepare: {line}", file=sys.stderr)
+
     def report(self, *, warnings: bool = True) -> str:
         """The summary printed at the end of ``dmfnet prepare``."""
         return format_summary(self.card, warnings=warnings)
@@ -469,13 +474,15 @@ def prepare(
     keep_unlabelled: bool = False,
     progress: bool = True,
     force: bool = False,
+    warn: bool = True,
 ) -> PrepareSummary:
     """Turn captures (files or folders) into a labelled Parquet flow dataset in ``out``.
 
     ``labels``: ``"folder"`` (parent folder name), ``"file"`` (file name without part
     suffix) or the path of a CSV of flows. ``workers``: processes (default: all cores;
-    1 runs in this process). Raises :class:`PrepareError` when nothing could be read or
-    kept (the card is still written), or when ``out`` holds files and ``force`` is off.
+    1 runs in this process). Warnings go to stderr unless ``warn`` is off. Raises
+    :class:`PrepareError` when nothing could be read or kept (the card is still written),
+    or when ``out`` holds files and ``force`` is off.
     """
     started = time.monotonic()
     if isinstance(inputs, (str, Path)):
@@ -562,8 +569,8 @@ def prepare(
     write_card(out, card)
     summary = PrepareSummary(out=out, card=card)
     _raise_if_empty(results, card, out)
-    for line in warning_lines(card["warnings"]):
-        print(f"dmfnet prepare: {line}", file=sys.stderr)
+    if warn:
+        summary.print_warnings()
     return summary
 
 
