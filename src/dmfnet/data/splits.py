@@ -77,7 +77,8 @@ def split_random(y: np.ndarray, seed: int, ratios: Sequence[float] = (0.8, 0.1, 
         parts[0].append(rows[n_test + n_val :])
     if small:
         warnings.warn(
-            f"class(es) too small for a {needed}-way split, all in training: {', '.join(small)}",
+            f"{len(small)} class(es) too small for a {needed}-way split, all in training: "
+            + _listing(small),
             stacklevel=2,
         )
     return tuple(_sorted(p) for p in parts)  # type: ignore[return-value]
@@ -133,7 +134,8 @@ def split_by_file(
             part_of_file[f] = k
     if short:
         warnings.warn(
-            "class(es) with too few captures to reach every part of the split: " + ", ".join(short),
+            f"{len(short)} class(es) with too few captures to reach every part of the split: "
+            + _listing(short),
             stacklevel=2,
         )
     part_of_row = part_of_file[file_of_row]
@@ -186,6 +188,11 @@ def drop_test_duplicates(
     seen = set(_row_digests(inputs, train_idx))
     keep = np.array([d not in seen for d in _row_digests(inputs, test_idx)], dtype=bool)
     return test_idx[keep], int(len(test_idx) - keep.sum())
+
+
+def _listing(items: list[str], limit: int = 10) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def _sorted(parts: list[np.ndarray]) -> np.ndarray:
