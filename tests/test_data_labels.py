@@ -90,6 +90,7 @@ def test_csv_matches_both_directions_file_and_protocol(tmp_path):
     )
     got = labeller.label_chunk(chunk, "/somewhere/else/a.pcap").tolist()
     assert got == ["TLS", "TLS", "", "DNS", "TLS", "", "Anywhere"]
+    assert labeller.label_chunk(chunk, "a.pcap.gz").tolist() == got  # compressed capture
     got_b = labeller.label_chunk(chunk, "b.pcap").tolist()
     assert got_b == ["Other", "Other", "", "", "Other", "", "Anywhere"]
 

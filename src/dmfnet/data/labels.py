@@ -62,6 +62,14 @@ def label_from_file(capture: str | Path) -> str:
     return stem or name
 
 
+def _without_compression(name: str) -> str:
+    lowered = name.lower()
+    for ext in COMPRESSION_EXTENSIONS:
+        if lowered.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
+
+
 def protocol_number(value: str | int) -> int:
     """IP protocol number from a name (``TCP``, ``udp``) or a number (``6``, ``"17"``)."""
     if isinstance(value, int):
@@ -201,14 +209,17 @@ class FlowTableLabeller(Labeller):
         cports = np.asarray(chunk["client_port"]).tolist()
         sips = [norm(str(a)) for a in np.asarray(chunk["server_ip"]).tolist()]
         sports = np.asarray(chunk["server_port"]).tolist()
+        # x.pcap.gz may be listed as x.pcap; rows with an empty file match any capture
+        names = [name, _without_compression(name)] + ([""] if self._any_file else [])
+        names = list(dict.fromkeys(names))
         table = self.table
         for i in range(n):
-            key = _flow_key(name, protos[i], cips[i], cports[i], sips[i], sports[i])
-            label = table.get(key)
-            if label is None and self._any_file:
-                label = table.get(("",) + key[1:])
-            if label is not None:
-                out[i] = label
+            tail = _flow_key("", protos[i], cips[i], cports[i], sips[i], sports[i])[1:]
+            for file in names:
+                label = table.get((file, *tail))
+                if label is not None:
+                    out[i] = label
+                    break
         return out
 
     def describe(self) -> dict:
