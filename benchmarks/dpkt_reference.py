@@ -4,8 +4,10 @@ What a careful user would write with dpkt objects and a dict of flows: read the 
 with ``dpkt.pcap.Reader``, decode each packet into dpkt objects, assemble bidirectional
 flows (idle and active timeout, FIN from both sides, RST), keep per flow the IP lengths of
 the first 30 packets and, for the first 5 packets, 80 header + 240 payload bytes with
-addresses and ports zeroed, drop non-TCP/UDP, DNS/LLMNR, failed handshakes and TCP flows
-without payload, and write one Parquet row per flow. It does not zero TLS SNI or
+addresses, ports and checksums zeroed, drop non-TCP/UDP, DNS/LLMNR, failed handshakes and TCP
+flows without payload, and write one Parquet row per flow. After a close, TCP segments
+without payload and without SYN (the last ACK of the close) still belong to the closed flow;
+the first one with payload or a SYN starts a new flow. It does not zero TLS SNI or
 certificates and reads only pcap/pcapng with Ethernet, raw IP or Linux SLL link types.
 
 Run: ``python benchmarks/dpkt_reference.py CAPTURE -o OUT.parquet``; prints a JSON summary.
@@ -62,6 +64,7 @@ class Flow:
     handshake: bool = False
     fin_client: bool = False
     fin_server: bool = False
+    closed: str = ""  # "fin" or "rst" once the flow is closed
 
 
 @dataclass
@@ -80,16 +83,18 @@ class Summary:
 
 
 def _packet_record(ip: dpkt.Packet, l4: dpkt.Packet, version: int) -> bytes:
-    """80 header bytes + 240 payload bytes of one packet, addresses and ports zeroed."""
+    """80 header bytes + 240 payload bytes of one packet, addresses, ports, checksums zeroed."""
     raw = bytearray(bytes(ip))
     payload = bytes(l4.data)
     transport_start = len(raw) - len(l4)
     header = raw[: len(raw) - len(payload)]
     if version == 4:
-        header[12:20] = bytes(8)
+        header[10:20] = bytes(10)  # checksum, addresses
     else:
         header[8:40] = bytes(32)
-    header[transport_start : transport_start + 4] = bytes(4)
+    header[transport_start : transport_start + 4] = bytes(4)  # ports
+    checksum = transport_start + (16 if isinstance(l4, dpkt.tcp.TCP) else 6)
+    header[checksum : checksum + 2] = bytes(len(header[checksum : checksum + 2]))
     return bytes(header[:HEADER_BYTES]).ljust(HEADER_BYTES, b"\0") + payload[:PAYLOAD_BYTES].ljust(
         PAYLOAD_BYTES, b"\0"
     )
@@ -162,7 +167,8 @@ def read_flows(path: Path, summary: Summary) -> Iterator[tuple[Flow, str]]:
             next_sweep = ts + SWEEP_EVERY
         elif ts >= next_sweep:
             for key in [k for k, f in flows.items() if ts - f.last > IDLE_TIMEOUT]:
-                yield flows.pop(key), "idle"
+                flow = flows.pop(key)
+                yield flow, flow.closed or "idle"
             next_sweep = ts + SWEEP_EVERY
 
         src, dst = (ip.src, sport), (ip.dst, dport)
@@ -170,10 +176,13 @@ def read_flows(path: Path, summary: Summary) -> Iterator[tuple[Flow, str]]:
         flow = flows.get(key)
         if flow is not None:
             if ts - flow.last > IDLE_TIMEOUT:
-                yield flows.pop(key), "idle"
+                yield flows.pop(key), flow.closed or "idle"
+                flow = None
+            elif flow.closed and (len(l4.data) or flags & SYN):
+                yield flows.pop(key), flow.closed
                 flow = None
             elif ts - flow.start > ACTIVE_TIMEOUT:
-                yield flows.pop(key), "active"
+                yield flows.pop(key), flow.closed or "active"
                 flow = None
         if flow is None:
             client, server = src, dst
@@ -191,7 +200,7 @@ def read_flows(path: Path, summary: Summary) -> Iterator[tuple[Flow, str]]:
             flow.lengths.append(ip_len)
         if len(flow.packet_bytes) < N_PACKETS:
             flow.packet_bytes.append(_packet_record(ip, l4, version))
-        if protocol == 6:
+        if protocol == 6 and not flow.closed:
             if flags & SYN and not flags & ACK and from_client:
                 flow.syn = True
             elif flags & SYN and flags & ACK and not from_client:
@@ -199,17 +208,16 @@ def read_flows(path: Path, summary: Summary) -> Iterator[tuple[Flow, str]]:
             elif flags & ACK and from_client and flow.syn_ack:
                 flow.handshake = True
             if flags & RST:
-                yield flows.pop(key), "rst"
-                continue
-            if flags & FIN:
+                flow.closed = "rst"
+            elif flags & FIN:
                 if from_client:
                     flow.fin_client = True
                 else:
                     flow.fin_server = True
                 if flow.fin_client and flow.fin_server:
-                    yield flows.pop(key), "fin"
+                    flow.closed = "fin"
     for flow in flows.values():
-        yield flow, "end_of_capture"
+        yield flow, flow.closed or "end_of_capture"
 
 
 def _address(raw: bytes) -> str:

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pcapbuild import (
+    Record,
     ethernet,
     ip_bytes,
     tcp_conversation,
@@ -94,37 +95,57 @@ def test_build_capture_replays_with_distinct_addresses_in_time_order(tmp_path):
         assert bytes(a.data) == bytes(b.data) and a.len == b.len and a.sum == b.sum
 
 
+def test_load_source_shortens_jumps_of_years_to_an_hour(tmp_path):
+    year = 365 * 86400 * 10**9
+    packets = udp_exchange(("10.0.0.1", 1), ("10.0.0.2", 2), [("c", b"x")] * 4, gap_ns=10**6)
+    stamps = [T0, T0 + 10 * year, T0 + 10 * year + 5 * 10**9, T0 + 2 * 10**9]
+    records = [Record(t, r.data) for t, r in zip(stamps, packets, strict=True)]
+    source = ingest.load_source(write_pcap(tmp_path / "s.pcap", wrap(records, ethernet)))
+    hour = ingest.MAX_JUMP_US
+    # Back by ten years: back by an hour.
+    assert source.ts_us.tolist() == [0, hour, hour + 5_000_000, 5_000_000]
+
+
 def test_build_capture_refuses_without_sources(tmp_path):
     with pytest.raises(ValueError, match="no source captures"):
         ingest.build_capture(tmp_path / "x.pcap", 1000, [])
 
 
 def test_dpkt_reference_flows_and_modalities(tmp_path):
-    tls = tcp_conversation(("10.0.0.1", 40000), ("10.0.0.2", 443), [("c", b"A" * 300)], start_ns=T0)
-    failed = tcp_conversation(("10.0.0.1", 40001), ("10.0.0.2", 443), [], start_ns=T0, close=None)[
-        :1
-    ]
+    server = ("10.0.0.2", 443)
+    tls = tcp_conversation(("10.0.0.1", 40000), server, [("c", b"A" * 300)], start_ns=T0)
+    # The same endpoints again one second later: the SYN starts a new flow, closed by RST.
+    again = tcp_conversation(
+        ("10.0.0.1", 40000), server, [("s", b"B" * 10)], start_ns=T0 + 10**9, close="rst"
+    )
+    failed = tcp_conversation(("10.0.0.1", 40001), server, [], start_ns=T0, close=None)[:1]
     dns = udp_exchange(("10.0.0.1", 5353), ("10.0.0.3", 53), start_ns=T0)
     late = udp_exchange(("10.0.0.1", 7000), ("10.0.0.4", 7001), start_ns=T0 + 200 * 10**9)
-    records = sorted(tls + failed + dns + late, key=lambda r: r.ts_ns)
+    records = sorted(tls + again + failed + dns + late, key=lambda r: r.ts_ns)
     capture = write_pcap(tmp_path / "c.pcap", wrap(records, ethernet))
     summary = reference.prepare(capture, tmp_path / "out.parquet")
-    assert (summary.packets, summary.dns_llmnr, summary.failed_handshake) == (12, 2, 1)
-    # TLS flow ended by FIN; its final ACK and the failed SYN ended idle; the late UDP at the end.
-    assert summary.end_reasons == {"fin": 1, "idle": 2, "end_of_capture": 1}
-    assert summary.no_payload == 1 and summary.kept == 2
-    rows = {r["server_port"]: r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
-    flow = rows[443]
-    assert flow["client_ip"] == "10.0.0.1" and flow["client_port"] == 40000
-    assert flow["lengths"][:7] == [40, 40, 40, 340, 40, 40, 0]
-    packet = [flow["bytes"][i * 320 : (i + 1) * 320] for i in range(5)]
-    assert len(flow["bytes"]) == 1600
-    assert packet[0][:4] == bytes([0x45, 0, 0, 40]) and packet[0][12:20] == bytes(8)
-    assert packet[0][20:24] == bytes(4)  # ports zeroed
+    assert (summary.packets, summary.dns_llmnr, summary.failed_handshake) == (17, 2, 1)
+    # The failed SYN ends idle when the late UDP exchange comes, which lasts to the end.
+    assert summary.end_reasons == {"fin": 1, "rst": 1, "idle": 1, "end_of_capture": 1}
+    assert summary.no_payload == 0 and summary.kept == 3
+    rows = sorted(
+        pq.read_table(tmp_path / "out.parquet").to_pylist(), key=lambda r: r["start_time"]
+    )
+    first, second, udp = rows
+    assert first["client_ip"] == "10.0.0.1" and first["client_port"] == 40000
+    assert first["server_port"] == 443 and first["end_reason"] == "fin"
+    # The last ACK of the close still belongs to the closed flow.
+    assert first["lengths"][:8] == [40, 40, 40, 340, 40, 40, 40, 0]
+    assert second["end_reason"] == "rst" and second["lengths"][:6] == [40, 40, 40, 50, 40, 0]
+    packet = [first["bytes"][i * 320 : (i + 1) * 320] for i in range(5)]
+    assert len(first["bytes"]) == 1600
+    assert packet[0][:4] == bytes([0x45, 0, 0, 40])
+    assert packet[0][10:20] == bytes(10)  # IP checksum and addresses zeroed
+    assert packet[0][20:24] == bytes(4) and packet[0][36:38] == bytes(2)  # ports, checksum
     assert packet[0][33] == 0x02  # SYN
     assert packet[3][80:320] == b"A" * 240  # payload cut to 240 bytes
     assert packet[0][40:320] == bytes(280)  # header padded, no payload
-    assert rows[7001]["lengths"][:3] == [33, 34, 0]
+    assert udp["lengths"][:3] == [33, 34, 0]
 
 
 def test_measure_reports_exit_output_and_memory_of_the_child():
