@@ -9,6 +9,7 @@ flows (5-tuples) next to the captures (nDPI's and CIC's ground truth). A
 from __future__ import annotations
 
 import csv
+import functools
 import ipaddress
 import os
 import re
@@ -196,27 +197,22 @@ class FlowTableLabeller(Labeller):
         if n == 0:
             return out
         name = Path(capture).name
-        ip_cache: dict[str, str] = {}
-
-        def norm(text: str) -> str:
-            got = ip_cache.get(text)
-            if got is None:
-                got = ip_cache[text] = _address_key(text)
-            return got
-
         protos = np.asarray(chunk["protocol"]).tolist()
-        cips = [norm(str(a)) for a in np.asarray(chunk["client_ip"]).tolist()]
+        cips = [_address_key(str(a)) for a in np.asarray(chunk["client_ip"]).tolist()]
         cports = np.asarray(chunk["client_port"]).tolist()
-        sips = [norm(str(a)) for a in np.asarray(chunk["server_ip"]).tolist()]
+        sips = [_address_key(str(a)) for a in np.asarray(chunk["server_ip"]).tolist()]
         sports = np.asarray(chunk["server_port"]).tolist()
         # x.pcap.gz may be listed as x.pcap; rows with an empty file match any capture
         names = [name, _without_compression(name)] + ([""] if self._any_file else [])
         names = list(dict.fromkeys(names))
         table = self.table
-        for i in range(n):
-            tail = _flow_key("", protos[i], cips[i], cports[i], sips[i], sports[i])[1:]
+        rows = zip(protos, cips, cports, sips, sports, strict=True)
+        for i, (proto, cip, cport, sip, sport) in enumerate(rows):
+            a, b = (cip, cport), (sip, sport)
+            if b < a:
+                a, b = b, a
             for file in names:
-                label = table.get((file, *tail))
+                label = table.get((file, proto, a[0], a[1], b[0], b[1]))
                 if label is not None:
                     out[i] = label
                     break
@@ -233,8 +229,15 @@ class FlowTableLabeller(Labeller):
         }
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _address_key(text: str) -> str:
     """Canonical address, or the lower-cased text when it is not a valid address."""
+    if _CANONICAL_IPV4.fullmatch(text):  # the common case, already canonical
+        return text
     try:
         return canonical_ip(text)
     except ValueError:
