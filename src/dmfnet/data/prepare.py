@@ -622,9 +622,9 @@ def _build_card(
                 "bytes": r.size,
                 "packets": r.packets,
                 "flows_assembled": r.flows,
+                "flows_removed": int(sum(sum(c.values()) for c in r.removed.values())),
                 "flows_kept": int(sum(r.kept.values())),
                 "problems": r.problems.total,
-                "parts": r.parts,
             }
             for r in results
         ],
