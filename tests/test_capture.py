@@ -553,3 +553,42 @@ def test_multi_member_gzip_and_skipped_blocks(tmp_path):
     batches, problems = read_all(path, chunk_bytes=1 << 16)
     assert problems.total == 0, problems.problems
     assert column(batches, "dst_port").tolist() == [100, 101, 102, 103]
+
+
+def test_large_batches_parse_in_slices_with_fragments_across_them():
+    plain = ipv4(C4[0], S4[0], 17, udp(1, 2, b"d" * 10))
+    seg = udp(7000, 7001, b"F" * 64)
+    first = ipv4(C4[0], S4[0], 17, seg[:32], ident=5, more_fragments=True)
+    later = ipv4(C4[0], S4[0], 17, seg[32:], ident=5, fragment_offset=32)
+    n = 70_000
+    packets = [plain] * n
+    packets[32_767], packets[32_768], packets[65_600] = first, later, later
+    parsed = parse_packets(_batch(packets, LINKTYPE_RAW))
+    assert len(parsed) == n and parsed.src_port.shape == (n,) and parsed.src_ip.shape == (n, 16)
+    assert (parsed.ip_version == 4).all()
+    assert parsed.src_port[[0, 32_767, 32_768, 65_600, n - 1]].tolist() == [1, 7000, 7000, 7000, 1]
+    assert parsed.fragment.sum() == 2
+    assert parsed.payload_len[[0, 32_767, 32_768]].tolist() == [10, 24, 40]
+
+
+def test_headers_longer_than_the_parse_window():
+    seg = tcp(4000, 5000, b"P" * 900, seq=42, flags="PA", window=999)
+    long_chain = [(IPV6_HOP_BY_HOP, b"\x00" * 198), (IPV6_DESTINATION, b"\x00" * 62)]
+    frames = [
+        ethernet(ipv6(C6[0], S6[0], 6, seg, extensions=long_chain)),
+        ethernet(ipv4(C4[0], S4[0], 6, seg, options=b"\x01" * 40), vlans=[(0x8100, 1)] * 4),
+        ethernet(ipv4(C4[0], S4[0], 6, seg, total_length=0)),  # segmentation offload
+        ethernet(mpls(ipv4(C4[0], S4[0], 6, seg), list(range(16, 24))), ethertype=ETHERTYPE_MPLS),
+    ]
+    parsed = parse_packets(_batch(frames, LINKTYPE_ETHERNET))
+    assert parsed.ip_version.tolist() == [6, 4, 4, 4]
+    assert parsed.src_port.tolist() == [4000] * 4 and parsed.tcp_window.tolist() == [999] * 4
+    assert parsed.tcp_seq.tolist() == [42] * 4 and parsed.tcp_flags.tolist() == [0x18] * 4
+    assert parsed.payload_len.tolist() == [900] * 4
+    assert parsed.header_len.tolist() == [40 + 264 + 20, 60 + 20, 40, 40]
+    assert parsed.ip_len.tolist()[2] == len(frames[2]) - 14
+    starts = np.cumsum([0] + [len(f) for f in frames[:-1]])
+    assert (parsed.l3_offset - starts).tolist() == [14, 14 + 16, 14, 14 + 32]
+    assert parsed.l3_caplen.tolist() == [
+        len(f) - (o - s) for f, o, s in zip(frames, parsed.l3_offset, starts, strict=True)
+    ]

@@ -14,6 +14,8 @@ that is not an error (flow assembly counts those packets as non-IP).
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 
 from dmfnet.capture.fields import rows, u8, u16be, u32be, u32le
@@ -147,8 +149,53 @@ def _encapsulations(data: np.ndarray, pos: np.ndarray, et: np.ndarray, end: np.n
         active = active[~bottom]
 
 
+PARSE_SLICE = 32768  # packets parsed together (smaller temporaries, kinder to the caches)
+
+Fragments = tuple[np.ndarray, np.ndarray, np.ndarray]  # (index, is first fragment, ident)
+
+
 def parse_packets(batch: PacketBatch) -> ParsedPackets:
-    """Parse link, IP and TCP/UDP headers of every packet in ``batch`` at once."""
+    """Parse link, IP and TCP/UDP headers of every packet in ``batch`` at once.
+
+    Large batches are parsed in slices of :data:`PARSE_SLICE` packets, then put together;
+    fragments find their first fragment across the whole batch.
+    """
+    n = len(batch)
+    starts = range(0, n, PARSE_SLICE)
+    parts = [_parse(_slice(batch, lo, lo + PARSE_SLICE)) for lo in starts]
+    if len(parts) == 1:
+        parsed, fragments = parts[0]
+        parsed.batch = batch
+    else:
+        names = [f.name for f in fields(ParsedPackets) if f.name != "batch"]
+        parsed = ParsedPackets(
+            batch=batch, **{k: np.concatenate([getattr(p, k) for p, _ in parts]) for k in names}
+        )
+        index = np.concatenate([f[0] + lo for lo, (_, f) in zip(starts, parts, strict=True)])
+        first = np.concatenate([f[1] for _, f in parts])
+        ident = np.concatenate([f[2] for _, f in parts])
+        fragments = (index, first, ident)
+    _fragment_ports(parsed, *fragments)
+    return parsed
+
+
+def _slice(batch: PacketBatch, lo: int, hi: int) -> PacketBatch:
+    """Packets ``lo:hi`` of a batch, same buffer."""
+    return PacketBatch(
+        data=batch.data,
+        offset=batch.offset[lo:hi],
+        caplen=batch.caplen[lo:hi],
+        wirelen=batch.wirelen[lo:hi],
+        ts=batch.ts[lo:hi],
+        linktype=batch.linktype[lo:hi],
+        file_offset=batch.file_offset[lo:hi],
+        first_index=batch.first_index + lo,
+        ts_ns=None if batch.ts_ns is None else batch.ts_ns[lo:hi],
+    )
+
+
+def _parse(batch: PacketBatch) -> tuple[ParsedPackets, Fragments]:
+    """Headers of every packet, and its fragments (index, is first fragment, ident)."""
     n = len(batch)
     data = batch.data
     end = batch.offset.astype(np.int64) + batch.caplen.astype(np.int64)
@@ -182,7 +229,10 @@ def parse_packets(batch: PacketBatch) -> ParsedPackets:
     l4[s] = p + ihl
     flags_offset = u16be(data, p + 6)
     fragment[s] = (flags_offset & 0x1FFF) != 0
-    frag4 = (s, flags_offset, u16be(data, p + 4))
+    in4 = (flags_offset & 0x3FFF) != 0  # more fragments, or an offset
+    frag_idx = [s[in4]]
+    frag_first = [(flags_offset[in4] & 0x1FFF) == 0]
+    frag_id = [u16be(data, p[in4] + 4)]
 
     # IPv6 -------------------------------------------------------------------------------
     s = np.flatnonzero((et == ETHERTYPE_IPV6) & (pos + 40 <= end) & (first_byte >> 4 == 6))
@@ -195,7 +245,6 @@ def parse_packets(batch: PacketBatch) -> ParsedPackets:
     dst_ip[s] = rows(data, p + 24, 16)
     nh = u8(data, p + 6)
     cur = p + 40
-    frag6_idx, frag6_word, frag6_id = [], [], []
     active = np.arange(len(s))
     for _ in range(MAX_IPV6_EXTENSIONS):
         active = active[np.isin(nh[active], IPV6_EXTENSIONS) & (cur[active] + 8 <= end[s[active]])]
@@ -209,9 +258,9 @@ def parse_packets(batch: PacketBatch) -> ParsedPackets:
         if is_frag.any():
             fa, fc = active[is_frag], c[is_frag]
             word = u16be(data, fc + 2)
-            frag6_idx.append(s[fa])
-            frag6_word.append(word)
-            frag6_id.append(u32be(data, fc + 4))
+            frag_idx.append(s[fa])
+            frag_first.append((word & 0xFFF8) == 0)
+            frag_id.append(u32be(data, fc + 4))
             fragment[s[fa[(word & 0xFFF8) != 0]]] = True
         nh[active] = u8(data, c)
         cur[active] = c + step
@@ -251,20 +300,7 @@ def parse_packets(batch: PacketBatch) -> ParsedPackets:
     payload_len = np.zeros(n, np.int64)
     payload_len[ip] = np.maximum(ip_len[ip] - header_len[ip], 0)
 
-    _fragment_ports(
-        src_ip,
-        dst_ip,
-        protocol,
-        src_port,
-        dst_port,
-        fragment,
-        frag4,
-        frag6_idx,
-        frag6_word,
-        frag6_id,
-    )
-
-    return ParsedPackets(
+    parsed = ParsedPackets(
         batch=batch,
         ip_version=version,
         l3_offset=l3,
@@ -282,41 +318,34 @@ def parse_packets(batch: PacketBatch) -> ParsedPackets:
         tcp_seq=tcp_seq,
         fragment=fragment,
     )
+    fragments = (np.concatenate(frag_idx), np.concatenate(frag_first), np.concatenate(frag_id))
+    return parsed, fragments
 
 
 def _fragment_ports(
-    src_ip: np.ndarray,
-    dst_ip: np.ndarray,
-    protocol: np.ndarray,
-    src_port: np.ndarray,
-    dst_port: np.ndarray,
-    fragment: np.ndarray,
-    frag4: tuple[np.ndarray, np.ndarray, np.ndarray],
-    frag6_idx: list[np.ndarray],
-    frag6_word: list[np.ndarray],
-    frag6_id: list[np.ndarray],
+    parsed: ParsedPackets, index: np.ndarray, first: np.ndarray, ident: np.ndarray
 ) -> None:
-    """Give non-first fragments the ports of their batch's first fragment, if present.
+    """Give non-first fragments the ports of the batch's first fragment of their packet.
 
-    Fragments are rare, so this looks them up in a dict; a non-first fragment whose first
-    fragment is in another batch (or lost) keeps ports 0.
+    Fragments of one packet share (source, destination, protocol, identification); a
+    non-first fragment whose first fragment is in another batch (or lost) keeps ports 0.
     """
-    s4, word4, id4 = frag4
-    in_frag4 = (word4 & 0x3FFF) != 0  # MF set or offset > 0
-    idx = [s4[in_frag4]] + frag6_idx
-    first = [(word4[in_frag4] & 0x1FFF) == 0] + [(w & 0xFFF8) == 0 for w in frag6_word]
-    ident = [id4[in_frag4]] + frag6_id
-    idx_all = np.concatenate(idx)
-    if not len(idx_all) or fragment[idx_all].all() or not fragment[idx_all].any():
+    if not len(index) or first.all() or not first.any():
         return
-    first_all = np.concatenate(first)
-    ident_all = np.concatenate(ident)
-    ports = {}
-    for i, fid in zip(idx_all[first_all].tolist(), ident_all[first_all].tolist(), strict=True):
-        key = (src_ip[i].tobytes(), dst_ip[i].tobytes(), int(protocol[i]), fid)
-        ports[key] = (src_port[i], dst_port[i])
-    later = ~first_all
-    for i, fid in zip(idx_all[later].tolist(), ident_all[later].tolist(), strict=True):
-        key = (src_ip[i].tobytes(), dst_ip[i].tobytes(), int(protocol[i]), fid)
-        if key in ports:
-            src_port[i], dst_port[i] = ports[key]
+    key = np.zeros((len(index), 37), np.uint8)
+    key[:, :16] = parsed.src_ip[index]
+    key[:, 16:32] = parsed.dst_ip[index]
+    key[:, 32] = parsed.protocol[index]
+    key[:, 33:] = ident.astype(">u4").view(np.uint8).reshape(-1, 4)
+    _, group = np.unique(key.view("V37").ravel(), return_inverse=True)
+    group = group.ravel()
+    n_groups = int(group.max()) + 1
+    known = np.zeros(n_groups, bool)
+    sport = np.zeros(n_groups, np.uint16)
+    dport = np.zeros(n_groups, np.uint16)
+    known[group[first]] = True
+    sport[group[first]] = parsed.src_port[index[first]]
+    dport[group[first]] = parsed.dst_port[index[first]]
+    later = ~first & known[group]
+    parsed.src_port[index[later]] = sport[group[later]]
+    parsed.dst_port[index[later]] = dport[group[later]]
