@@ -8,6 +8,7 @@ import pytest
 
 from dmfnet.cli import main
 from dmfnet.data import PrepareError, load_dataset, prepare
+from dmfnet.data.dataset import PartWriter
 from dmfnet.data.labels import FlowTableLabeller
 from pcapbuild import (
     ETHERTYPE_ARP,
@@ -234,3 +235,26 @@ def test_csv_labels_on_a_real_ndpi_capture(tmp_path):
     target = (ds["server_ip"] == "161.117.13.29") & (ds["client_port"] == 45380)
     assert ds.labels[target].tolist() == ["1kxun"]
     assert sum(summary.card["removed"]["dns"].values()) > 0
+
+
+def test_small_parts_merge_in_order_large_parts_stay(tmp_path):
+    import pyarrow.parquet as pq
+
+    from dmfnet.data.prepare import _merge_small_parts
+    from test_data_dataset import synthetic_flows
+
+    parts, expected = [], []
+    for index, rows in enumerate([5, 2, 2, 5, 1]):
+        chunk = synthetic_flows(rows, seed=index)
+        writer = PartWriter(tmp_path, index)
+        writer.write(chunk, f"c{index}")
+        parts += [p.name for p in writer.close()]
+        expected += chunk["start_time"].tolist()
+    merged = _merge_small_parts(tmp_path, parts, target_rows=4)
+    assert merged == [parts[0], parts[1], parts[3], parts[4]]
+    assert sorted(p.name for p in tmp_path.glob("part-*.parquet")) == merged
+    assert pq.ParquetFile(tmp_path / parts[1]).metadata.num_rows == 4
+    (tmp_path / "dataset.json").write_text("{}")
+    ds = load_dataset(tmp_path)
+    assert ds["start_time"].tolist() == expected
+    assert ds.labels.tolist() == ["c0"] * 5 + ["c1"] * 2 + ["c2"] * 2 + ["c3"] * 5 + ["c4"]
