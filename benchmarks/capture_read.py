@@ -5,8 +5,9 @@ Prints, per capture, MB/s (10^6 bytes of the file on disk per second) and packet
 - ``walk``: the record walk and record-header decode only (parsing switched off),
 - ``read+parse``: what ``read_packets`` yields (link, IP, TCP/UDP fields of every packet),
 
-on one core, medians of ``--repeat`` runs after a warm-up read (page cache), and the
-peak RSS of this process. Without ``--capture`` it builds a capture of real traffic from
+on one core, medians of ``--repeat`` runs after a warm-up read (page cache), by wall
+time and by this process's CPU time (the fairer figure on a shared, busy machine; the
+load average is printed), and the peak RSS of this process. Without ``--capture`` it builds a capture of real traffic from
 ``../shared/data`` with the replay builder of ``benchmarks/ingest.py``; ``--gzip`` also
 times a gzip copy of each capture (decompression included).
 
@@ -33,18 +34,18 @@ from dmfnet.capture import read_packets
 from dmfnet.problems import ProblemLog
 
 
-def _time_read(path: Path, parse: bool) -> tuple[float, int, int]:
-    """Seconds, packets and problems of one full read of ``path``."""
+def _time_read(path: Path, parse: bool) -> tuple[float, float, int, int]:
+    """Wall seconds, CPU seconds, packets and problems of one full read of ``path``."""
     original = reader.parse_packets
     if not parse:
         reader.parse_packets = lambda batch: batch  # the walk and record decode alone
     try:
         problems = ProblemLog()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         packets = 0
         for batch in read_packets(path, problems):
             packets += len(batch)
-        return time.perf_counter() - start, packets, problems.total
+        return time.perf_counter() - start, time.process_time() - cpu, packets, problems.total
     finally:
         reader.parse_packets = original
 
@@ -54,13 +55,14 @@ def _report(path: Path, repeat: int) -> None:
     _time_read(path, True)  # warm the page cache
     for label, parse in (("walk", False), ("read+parse", True)):
         runs = [_time_read(path, parse) for _ in range(repeat)]
-        seconds = statistics.median(r[0] for r in runs)
-        packets, problems = runs[0][1], runs[0][2]
-        print(
-            f"{path.name:<28} {label:<11} {size / 1e6:8.1f} MB {packets:>10,} pkts "
-            f"{seconds:7.3f} s {size / seconds / 1e6:8.1f} MB/s "
-            f"{packets / seconds / 1e3:8.0f} k pkts/s  problems {problems}"
-        )
+        packets, problems = runs[0][2], runs[0][3]
+        for clock, k in (("wall", 0), ("cpu", 1)):
+            seconds = statistics.median(r[k] for r in runs)
+            print(
+                f"{path.name:<24} {label:<10} {clock:<4} {size / 1e6:7.1f} MB {packets:>9,} pkts "
+                f"{seconds:7.3f} s {size / seconds / 1e6:7.1f} MB/s "
+                f"{packets / seconds / 1e3:6.0f} k pkts/s  problems {problems}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 with open(path, "rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
                 captures.append(packed)
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, one core used")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (load {load}), one used")
         for path in captures:
             _report(path, args.repeat)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
