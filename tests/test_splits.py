@@ -70,9 +70,26 @@ def test_file_split_gives_each_part_a_capture_when_it_can():
         warnings.simplefilter("error")
         parts = split_by_file(captures, y, seed=0)
     assert all(len(p) for p in parts)
-    two = np.array(["x"] * 5 + ["z"] * 5)
-    with pytest.warns(UserWarning, match="too few captures"):
-        split_by_file(two, np.zeros(10), seed=0)
+    one = np.array(["x"] * 5)
+    with pytest.warns(UserWarning, match="single capture"):
+        train, val, test = split_by_file(one, np.zeros(5), seed=0)
+    assert len(train) == 5 and len(val) == len(test) == 0
+
+
+def test_file_split_of_two_captures_holds_the_smaller_out():
+    captures = np.array(["big"] * 60 + ["small"] * 40)
+    with pytest.warns(UserWarning, match="two captures"):
+        train, val, test = split_by_file(captures, np.zeros(100), seed=0)
+    assert set(captures[train]) == {"big"} and len(train) == 60
+    assert set(captures[val]) | set(captures[test]) == {"small"}
+    assert len(val) > 5 and len(test) > 5 and len(val) + len(test) == 40
+
+
+def test_duplicate_removal_with_an_empty_test_set():
+    kept, removed = drop_test_duplicates(
+        np.arange(3), np.array([], dtype=int), {"x": np.ones((3, 2))}
+    )
+    assert (len(kept), removed) == (0, 0)
 
 
 def test_duplicates_of_training_flows_leave_the_test_set():

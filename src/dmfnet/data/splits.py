@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (train, validation, test) row indices
+HELD_OUT = -1  # a capture whose flows validation and test share
 
 
 def _check_ratios(ratios: Sequence[float]) -> np.ndarray:
@@ -94,8 +95,10 @@ def split_by_file(
 
     Each capture goes with its majority class; per class, captures are taken in a seeded
     random order and each goes to the part furthest below its share of that class's
-    flows. A class with fewer captures than parts cannot reach every part (warning);
-    with enough captures, each non-empty part gets at least one.
+    flows; with enough captures, each non-empty part gets at least one. A class with two
+    captures (and three parts) trains on the larger; the smaller is held out and its flows
+    are shared at random between validation and test, so training and test stay apart.
+    A class with one capture goes wholly to training. Both cases are warned about.
     """
     r = _check_ratios(ratios)
     captures = np.asarray(captures)
@@ -113,7 +116,8 @@ def split_by_file(
     rng = np.random.default_rng(seed)
     wanted_parts = [k for k in range(3) if r[k] > 0]
     part_of_file = np.zeros(len(files), dtype=np.int64)
-    short = []
+    short: list[str] = []
+    shared: list[str] = []
     for c in range(n_classes):
         members = np.flatnonzero(majority == c)
         if len(members) == 0:
@@ -126,19 +130,32 @@ def split_by_file(
             k = int(np.argmax(np.where(r > 0, target - got, -np.inf)))
             chosen[int(f)] = k
             got[k] += size[f]
-        if len(members) < len(wanted_parts):
-            short.append(f"{classes[c]} ({len(members)} capture(s))")
+        if len(members) == 2 and len(wanted_parts) == 3:
+            small, large = sorted(members.tolist(), key=lambda f: (size[f], f))
+            chosen = {large: 0, small: HELD_OUT}
+            shared.append(str(classes[c]))
+        elif len(members) < len(wanted_parts):
+            chosen = {int(f): 0 for f in members}
+            short.append(str(classes[c]))
         else:
             _fill_empty_parts(chosen, size, wanted_parts)
         for f, k in chosen.items():
             part_of_file[f] = k
     if short:
         warnings.warn(
-            f"{len(short)} class(es) with too few captures to reach every part of the split: "
-            + _listing(short),
+            f"{len(short)} class(es) with a single capture, all in training: " + _listing(short),
+            stacklevel=2,
+        )
+    if shared:
+        warnings.warn(
+            f"{len(shared)} class(es) with two captures: the larger trains, the smaller is "
+            "shared by validation and test: " + _listing(shared),
             stacklevel=2,
         )
     part_of_row = part_of_file[file_of_row]
+    held = np.flatnonzero(part_of_row == HELD_OUT)
+    to_test = rng.random(len(held)) < r[2] / (r[1] + r[2])
+    part_of_row[held] = np.where(to_test, 2, 1)
     return tuple(np.flatnonzero(part_of_row == k) for k in range(3))  # type: ignore[return-value]
 
 
@@ -162,6 +179,8 @@ def _row_digests(inputs: Mapping[str, np.ndarray], rows: np.ndarray) -> list[byt
             n = len(a)
         elif len(a) != n:
             raise ValueError(f"input {name!r} has {len(a)} rows, others {n}")
+    if len(rows) == 0:
+        return []
     views = [np.ascontiguousarray(a[rows]).reshape(len(rows), -1) for a in arrays]
     out = []
     for i in range(len(rows)):
