@@ -258,3 +258,14 @@ def test_small_parts_merge_in_order_large_parts_stay(tmp_path):
     ds = load_dataset(tmp_path)
     assert ds["start_time"].tolist() == expected
     assert ds.labels.tolist() == ["c0"] * 5 + ["c1"] * 2 + ["c2"] * 2 + ["c3"] * 5 + ["c4"]
+
+
+def test_a_failing_output_stops_the_run_with_one_clear_error(captures, tmp_path, monkeypatch):
+    import errno
+
+    def disk_full(self, flows, labels):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PartWriter, "write", disk_full)
+    with pytest.raises(PrepareError, match="cannot write flows.*No space left"):
+        _prepare(captures / "web", tmp_path / "ds", workers=1)

@@ -61,6 +61,10 @@ class PrepareError(ValueError):
     """``prepare`` cannot do its job (no input, nothing readable, output in the way)."""
 
 
+class OutputError(RuntimeError):
+    """The dataset cannot be written (disk full, no permission): fatal for the whole run."""
+
+
 @dataclass
 class CaptureResult:
     """What one capture gave: counts per class and filter, problems, part files."""
@@ -268,6 +272,8 @@ def prepare_capture(
         for chunk in flows:
             _add_chunk(chunk, path, labeller, keep_unlabelled, writer, result)
         _count_non_ip(flows, result)
+    except OutputError:
+        raise
     except MemoryError:
         result.problems.add(path, -1, "out of memory while reading; rest of capture skipped")
     except Exception as exc:  # a capture must never take the whole run down
@@ -275,11 +281,11 @@ def prepare_capture(
             raise
         result.problems.add(path, -1, f"cannot read: {type(exc).__name__}: {exc}")
     finally:
+        relay.finish()
         try:
             result.parts = [p.name for p in writer.close()]
-        except Exception as exc:
-            result.problems.add(path, -1, f"cannot write flows: {type(exc).__name__}: {exc}")
-        relay.finish()
+        except OSError as exc:
+            raise OutputError(f"cannot write flows to {out}: {exc}") from None
     return result
 
 
@@ -309,7 +315,10 @@ def _add_chunk(
     else:
         kept &= ~unlabelled
     if kept.any():
-        writer.write(take_rows(chunk, kept), labels[kept])
+        try:
+            writer.write(take_rows(chunk, kept), labels[kept])
+        except OSError as exc:
+            raise OutputError(f"cannot write flows to {writer.folder}: {exc}") from None
         result.kept.update(labels[kept].tolist())
 
 
@@ -550,6 +559,8 @@ def prepare(
                 )
                 for i, p, s in tasks
             ]
+    except OutputError as exc:
+        raise PrepareError(str(exc)) from None
     finally:
         bar.close()
     results.sort(key=lambda r: r.index)
