@@ -19,6 +19,15 @@ FAST = dict(epochs=8, batch_size=16, patience=0, progress=False)
 TIMING_KEYS = ("train_seconds", "infer_flows_per_s")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny batches train fastest on one thread (and do not fight other tests for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def dataset():
     return synthetic_flows()

@@ -454,6 +454,10 @@ def train(
             world_size=world,
         )
         seed_everything(seed)
+        try:
+            net = create_model(model, len(class_names), **model_config)
+        except TypeError as exc:
+            raise ValueError(f"model {model!r} does not accept this configuration: {exc}") from None
         train_idx, val_idx, test_idx, removed = split_indices(
             ds, entry.inputs, seed=seed, split=split, keep_duplicates=keep_duplicates
         )
@@ -467,10 +471,6 @@ def train(
                     + (f", {world} processes" if world > 1 else ""),
                     flush=True,
                 )
-        try:
-            net = create_model(model, len(class_names), **model_config)
-        except TypeError as exc:
-            raise ValueError(f"model {model!r} does not accept this configuration: {exc}") from None
         resolved_config = _model_config(net, model_config)
 
         start = time.perf_counter()

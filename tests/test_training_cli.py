@@ -1,0 +1,80 @@
+"""`dmfnet train` and `dmfnet evaluate`: results printed, bad input one line and non-zero."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dmfnet.cli import main
+from training_data import synthetic_flows, write_flow_file
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cli")
+    flows = write_flow_file(synthetic_flows(n_per_class=20), root / "flows.parquet")
+    argv = ["train", str(flows), "-o", str(root / "run"), "--epochs", "2", "--batch-size", "16"]
+    argv += ["--seed", "4", "--set", "fusion_tokens=4", "--set", "length_scaling=log", "-q"]
+    code = main(argv)
+    yield root, code
+    torch.set_num_threads(before)
+
+
+def test_train_writes_the_run_and_records_overrides(trained, capsys):
+    root, code = trained
+    assert code == 0
+    info = json.loads((root / "run" / "run.json").read_text())
+    assert info["model_config"]["fusion_tokens"] == 4
+    assert info["model_config"]["length_scaling"] == "log"
+    assert info["seed"] == 4 and info["training"]["epochs"] == 2
+    assert info["dataset"]["path"] == str(root / "flows.parquet")
+
+
+def test_evaluate_prints_metrics_and_unknown_classes(trained, capsys):
+    root, _ = trained
+    other = write_flow_file(synthetic_flows(("chat", "zoom"), 10), root / "other.parquet")
+    capsys.readouterr()
+    assert main(["evaluate", str(root / "run"), str(other), "-o", str(root / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "10 flows of class 'zoom'" in out
+    assert "| Accuracy |" in out and "| chat |" in out
+    assert f"report: {root / 'ev' / 'report.md'}" in out
+    assert (root / "ev" / "metrics.json").is_file()
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_evaluate_missing_run_folder_fails_with_one_line(trained, tmp_path, capsys):
+    root, _ = trained
+    assert main(["evaluate", str(tmp_path / "no-run"), str(root / "flows.parquet")]) != 0
+    assert "no-run is not a run folder" in _one_line_error(capsys)
+
+
+def test_evaluate_dataset_without_known_classes_fails_with_one_line(trained, capsys):
+    root, _ = trained
+    alien = write_flow_file(synthetic_flows(("voip", "zoom"), 5), root / "alien.parquet")
+    capsys.readouterr()
+    assert main(["evaluate", str(root / "run"), str(alien)]) != 0
+    assert "none of the dataset's classes (voip, zoom)" in _one_line_error(capsys)
+
+
+def test_train_bad_input_fails_with_one_line(trained, tmp_path, capsys):
+    root, _ = trained
+    flows = str(root / "flows.parquet")
+    out = str(tmp_path / "r")
+    assert main(["train", str(tmp_path / "missing"), "-o", out]) != 0
+    assert "missing does not exist" in _one_line_error(capsys)
+    assert main(["train", flows, "-o", out, "--model", "nope"]) != 0
+    assert "unknown model 'nope'" in _one_line_error(capsys)
+    assert main(["train", flows, "-o", out, "--set", "fusion_tokens"]) != 0
+    assert "KEY=VALUE" in _one_line_error(capsys)
+    assert main(["train", flows, "-o", out, "-q", "--set", "no_such_knob=1"]) != 0
+    assert "no_such_knob" in _one_line_error(capsys)
