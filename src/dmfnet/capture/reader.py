@@ -408,7 +408,8 @@ class _PcapngWalker(_Walker):
             if code == 9 and length >= 1:
                 iface.tsresol = buf[opt + 4]
             elif code == 14 and length >= 8:
-                iface.tsoffset = struct.unpack_from(bo + "q", buf, opt + 4)[0]
+                offset = struct.unpack_from(bo + "q", buf, opt + 4)[0]
+                iface.tsoffset = offset if abs(offset) < 1 << 32 else 0
             opt += 4 + length + (-length % 4)
         self.interfaces.append(iface)
 
@@ -453,11 +454,22 @@ class _PcapngWalker(_Walker):
         be = self.big_endian
         pos = np.array(found, np.int64)
         btype = u32(data, pos, be)
-        blen = u32(data, pos + 4, be)
-        n = len(pos)
         simple = btype == PCAPNG_SPB
         local = np.where(btype == PCAPNG_PB, u16(data, pos + 8, be), u32(data, pos + 8, be))
         local[simple] = 0
+        n_local = len(self.interfaces) - self.section_base
+        known = local < n_local
+        if not known.all():
+            for i in np.flatnonzero(~known)[:3].tolist():
+                self.report(int(pos[i]), f"packet of undefined interface {int(local[i])} skipped")
+            if truncated and not known[-1]:
+                truncated = False
+            pos, btype, simple, local = pos[known], btype[known], simple[known], local[known]
+            if not len(pos):
+                return _empty_records()
+        n = len(pos)
+        iface = self.section_base + local
+        blen = u32(data, pos + 4, be)
         units = (u32(data, pos + 12, be) << 32) | u32(data, pos + 16, be)
         caplen = u32(data, pos + 20, be)
         wirelen = u32(data, pos + 24, be)
@@ -469,14 +481,8 @@ class _PcapngWalker(_Walker):
         caplen[simple] = wirelen[simple]
         if truncated:
             room[-1] = len(data) - start[-1]
-        n_local = len(self.interfaces) - self.section_base
-        known = local < n_local
-        if not known.all():
-            for i in np.flatnonzero(~known)[:3].tolist():
-                self.report(int(pos[i]), f"packet of undefined interface {int(local[i])} skipped")
-        iface = self.section_base + np.minimum(local, max(n_local - 1, 0))
-        snaplen = np.array([i.snaplen for i in self.interfaces] or [0], np.int64)[iface]
         if simple.any():  # an SPB holds min(original length, snap length) bytes
+            snaplen = np.array([i.snaplen for i in self.interfaces], np.int64)[iface]
             cut = simple & (snaplen > 0)
             caplen[cut] = np.minimum(caplen[cut], snaplen[cut])
         over = caplen > room
@@ -496,45 +502,45 @@ class _PcapngWalker(_Walker):
             previous = self.last_ts_ns if self.last_ts_ns is not None else 0
             ts_ns = np.where(last >= 0, ts_ns[np.maximum(last, 0)], previous)
         self.last_ts_ns = int(ts_ns[-1])
-        linktype = np.array([i.linktype for i in self.interfaces] or [-1], np.int64)[iface]
-        keep = known if not known.all() else slice(None)
+        linktype = np.array([i.linktype for i in self.interfaces], np.int64)[iface]
         return _Records(
-            offset=start[keep],
-            caplen=caplen[keep],
-            wirelen=wirelen[keep],
-            ts_ns=ts_ns[keep],
-            linktype=linktype[keep],
-            interface=iface[keep],
-            record_pos=pos[keep],
+            offset=start,
+            caplen=caplen,
+            wirelen=wirelen,
+            ts_ns=ts_ns,
+            linktype=linktype,
+            interface=iface,
+            record_pos=pos,
         )
 
     def _timestamps(self, units: np.ndarray, iface: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """Epoch nanoseconds from each interface's timestamp units and offset."""
+        """Epoch nanoseconds from each interface's timestamp units and offset.
+
+        A time past what int64 nanoseconds hold (the year 2262) comes from a broken
+        writer: it is reported once and set to 0.
+        """
         ts_ns = np.zeros(len(units), np.int64)
         for i in np.unique(iface).tolist():
             sel = iface == i
             u = units[sel]
             resol = self.interfaces[i].tsresol
             if resol & 0x80:  # 2^-k seconds
-                k = resol & 0x7F
-                if k <= 32:
-                    whole, frac = u >> k, u & ((1 << k) - 1)
-                    ns = whole * NS + ((frac * NS) >> k)
-                else:
-                    ns = (u.astype(np.float64) * (NS / 2.0**k)).astype(np.int64)
-            elif resol <= 9:
-                scale = 10 ** (9 - resol)
-                ns = u * scale
-                bogus = u > (2**63 - 1) // scale  # past the year 2262: a broken writer
+                k = min(resol & 0x7F, 62)
+                seconds = u / 2.0**k
+                with np.errstate(over="ignore"):
+                    ns = (u >> k) * NS + (((u & ((1 << k) - 1)) * NS) >> k if k <= 32 else 0)
+            else:  # 10^-r seconds
+                r = min(resol, 30)
+                seconds = u / 10.0**r
+                with np.errstate(over="ignore"):
+                    ns = u * 10 ** (9 - r) if r <= 9 else u // 10 ** min(r - 9, 18)
+            bogus = (u < 0) | (seconds >= 9.2e9)
+            if bogus.any():
                 ns[bogus] = 0
-                if bogus.any() and not self.bad_time_reported:
+                if not self.bad_time_reported:
                     self.bad_time_reported = True
                     first = int(pos[sel][np.flatnonzero(bogus)[0]])
                     self.report(first, f"timestamp out of range on interface {i} (set to 0)")
-            elif resol <= 18:
-                ns = u // 10 ** (resol - 9)
-            else:
-                ns = np.zeros_like(u)
             ts_ns[sel] = ns + self.interfaces[i].tsoffset * NS
         return ts_ns
 
