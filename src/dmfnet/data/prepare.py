@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmfnet import __version__
+from dmfnet.capture import read_packets
 from dmfnet.data.card import class_warnings, format_summary, warning_lines, write_card
 from dmfnet.data.dataset import (
     LABEL_COLUMN,
@@ -37,6 +38,7 @@ from dmfnet.data.dataset import (
     take_rows,
 )
 from dmfnet.data.labels import UNLABELLED, Labeller, make_labeller
+from dmfnet.flows import assemble_flows
 from dmfnet.flows.config import FlowConfig
 from dmfnet.problems import ProblemLog
 
@@ -259,9 +261,6 @@ def prepare_capture(
     A problem reading the capture is recorded (file, offset, reason) and what was read
     before it is kept.
     """
-    from dmfnet.capture import read_packets
-    from dmfnet.flows import assemble_flows
-
     path = str(path)
     result = CaptureResult(index=index, path=path, size=size)
     relay = _ProgressRelay(progress, size)
