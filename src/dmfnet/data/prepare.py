@@ -57,6 +57,7 @@ CAPTURE_MAGICS = (
 # reported rather than passed over.
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz")
 PROGRESS_STEP = 1 << 20  # workers report progress every MiB read
+PROBLEMS_LISTED = 10_000  # problems listed in full in dataset.json (all are counted)
 
 
 class PrepareError(ValueError):
@@ -596,7 +597,7 @@ def _build_card(
     kept: Counter = Counter()
     removed: dict[str, Counter] = {}
     non_ip: Counter = Counter()
-    problems = ProblemLog()
+    problems = ProblemLog(limit=PROBLEMS_LISTED)
     for r in results:
         kept.update(r.kept)
         for rule, per_class in r.removed.items():
