@@ -36,6 +36,7 @@ LINKTYPE_LOOP = 108
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
+LINKTYPE_NFLOG = 239
 LINKTYPE_LINUX_SLL2 = 276
 
 ETHERTYPE_IPV4 = 0x0800
@@ -354,6 +355,23 @@ def bsd_null(packet: bytes, *, family: int | None = None, big_endian: bool = Fal
     return struct.pack(">I" if big_endian else "<I", family) + packet
 
 
+def nflog(packet: bytes, *, prefix: bytes = b"dmfnet") -> bytes:
+    """A Linux NFLOG record (LINKTYPE_NFLOG): header, then little-endian TLVs.
+
+    A packet-header TLV (type 1) and a log-prefix TLV (type 10) come before the payload
+    TLV (type 9), so readers must walk the TLVs to find the packet.
+    """
+    family = 10 if packet and packet[0] >> 4 == 6 else 2
+
+    def tlv(kind: int, value: bytes) -> bytes:
+        return _pad4(struct.pack("<HH", 4 + len(value), kind) + value)
+
+    hw = struct.pack("!HBB", _ethertype_of(packet), 3, 0)
+    return (
+        struct.pack("!BBH", family, 0, 0) + tlv(1, hw) + tlv(10, prefix + b"\x00") + tlv(9, packet)
+    )
+
+
 LINK_WRAPPERS: dict[int, Callable[[bytes], bytes]] = {
     LINKTYPE_ETHERNET: ethernet,
     LINKTYPE_LINUX_SLL: linux_sll,
@@ -366,6 +384,7 @@ LINK_WRAPPERS: dict[int, Callable[[bytes], bytes]] = {
     LINKTYPE_NULL: bsd_null,
     LINKTYPE_LOOP: lambda p: bsd_null(p, big_endian=True),
     LINKTYPE_PPP: ppp,
+    LINKTYPE_NFLOG: nflog,
 }
 
 

@@ -34,6 +34,7 @@ from pcapbuild import (
     ipv6_fragment,
     mpls,
     name_resolution_block,
+    nflog,
     pcap_bytes,
     pcapng_bytes,
     pppoe_session,
@@ -272,3 +273,17 @@ def test_gzip_pcapng_is_pcapng_inside(tmp_path):
     image = gzip.decompress(path.read_bytes())
     assert image[:4] == b"\x0a\x0d\x0d\x0a" and image == pcapng_bytes([Section()])
     assert list(dpkt.pcapng.Reader(io.BytesIO(image))) == []
+
+
+def test_nflog_tlvs_lead_to_the_packet():
+    pkt = ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2, b"abc"))
+    frame = nflog(pkt)
+    assert frame[0] == 2  # AF_INET
+    pos, kinds = 4, []
+    while pos < len(frame):
+        length, kind = struct.unpack("<HH", frame[pos : pos + 4])
+        kinds.append(kind)
+        if kind == 9:
+            assert frame[pos + 4 : pos + length] == pkt
+        pos += length + (-length % 4)
+    assert kinds == [1, 10, 9] and pos == len(frame)

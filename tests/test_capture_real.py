@@ -175,3 +175,16 @@ def test_real_capture_with_a_corrupt_record_resynchronises():
     assert any("corrupt record" in r for r in reasons)
     assert any("resynchronised" in r for r in reasons)
     assert sum(len(b) for b in batches) == len(_dpkt_pcap(path))
+
+
+def test_linux_nflog_capture():
+    path = SHARED / "fixtures" / "zeek" / "nflog-http.pcap"
+    if not path.exists():
+        pytest.skip("NFLOG capture not in ../shared")
+    problems = ProblemLog()
+    batches = list(read_packets(path, problems))
+    assert problems.total == 0
+    assert sum(len(b) for b in batches) == len(_dpkt_pcap(path)) == 13
+    for b in batches:
+        assert (b.ip_version == 4).all() and (b.protocol == 6).all()
+        assert ((b.src_port == 80) | (b.dst_port == 80)).all()

@@ -18,7 +18,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from dmfnet.capture.fields import rows, u8, u16be, u32be, u32le
+from dmfnet.capture.fields import rows, u8, u16be, u16le, u32be, u32le
 from dmfnet.capture.packets import PacketBatch, ParsedPackets
 
 # Link types whose packets are parsed; packets of others stay non-IP.
@@ -35,6 +35,7 @@ LINKTYPE_NAMES: dict[int, str] = {
     113: "Linux cooked (SLL)",
     228: "IPv4",
     229: "IPv6",
+    239: "Linux NFLOG",
     276: "Linux cooked v2 (SLL2)",
 }
 SUPPORTED_LINKTYPES = frozenset(LINKTYPE_NAMES)
@@ -55,6 +56,8 @@ IPV6_EXTENSIONS = (0, 43, 44, 51, 60, 135)  # hop-by-hop, routing, fragment, AH,
 MAX_VLAN_TAGS = 4
 MAX_MPLS_LABELS = 8
 MAX_IPV6_EXTENSIONS = 8
+MAX_NFLOG_TLVS = 16
+NFULA_PAYLOAD = 9
 
 PROTO_TCP = 6
 PROTO_UDP = 17
@@ -115,7 +118,35 @@ def _link_layer(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
     s = group(lt == 104, 4)  # Cisco HDLC: address, control, ethertype
     et[s] = u16be(data, start[s] + 2)
     pos[s] = start[s] + 4
+    s = group(lt == 239, 8)
+    if len(s):
+        _nflog(data, s, start, start + caplen, pos, et)
     return pos, et
+
+
+def _nflog(
+    data: np.ndarray,
+    s: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    pos: np.ndarray,
+    et: np.ndarray,
+) -> None:
+    """Linux NFLOG: a 4-byte header, then TLVs (little-endian); the packet is TLV type 9."""
+    cur = start[s] + 4
+    active = np.arange(len(s))
+    for _ in range(MAX_NFLOG_TLVS):
+        active = active[cur[active] + 4 <= end[s[active]]]
+        if not len(active):
+            break
+        c = cur[active]
+        length = u16le(data, c)
+        payload = (u16le(data, c + 2) & 0x7FFF) == NFULA_PAYLOAD
+        found = s[active[payload]]
+        pos[found] = c[payload] + 4
+        et[found] = _ethertype_from_version(data, pos[found])
+        cur[active] = c + ((length + 3) & ~3)
+        active = active[~payload & (length >= 4)]
 
 
 def _encapsulations(data: np.ndarray, pos: np.ndarray, et: np.ndarray, end: np.ndarray) -> None:
