@@ -149,10 +149,12 @@ def test_dpkt_reference_flows_and_modalities(tmp_path):
 
 
 def test_measure_reports_exit_output_and_memory_of_the_child():
-    grow = "import sys; block = b'x' * (200 * 2**20); print(len(block)); sys.exit(3)"
+    # Holds 200 MiB for half a second, so the 0.1 s sampler sees it too.
+    grow = "import sys, time; block = b'x' * (200 * 2**20); time.sleep(0.5); print(len(block)); sys.exit(3)"
     m = ingest.measure([sys.executable, "-c", grow])
     assert m.returncode == 3 and m.stdout.strip() == str(200 * 2**20)
     assert 200 * 2**20 < m.max_rss < 400 * 2**20 and m.tree_rss >= m.max_rss
+    assert 200 * 2**20 < m.tree_anon_rss <= m.tree_rss
     assert m.wall_s > 0 and m.cpu_s > 0
 
 
