@@ -640,3 +640,17 @@ def test_mutated_captures_never_raise(tmp_path):
             assert (batch.payload_len >= 0).all() and (batch.l3_caplen >= 0).all()
             assert (batch.batch.caplen >= 0).all()
     assert kept > 1000  # damage loses some packets, not everything
+
+
+def test_transport_header_must_lie_inside_the_ip_length():
+    seg = tcp(1, 2, b"abc", flags="S")
+    frames = [
+        ipv4(C4[0], S4[0], 6, seg, total_length=22),  # only 2 transport bytes by the header
+        ipv4(C4[0], S4[0], 6, seg, total_length=32),  # ports and seq, no flags
+        ipv6(C6[0], S6[0], 17, udp(1, 2), extensions=[(IPV6_DESTINATION, b"")], payload_length=4),
+    ]
+    parsed = parse_packets(_batch(frames, LINKTYPE_RAW))
+    assert parsed.src_port.tolist() == [0, 1, 0]
+    assert parsed.tcp_flags.tolist() == [0, 0, 0]
+    assert parsed.payload_len.tolist() == [0, 0, 4]  # the IPv6 chain stops at its end
+    assert parsed.protocol.tolist() == [6, 6, IPV6_DESTINATION]

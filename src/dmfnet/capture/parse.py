@@ -278,7 +278,8 @@ def _parse(batch: PacketBatch) -> tuple[ParsedPackets, Fragments]:
     cur = p + 40
     active = np.arange(len(s))
     for _ in range(MAX_IPV6_EXTENSIONS):
-        active = active[np.isin(nh[active], IPV6_EXTENSIONS) & (cur[active] + 8 <= end[s[active]])]
+        inside = cur[active] + 8 <= np.minimum(end[s[active]], p[active] + ip_len[s[active]])
+        active = active[np.isin(nh[active], IPV6_EXTENSIONS) & inside]
         if not len(active):
             break
         c = cur[active]
@@ -303,7 +304,8 @@ def _parse(batch: PacketBatch) -> tuple[ParsedPackets, Fragments]:
     # TCP / UDP --------------------------------------------------------------------------
     ip = np.flatnonzero(version != 0)
     proto = protocol[ip]
-    avail = end[ip] - l4[ip]
+    # transport bytes present: captured, and inside the IP packet by its length field
+    avail = np.minimum(end[ip], l3[ip] + ip_len[ip]) - l4[ip]
     transport = ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & ~fragment[ip]
     src_port = np.zeros(n, np.uint16)
     dst_port = np.zeros(n, np.uint16)
