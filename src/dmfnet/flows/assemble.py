@@ -44,8 +44,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from dmfnet.capture.packets import ParsedPackets
+from dmfnet.flows import schema
 from dmfnet.flows.anonymise import (
     header_field_offsets,
     looks_like_tls,
@@ -152,22 +154,56 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + np.repeat(starts - first, lengths)
 
 
-def _copy_ranges(
-    dst: np.ndarray, dst_start: np.ndarray, src: np.ndarray, src_start: np.ndarray, n: np.ndarray
+def _gather_windows(src: np.ndarray, start: np.ndarray, n: np.ndarray, width: int) -> np.ndarray:
+    """``(k, width)`` rows: ``src[s:s+n]`` zero-padded, copied a row at a time (no per-byte index)."""
+    out = np.zeros((len(start), width), dtype=np.uint8)
+    inside = (start >= 0) & (start + width <= len(src)) & (n > 0)
+    if inside.any():
+        out[inside] = sliding_window_view(src, width)[start[inside]]
+    edge = np.flatnonzero(~inside & (n > 0))  # rows near the end of the buffer
+    if len(edge):
+        idx = np.clip(start[edge, None] + np.arange(width), 0, len(src) - 1)
+        out[edge] = src[idx]
+    out[np.arange(width)[None, :] >= n[:, None]] = 0
+    return out
+
+
+_WINDOW_WIDTHS = (64, 256, 1024)
+
+
+def _place_pieces(
+    dst: np.ndarray,
+    row_start: np.ndarray,
+    offset: np.ndarray,
+    src: np.ndarray,
+    src_start: np.ndarray,
+    n: np.ndarray,
+    row_width: int,
 ) -> None:
-    """``dst[d:d+k] = src[s:s+k]`` for many (d, s, k) at once (flat uint8 arrays)."""
-    keep = n > 0
-    if not keep.any():
-        return
-    dst_start, src_start, n = dst_start[keep], src_start[keep], n[keep]
-    # Bounded temporaries: at most a few million bytes per round.
-    bounds = np.searchsorted(np.cumsum(n), np.arange(1, 1 + int(n.sum()) // 4_000_000) * 4_000_000)
-    for part in np.split(np.arange(len(n)), bounds):
-        if not len(part):
+    """``dst[r+o : r+o+n] = src[s : s+n]`` for pieces inside rows of ``row_width`` bytes.
+
+    Copied window by window (a few widths) instead of byte by byte: each window lies inside
+    its row, is read from ``dst``, gets the piece's bytes, and is written back, so bytes
+    around the piece keep their value. Pieces of one call must not share a row.
+    """
+    lower = 0
+    for width in _WINDOW_WIDTHS:
+        width = min(width, row_width)
+        sel = np.flatnonzero((n > lower) & (n <= width))
+        lower = width
+        if not len(sel):
             continue
-        within = _ranges(np.zeros(len(part), dtype=np.int64), n[part])
-        rep = np.repeat(np.arange(len(part)), n[part])
-        dst[dst_start[part][rep] + within] = src[src_start[part][rep] + within]
+        win = np.minimum(offset[sel], row_width - width)  # window start within the row
+        shift = offset[sel] - win  # where the piece starts in the window
+        k = n[sel]
+        dst_win = sliding_window_view(dst, width, writeable=True)
+        current = dst_win[row_start[sel] + win]
+        fresh = _gather_windows(src, src_start[sel] - shift, shift + k, width)
+        pos = np.arange(width)[None, :]
+        inside = (pos >= shift[:, None]) & (pos < (shift + k)[:, None])
+        dst_win[row_start[sel] + win] = np.where(inside, fresh, current)
+        if lower >= row_width:
+            break
 
 
 def _zero_ranges(dst: np.ndarray, start: np.ndarray, n: np.ndarray) -> None:
@@ -186,31 +222,38 @@ class _RowPool:
     """Rows of the sequence and byte columns of open flows, reused after a flow is emitted."""
 
     def __init__(self, widths: dict[str, tuple[type, int]]) -> None:
-        self.widths = widths
-        self.arrays = {name: np.zeros((0, w), dtype=dt) for name, (dt, w) in widths.items()}
-        self.free = np.empty(0, dtype=np.int64)
+        self.widths = widths  # width 0: one value per row
+        self.arrays = {
+            name: np.zeros(self._shape(0, w), dtype=dt) for name, (dt, w) in widths.items()
+        }
+        self.free = np.empty(0, dtype=np.int64)  # emitted rows, to be reused
+        self.used = 0  # rows from here on were never used (still zero)
+
+    @staticmethod
+    def _shape(rows: int, width: int) -> tuple[int, ...]:
+        return (rows, width) if width else (rows,)
 
     def allocate(self, k: int) -> np.ndarray:
-        if k > len(self.free):
-            cap = len(next(iter(self.arrays.values())))
-            new_cap = max(2 * cap, cap + k - len(self.free), 1024)
+        """``k`` zeroed rows: emitted rows first (zeroed here), then never-used ones."""
+        reused = self.free[len(self.free) - min(k, len(self.free)) :]
+        self.free = self.free[: len(self.free) - len(reused)]
+        if len(reused):
+            for arr in self.arrays.values():
+                arr[reused] = 0
+        fresh = k - len(reused)
+        cap = len(next(iter(self.arrays.values())))
+        if self.used + fresh > cap:
+            new_cap = max(2 * cap, self.used + fresh, 1024)
             for name, (dt, w) in self.widths.items():
-                grown = np.zeros((new_cap, w), dtype=dt)
-                grown[:cap] = self.arrays[name]
+                grown = np.zeros(self._shape(new_cap, w), dtype=dt)
+                grown[: self.used] = self.arrays[name][: self.used]
                 self.arrays[name] = grown
-            self.free = np.concatenate([np.arange(new_cap - 1, cap - 1, -1), self.free])
-        slots = self.free[len(self.free) - k :]
-        self.free = self.free[: len(self.free) - k]
-        for arr in self.arrays.values():
-            arr[slots] = 0
-        return slots
+        new_rows = np.arange(self.used, self.used + fresh, dtype=np.int64)
+        self.used += fresh
+        return np.concatenate([reused, new_rows])
 
     def release(self, slots: np.ndarray) -> None:
         self.free = np.concatenate([self.free, slots])
-
-
-def _empty_state() -> dict[str, np.ndarray]:
-    return {name: np.empty(0, dtype=dt) for name, dt in _STATE_DTYPES.items()}
 
 
 def _split_sequential(
@@ -358,9 +401,12 @@ class FlowAssembler:
                 "tcp_flags": (np.uint8, c.m_packets),
                 "flow_head": (np.uint8, c.head_bytes),
                 "payload_head": (np.uint8, c.head_bytes),
+                **{name: (dt, 0) for name, dt in _STATE_DTYPES.items()},
             }
         )
-        self._open = _empty_state()
+        # The open flows: their key hashes, sorted, and their rows in the pool.
+        self._index_h = np.empty(0, dtype=np.uint64)
+        self._index_slot = np.empty(0, dtype=np.int64)
         self._clock = -np.inf
         self._tls: dict[tuple[int, bool], tuple[int, bytearray]] = {}
 
@@ -377,9 +423,7 @@ class FlowAssembler:
         gc.disable()
         try:
             for lo in range(0, len(parsed), SLICE_PACKETS):
-                chunk = self._push(_slice(parsed, lo, lo + SLICE_PACKETS))
-                if chunk is not None:
-                    chunks.append(chunk)
+                chunks += self._push(_slice(parsed, lo, lo + SLICE_PACKETS))
         finally:
             if was_enabled:
                 gc.enable()
@@ -387,20 +431,26 @@ class FlowAssembler:
 
     def finish(self) -> FlowChunk | None:
         """End of capture: every flow still open is emitted."""
-        st = self._open
-        if not len(st["h"]):
+        if not len(self._index_slot):
             return None
-        tcp = st["proto"] == TCP
-        closed = tcp & (st["rst"] | (st["fin_lo"] & st["fin_hi"]))
-        reason = np.where(self._clock - st["last"] > self.config.idle_timeout, END_IDLE,
-                          END_OF_CAPTURE)  # fmt: skip
-        reason = np.where(closed, np.where(st["rst"], END_RST, END_FIN), reason)
-        chunk = self._emit(st, reason.astype(np.int8))
-        self._open = _empty_state()
+        chunk = self._emit_open(np.ones(len(self._index_slot), dtype=bool), END_OF_CAPTURE)
         return chunk
 
+    def _emit_open(self, which: np.ndarray, default_reason: int) -> FlowChunk:
+        """Emit the open flows at index positions ``which`` (bool) and drop them from the index."""
+        slots = self._index_slot[which]
+        st = {name: self._pool.arrays[name][slots] for name in _STATE_DTYPES}
+        tcp = st["proto"] == TCP
+        closed = tcp & (st["rst"] | (st["fin_lo"] & st["fin_hi"]))
+        idle = self._clock - st["last"] > self.config.idle_timeout
+        reason = np.where(idle, END_IDLE, default_reason)
+        reason = np.where(closed, np.where(st["rst"], END_RST, END_FIN), reason)
+        self._index_h = self._index_h[~which]
+        self._index_slot = self._index_slot[~which]
+        return self._emit(st, reason.astype(np.int8))
+
     # ------------------------------------------------------------------ batch
-    def _push(self, parsed: ParsedPackets) -> FlowChunk | None:
+    def _push(self, parsed: ParsedPackets) -> list[FlowChunk]:
         cfg = self.config
         batch = parsed.batch
         data = batch.data
@@ -412,8 +462,8 @@ class FlowAssembler:
         use = np.flatnonzero(is_ip & ~frag)
         m = len(use)
         self.stats.ip_packets += m
-        if m == 0 and not len(self._open["h"]):
-            return None
+        if m == 0 and not len(self._index_slot):
+            return []
 
         # Per packet: canonical key, direction relative to the key.
         proto = parsed.protocol[use]
@@ -439,8 +489,14 @@ class FlowAssembler:
 
         # Items: the open flows (as summaries) first, then the batch's packets, grouped by key
         # with file order kept inside each key.
-        op = self._open
-        fc = len(op["h"])
+        # The open flows whose key hash some packet of the batch has.
+        lo = np.searchsorted(self._index_h, h, "left")
+        hi = np.searchsorted(self._index_h, h, "right")
+        hit = hi > lo
+        touched_pos = np.unique(_ranges(lo[hit], (hi - lo)[hit]))
+        touched = self._index_slot[touched_pos]
+        op = {name: self._pool.arrays[name][touched] for name in _STATE_DTYPES}
+        fc = len(touched)
         keys = {
             "h": h,
             "proto": proto,
@@ -568,12 +624,29 @@ class FlowAssembler:
         reason = np.where(has_next & active_mark[next_start], END_ACTIVE, END_IDLE)
         reason = np.where(closed, np.where(st["rst"], END_RST, END_FIN), reason).astype(np.int8)
 
-        keep = ~ended
-        self._open = {k: v[keep] for k, v in st.items()}
-        self.stats.peak_open_flows = max(self.stats.peak_open_flows, int(keep.sum()))
-        if not ended.any():
-            return None
-        return self._emit({k: v[ended] for k, v in st.items()}, reason[ended])
+        # Flows still open go (back) to their rows and into the index.
+        keep = np.flatnonzero(~ended)
+        pool = self._pool.arrays
+        for name in _STATE_DTYPES:
+            pool[name][st["slot"][keep]] = st[name][keep]
+        rest = np.ones(len(self._index_h), dtype=bool)
+        rest[touched_pos] = False
+        old_h, old_slot = self._index_h[rest], self._index_slot[rest]
+        by_hash = np.argsort(st["h"][keep], kind="stable")
+        new_h, new_slot = st["h"][keep][by_hash], st["slot"][keep][by_hash]
+        at = np.searchsorted(old_h, new_h)
+        self._index_h = np.insert(old_h, at, new_h)
+        self._index_slot = np.insert(old_slot, at, new_slot)
+
+        chunks = []
+        if ended.any():
+            chunks.append(self._emit({k: v[ended] for k, v in st.items()}, reason[ended]))
+        # Open flows without packets in this batch whose idle timeout has passed.
+        expired = self._clock - pool["last"][self._index_slot] > cfg.idle_timeout
+        if expired.any():
+            chunks.append(self._emit_open(expired, END_IDLE))
+        self.stats.peak_open_flows = max(self.stats.peak_open_flows, len(self._index_slot))
+        return chunks
 
     def _group_by_key(self, item_keys: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Stable order grouping equal keys; ``same[i]``: item i+1 has item i's key."""
@@ -642,10 +715,13 @@ class FlowAssembler:
         b_hdr = np.where(in_bytes, np.minimum(header_avail, lh), 0)
         b_pay = np.where(in_bytes, np.minimum(payload_avail, lp), 0)
         flat_bytes = pool["bytes"].reshape(-1)
-        _copy_ranges(flat_bytes, b_base, data, l3, b_hdr)
-        _copy_ranges(flat_bytes, b_base + lh, data, payload_at, b_pay)
+        by_packet = pool["bytes"].reshape(len(pool["bytes"]), cfg.n_packets, lh + lp)
+        ib = np.flatnonzero(in_bytes)
+        by_packet[rows[ib], r[ib], :lh] = _gather_windows(data, l3[ib], b_hdr[ib], lh)
+        by_packet[rows[ib], r[ib], lh:] = _gather_windows(data, payload_at[ib], b_pay[ib], lp)
 
-        # Heads: the early packets (whole IP packets / payloads) back to back.
+        # Heads: the early packets (whole IP packets / payloads) back to back, placed in
+        # rounds by the packet's order in its flow (one piece per row and round).
         head = cfg.head_bytes
         fh_off = self._head_offsets(f, cap, st["flow_head_fill"])
         ph_off = self._head_offsets(f, payload_avail, st["payload_head_fill"])
@@ -653,8 +729,18 @@ class FlowAssembler:
         ph_n = np.clip(np.minimum(payload_avail, head - ph_off), 0, None)
         fh_base = rows * head + fh_off
         ph_base = rows * head + ph_off
-        _copy_ranges(pool["flow_head"].reshape(-1), fh_base, data, l3, fh_n)
-        _copy_ranges(pool["payload_head"].reshape(-1), ph_base, data, payload_at, ph_n)
+        flat_fh = pool["flow_head"].reshape(-1)
+        flat_ph = pool["payload_head"].reshape(-1)
+        first = np.ones(len(f), dtype=bool)
+        first[1:] = f[1:] != f[:-1]
+        piece = np.arange(len(f)) - np.flatnonzero(first)[np.cumsum(first) - 1]
+        for j in range(int(piece.max()) + 1 if len(piece) else 0):
+            sel = np.flatnonzero((piece == j) & ((fh_n > 0) | (ph_n > 0)))
+            if not len(sel):
+                continue
+            row0 = rows[sel] * head
+            _place_pieces(flat_fh, row0, fh_off[sel], data, l3[sel], fh_n[sel], head)
+            _place_pieces(flat_ph, row0, ph_off[sel], data, payload_at[sel], ph_n[sel], head)
         nflows = len(st["slot"])
         st["flow_head_fill"] = st["flow_head_fill"] + np.bincount(f, cap, nflows).astype(np.int64)
         st["payload_head_fill"] = st["payload_head_fill"] + np.bincount(
@@ -670,7 +756,7 @@ class FlowAssembler:
         hit = valid & (fields < b_hdr[:, None])
         flat_bytes[(b_base[:, None] + fields)[hit]] = 0
         hit = valid & (fields < fh_n[:, None])
-        pool["flow_head"].reshape(-1)[(fh_base[:, None] + fields)[hit]] = 0
+        flat_fh[(fh_base[:, None] + fields)[hit]] = 0
 
         # TLS server names and certificates, in payload coordinates of each packet.
         zp, za, zb = self._tls_ranges(parsed, p, f, c2s[early], payload_at, payload_avail, st,
@@ -686,8 +772,8 @@ class FlowAssembler:
 
         zero(flat_bytes, b_base[zp] + lh, b_pay[zp])
         fh_kept = np.clip(fh_n[zp] - pay_in_fh, 0, None)
-        zero(pool["flow_head"].reshape(-1), fh_base[zp] + pay_in_fh, fh_kept)
-        zero(pool["payload_head"].reshape(-1), ph_base[zp], ph_n[zp])
+        zero(flat_fh, fh_base[zp] + pay_in_fh, fh_kept)
+        zero(flat_ph, ph_base[zp], ph_n[zp])
 
     @staticmethod
     def _head_offsets(f: np.ndarray, contribution: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -775,7 +861,7 @@ class FlowAssembler:
         reason = reason[order]
         n = len(order)
         slots = st["slot"]
-        out: FlowChunk = {name: arr[slots] for name, arr in self._pool.arrays.items()}
+        out: FlowChunk = {name: self._pool.arrays[name][slots] for name in schema.SEQUENCE_COLUMNS}
         if self._tls:
             tls_rows = np.flatnonzero((st["tls_c2s"] == _TLS_YES) | (st["tls_s2c"] == _TLS_YES))
             for s in slots[tls_rows].tolist():
