@@ -322,6 +322,7 @@ class _PcapngWalker(_Walker):
     def _set_order(self, big_endian: bool) -> None:
         self.big_endian = big_endian
         self._u32 = struct.Struct(">I" if big_endian else "<I").unpack_from
+        self._u32x2 = struct.Struct(">II" if big_endian else "<II").unpack_from
 
     def walk(
         self, buf: bytes | mmap.mmap, data: np.ndarray, pos: int, limit: int, final: bool
@@ -344,6 +345,21 @@ class _PcapngWalker(_Walker):
                     break
                 self.resynchronised(self.resync_start, pos)
                 continue
+            try:  # fast path: whole, consistent enhanced packet blocks
+                head, tail = self._u32x2, self._u32
+                while pos < limit:
+                    btype, blen = head(buf, pos)
+                    nxt = pos + blen
+                    if btype != PCAPNG_EPB or blen & 3 or nxt > end or blen < 32:
+                        break
+                    if tail(buf, nxt - 4)[0] != blen:
+                        break
+                    append(pos)
+                    pos = nxt
+            except struct.error:  # the block header runs past the buffer's end
+                pass
+            if pos >= limit:
+                break
             if pos + 12 > end:
                 if final:
                     self.report(pos, f"truncated block header ({end - pos} of 12 bytes)")
