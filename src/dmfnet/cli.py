@@ -511,6 +511,112 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "classify",
+        help="classify the flows of new captures with a trained run",
+        description="Read captures with the same ingest as `prepare` (the run's flow "
+        "settings and filters), predict each kept flow with the run's model and write one "
+        "line per flow: capture, protocol, endpoints as seen, start time, packets, predicted "
+        "class, probability and the top classes. Flows are written as they complete, so "
+        "memory stays bounded whatever the capture size.",
+    )
+    p.add_argument("run", help="run folder written by `dmfnet train` (or `dmfnet demo`)")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng files or folders")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="predictions file: .csv or .jsonl (JSON lines); - for CSV on stdout",
+    )
+    p.add_argument("--format", choices=("csv", "jsonl"), help="override the format of -o")
+    p.add_argument("--top", type=int, default=3, help="classes listed per flow (default: 3)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_classify)
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from dmfnet.classify import ClassifyError, classify_captures
+
+    _set_threads(args.threads)
+    try:
+        summary = classify_captures(
+            args.run,
+            args.captures,
+            args.output,
+            fmt=args.format,
+            top_k=args.top,
+            progress=not args.quiet,
+        )
+    except ClassifyError as exc:
+        raise UserError(str(exc)) from None
+    print(summary.report(), file=sys.stderr if args.output == "-" else sys.stdout)
+    if summary.captures_failed:
+        print(
+            f"dmfnet classify: error: {len(summary.captures_failed)} of {summary.captures} "
+            f"capture(s) could not be read: {summary.captures_failed[0]}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads must be at least 1, not {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="prepare the bundled captures, train DMF, report, classify a capture",
+        description="The whole pipeline in a few minutes on a laptop CPU: the bundled real "
+        "encrypted traffic (demo/captures: HTTPS bulk and small requests, interactive SSH, "
+        "SCP/SFTP, TLS chat, DNS over TLS) -> Parquet dataset -> DMF trained and scored on "
+        "held-out flows -> report -> predictions for one capture.",
+    )
+    p.add_argument("-o", "--output", default="demo-run", help="folder to write (default: demo-run)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: 20)")
+    p.add_argument("--batch-size", type=int, help="flows per step (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of split and training (default: 0)")
+    p.add_argument(
+        "--captures", help="class folders of captures to use instead of the bundled ones"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default: 1, fastest for the demo's small batches on a busy CPU)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from dmfnet.data import PrepareError
+    from dmfnet.demo import DEMO_BATCH_SIZE, DEMO_EPOCHS, DemoError, run_demo
+
+    _set_threads(args.threads)
+    try:
+        run_demo(
+            args.output,
+            epochs=args.epochs or DEMO_EPOCHS,
+            batch_size=args.batch_size or DEMO_BATCH_SIZE,
+            seed=args.seed,
+            captures=args.captures,
+            progress=not args.quiet,
+        )
+    except (DemoError, PrepareError) as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmfnet",
@@ -519,7 +625,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dmfnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_info, _add_train, _add_evaluate, _add_benchmark):
+    for add in (
+        _add_prepare,
+        _add_info,
+        _add_train,
+        _add_evaluate,
+        _add_benchmark,
+        _add_classify,
+        _add_demo,
+    ):
         add(sub)
     return parser
 
