@@ -654,3 +654,27 @@ def test_transport_header_must_lie_inside_the_ip_length():
     assert parsed.tcp_flags.tolist() == [0, 0, 0]
     assert parsed.payload_len.tolist() == [0, 0, 4]  # the IPv6 chain stops at its end
     assert parsed.protocol.tolist() == [6, 6, IPV6_DESTINATION]
+
+
+@pytest.mark.parametrize("inner", ["pcap", "pcapng"])
+def test_problems_in_gzip_name_offsets_of_the_decompressed_capture(tmp_path, inner):
+    recs = _eth_records(3000)
+    if inner == "pcap":
+        image = bytearray(pcap_bytes(recs))
+        record = 16 + len(recs[0].data)
+        bad = 24 + 2000 * record  # well past the first 64 KiB chunk
+        struct.pack_into("<I", image, bad + 8, 0x7FFFFF00)
+    else:
+        image = bytearray(pcapng_bytes([Section(records=recs)]))
+        record = 32 + len(recs[0].data) + (-len(recs[0].data) % 4)
+        bad = len(pcapng_bytes([Section()])) + 2000 * record
+        struct.pack_into("<I", image, bad + 4, 0xFFFFFFF0)
+    plain = write_bytes(tmp_path / "plain", bytes(image))
+    packed = write_bytes(tmp_path / "packed", bytes(image), gzip=True)
+    _, want = read_all(plain)
+    batches, got = read_all(packed, chunk_bytes=1 << 16)
+    assert [(p.offset, p.reason) for p in got.problems] == [
+        (p.offset, p.reason) for p in want.problems
+    ]
+    assert [p.offset for p in got.problems] == [bad, bad + record]
+    assert len(column(batches, "dst_port")) == 2999

@@ -101,9 +101,17 @@ class _Walker:
     reported_linktypes: set[int] = field(default_factory=set)  # global interface numbers
     last_ts_ns: int | None = None
     resyncing: bool = False
+    resync_start: int = 0  # offset in the (decompressed) file where resynchronising began
+    base: int = 0  # offset in the (decompressed) file of the walked buffer's first byte
 
     def report(self, offset: int, reason: str) -> None:
-        self.problems.add(self.name, offset, reason)
+        """Report a problem at ``offset`` in the walked buffer."""
+        self.problems.add(self.name, self.base + offset, reason)
+
+    def corrupt(self, offset: int, reason: str) -> None:
+        """Report a corrupt record or block at ``offset`` and start resynchronising."""
+        self.report(offset, reason)
+        self.resyncing, self.resync_start = True, self.base + offset
 
     def check_linktypes(self, recs: _Records) -> None:
         """Report each interface whose link type cannot be parsed, once, at its first packet."""
@@ -123,9 +131,10 @@ class _Walker:
                 f"unsupported link type {lt} on interface {iface}: its packets are skipped",
             )
 
-    def resynchronised(self, start: int, found: int) -> None:
+    def resynchronised(self, found: int) -> None:
         self.resyncing = False
-        self.report(found, f"resynchronised: skipped {found - start} bytes after a corrupt record")
+        skipped = self.base + found - self.resync_start
+        self.report(found, f"resynchronised: skipped {skipped} bytes after a corrupt record")
 
 
 # ----------------------------------------------------------------------------------------
@@ -150,7 +159,6 @@ class _PcapWalker(_Walker):
         self.interfaces = [_Interface(self.linktype, snaplen)]
         self._caplen_at = struct.Struct(bo + "I").unpack_from
         self.frac_limit = NS if self.nanosecond else 1_000_000
-        self.resync_start = 0
 
     def walk(
         self, buf: bytes | mmap.mmap, data: np.ndarray, pos: int, limit: int, final: bool
@@ -173,7 +181,7 @@ class _PcapWalker(_Walker):
                 pos = nxt
                 if not confirmed:
                     break
-                self.resynchronised(self.resync_start, pos)
+                self.resynchronised(pos)
                 continue
             try:  # fast path: whole, sane records
                 while pos < limit:
@@ -195,10 +203,9 @@ class _PcapWalker(_Walker):
             caplen = caplen_at(buf, pos + 8)[0]
             if caplen > max_caplen and not self._believable(data, pos, caplen, final):
                 what = "twice the snap length" if max_caplen < MAX_CAPLEN else "the maximum"
-                self.report(
+                self.corrupt(
                     pos, f"corrupt record: captured length {caplen} exceeds {what} {max_caplen}"
                 )
-                self.resyncing, self.resync_start = True, pos
                 pos += 1
                 continue
             nxt = pos + hs + caplen
@@ -317,7 +324,6 @@ class _PcapngWalker(_Walker):
         self.section_base = 0  # global number of the current section's interface 0
         self.bad_time_reported = False
         self._set_order(False)
-        self.resync_start = 0
 
     def _set_order(self, big_endian: bool) -> None:
         self.big_endian = big_endian
@@ -343,7 +349,7 @@ class _PcapngWalker(_Walker):
                 pos = nxt
                 if not confirmed:
                     break
-                self.resynchronised(self.resync_start, pos)
+                self.resynchronised(pos)
                 continue
             try:  # fast path: whole, consistent enhanced packet blocks
                 head, tail = self._u32x2, self._u32
@@ -371,13 +377,13 @@ class _PcapngWalker(_Walker):
                     break  # the records so far belong to the previous section
                 order = struct.unpack_from("<I", buf, pos + 8)[0]
                 if order not in (PCAPNG_BYTE_ORDER, 0x4D3C2B1A):
-                    self._corrupt(pos, "section header with an invalid byte-order magic")
+                    self.corrupt(pos, "section header with an invalid byte-order magic")
                     pos += 4
                     continue
                 self._set_order(order != PCAPNG_BYTE_ORDER)
             blen = self._u32(buf, pos + 4)[0]
             if blen < 12 or blen % 4 or blen > MAX_BLOCK:
-                self._corrupt(pos, f"corrupt block: block length {blen} (type {btype:#x})")
+                self.corrupt(pos, f"corrupt block: block length {blen} (type {btype:#x})")
                 pos += 4
                 continue
             if pos + blen > end:
@@ -396,7 +402,7 @@ class _PcapngWalker(_Walker):
                 pos = end
                 break
             if self._u32(buf, pos + blen - 4)[0] != blen:
-                self._corrupt(pos, f"corrupt block: trailing length differs from {blen}")
+                self.corrupt(pos, f"corrupt block: trailing length differs from {blen}")
                 pos += 4
                 continue
             if btype in PCAPNG_PACKET_BLOCKS:
@@ -407,10 +413,6 @@ class _PcapngWalker(_Walker):
                 self._interface(buf, pos, blen)
             pos += blen
         return self._decode(data, found, truncated), pos
-
-    def _corrupt(self, pos: int, reason: str) -> None:
-        self.report(pos, reason)
-        self.resyncing, self.resync_start = True, pos
 
     def _interface(self, buf: bytes | mmap.mmap, pos: int, blen: int) -> None:
         bo = ">" if self.big_endian else "<"
@@ -788,6 +790,7 @@ def _read_gzip(
         data = np.frombuffer(buf, np.uint8)
         start = pos
         while pos < len(buf):
+            walker.base = base
             recs, new = walker.walk(buf, data, pos, len(buf), final)
             if len(recs.offset):
                 yield batcher.batch(data, recs, base)
