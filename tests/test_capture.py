@@ -517,8 +517,10 @@ def test_unknown_link_type_reported_once_per_interface(tmp_path):
 def test_files_that_are_not_captures(tmp_path, content, reason):
     path = tmp_path / "bad.pcap"
     path.write_bytes(content)
-    batches, problems = read_all(path)
+    seen = []
+    batches, problems = read_all(path, progress=seen.append)
     assert batches == [] and problems.total == 1
+    assert sum(seen) == len(content)  # a progress bar over many files still completes
     assert reason in problems.problems[0].reason and problems.problems[0].file == str(path)
 
 
@@ -540,8 +542,12 @@ def test_truncated_and_corrupt_gzip_keep_what_was_there(tmp_path):
     assert any("gzip stream ends early" in p.reason for p in problems.problems)
     broken = bytearray(packed)
     broken[len(broken) // 2 : len(broken) // 2 + 64] = b"\xff" * 64
-    batches, problems = read_all(write_bytes(tmp_path / "bad.gz", bytes(broken)))
+    seen = []
+    batches, problems = read_all(
+        write_bytes(tmp_path / "bad.gz", bytes(broken)), progress=seen.append
+    )
     assert any("gzip" in p.reason for p in problems.problems)
+    assert sum(seen) == len(broken)
     assert len(column(batches, "dst_port")) < 300
 
 

@@ -655,20 +655,28 @@ def read_packets(
         if size == 0 or not head:
             problems.add(name, 0, "empty file")
             return
+        consumed = 0
+
+        def relay(n: int) -> None:
+            nonlocal consumed
+            consumed += n
+            if progress:
+                progress(n)
+
         if head.startswith(GZIP_MAGIC):
             fh.seek(0)
-            yield from _read_gzip(fh, name, problems, chunk_bytes, progress)
+            yield from _read_gzip(fh, name, problems, chunk_bytes, relay)
         else:
-            yield from _read_mapped(fh, name, size, head, problems, chunk_bytes, progress)
+            yield from _read_mapped(fh, name, size, head, problems, chunk_bytes, relay)
+        if progress and consumed < size:  # the rest was skipped (not a capture, errors)
+            progress(size - consumed)
 
 
 def _read_mapped(
-    fh, name: str, size: int, head: bytes, problems: ProblemLog, chunk: int, progress
+    fh, name: str, size: int, head: bytes, problems: ProblemLog, chunk: int, progress: Progress
 ) -> Iterator[ParsedPackets]:
     walker = _make_walker(name, problems, head)
     if walker is None:
-        if progress:
-            progress(size)
         return
     try:
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
@@ -681,14 +689,11 @@ def _read_mapped(
     done = 0
     while pos < size:
         recs, new = walker.walk(mm, data, pos, min(size, pos + chunk), True)
-        if progress:
-            progress(new - done)
-            done = new
+        progress(new - done)
+        done = new
         pos = max(new, pos + 1) if new <= pos else new
         if len(recs.offset):
             yield batcher.batch(data, recs, 0)
-    if progress and done < size:
-        progress(size - done)
     del data
     try:
         mm.close()
@@ -702,7 +707,6 @@ class _GzipStream:
     def __init__(self, fh, name: str, problems: ProblemLog, progress: Progress | None) -> None:
         self.fh, self.name, self.problems, self.progress = fh, name, problems, progress
         self.inflate = zlib.decompressobj(31)
-        self.pending = b""
         self.eof = False
         self.produced = 0  # decompressed bytes handed out or skipped
 
