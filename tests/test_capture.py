@@ -510,6 +510,8 @@ def test_unknown_link_type_reported_once_per_interface(tmp_path):
         (b"", "empty file"),
         (b"hello world, this is not a capture at all", "not a pcap or pcapng"),
         (b"\xd4\xc3\xb2\xa1\x02\x00", "truncated pcap file header"),
+        (b"\x0a\x0d\x0d\x0a\x1c\x00", "truncated pcapng section header"),
+        (b"\x0a\x0d\x0d\x0a\x1c\x00\x00\x00" + b"\x00" * 20, "byte-order magic"),
         (b"BZh91AY&SY" + b"\x00" * 30, "bzip2"),
         (gzip.compress(b"just text, gzipped, long enough"), "not a pcap or pcapng"),
     ],

@@ -589,10 +589,10 @@ def _make_walker(
             return None
         return _PcapWalker(name, problems, head)
     if magic == PCAPNG_SHB:
-        if len(head) < 12 or struct.unpack("<I", head[8:12])[0] not in (
-            PCAPNG_BYTE_ORDER,
-            0x4D3C2B1A,
-        ):
+        if len(head) < 12:
+            problems.add(name, 0, f"truncated pcapng section header ({len(head)} bytes){where}")
+            return None
+        if struct.unpack("<I", head[8:12])[0] not in (PCAPNG_BYTE_ORDER, 0x4D3C2B1A):
             problems.add(name, 0, f"pcapng section header without a valid byte-order magic{where}")
             return None
         return _PcapngWalker(name, problems)
