@@ -606,8 +606,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     try:
         run_demo(
             args.output,
-            epochs=args.epochs or DEMO_EPOCHS,
-            batch_size=args.batch_size or DEMO_BATCH_SIZE,
+            epochs=DEMO_EPOCHS if args.epochs is None else args.epochs,
+            batch_size=DEMO_BATCH_SIZE if args.batch_size is None else args.batch_size,
             seed=args.seed,
             captures=args.captures,
             progress=not args.quiet,

@@ -83,6 +83,8 @@ def run_demo(
 
     if epochs < 1:
         raise DemoError(f"epochs must be at least 1, not {epochs}")
+    if batch_size < 1:
+        raise DemoError(f"batch size must be at least 1, not {batch_size}")
     source = Path(captures) if captures is not None else demo_captures()
     if not source.is_dir():
         raise DemoError(f"{source}: no such folder")
