@@ -269,3 +269,43 @@ def test_a_failing_output_stops_the_run_with_one_clear_error(captures, tmp_path,
     monkeypatch.setattr(PartWriter, "write", disk_full)
     with pytest.raises(PrepareError, match="cannot write flows.*No space left"):
         _prepare(captures / "web", tmp_path / "ds", workers=1)
+
+
+def test_progress_reaches_the_total_bytes_of_every_input(captures, tmp_path, monkeypatch):
+    import tqdm
+
+    seen = []
+    original = tqdm.tqdm.update
+
+    def update(self, n=1):
+        seen.append(n)
+        return original(self, n)
+
+    monkeypatch.setattr(tqdm.tqdm, "update", update)
+    _prepare(captures, tmp_path / "ds", workers=1, progress=True)
+    inputs = [p for p in captures.rglob("*") if p.is_file() and p.suffix != ".txt"]
+    assert sum(seen) == sum(p.stat().st_size for p in inputs)
+
+
+def test_prepare_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    text = capsys.readouterr().out
+    for option in (
+        "--labels",
+        "--workers",
+        "--max-flows-per-class",
+        "--seed",
+        "--idle-timeout",
+        "--active-timeout",
+        "--keep-dns",
+        "--keep-llmnr",
+        "--keep-failed-handshakes",
+        "--keep-no-payload",
+        "--keep-non-tcp-udp",
+        "--no-anonymise",
+        "--signed-lengths",
+        "--keep-unlabelled",
+        "--force",
+    ):
+        assert option in text, option
