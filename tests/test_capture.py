@@ -686,3 +686,19 @@ def test_problems_in_gzip_name_offsets_of_the_decompressed_capture(tmp_path, inn
     ]
     assert [p.offset for p in got.problems] == [bad, bad + record]
     assert len(column(batches, "dst_port")) == 2999
+
+
+def test_permission_denied_is_reported(tmp_path, monkeypatch):
+    import dmfnet.capture.reader as reader
+
+    path = write_pcap(tmp_path / "locked.pcap", _eth_records(2))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(reader, "open", denied, raising=False)
+    batches, problems = read_all(path)
+    assert batches == []
+    assert [(p.file, p.offset, p.reason) for p in problems.problems] == [
+        (str(path), -1, "cannot open: Permission denied")
+    ]
