@@ -12,10 +12,12 @@ What is measured, so the numbers can be compared and repeated:
   flow, inputs already in memory, eval mode, no gradients; median of ``repeats`` runs
   after ``warmup`` runs, with ``torch.set_num_threads`` set to the machine's cores.
   **Throughput** = batch size / median batch latency.
-* **peak memory**: the growth of the process's resident set size (RSS, sampled every
-  0.5 ms from ``/proc/self/statm``) while scoring batches, over the RSS after the model
-  and inputs were built; this includes activations and allocator overhead but not the
-  weights, which are reported apart (``weights_mib``). :func:`measure_isolated` runs each
+* **peak memory**: the growth of the process's resident set size (RSS) while scoring
+  batches, over the RSS after the model and inputs were built: the larger of the sampled
+  RSS (every 0.5 ms from ``/proc/self/statm``) and the kernel's high-water mark
+  (``ru_maxrss``). It includes activations and allocator overhead but not the weights,
+  which are reported apart (``weights_mib``). The 1-minute load average is recorded: on
+  a busy machine latencies are inflated. :func:`measure_isolated` runs each
   model in a fresh process, so no model inherits another's freed memory.
 
 Inputs are synthetic flows of the right dtypes and widths (:func:`synthetic_inputs`);
@@ -82,14 +84,20 @@ def synthetic_inputs(columns: Sequence[str], n: int, seed: int = 0) -> dict[str,
     return out
 
 
+def _max_rss_bytes() -> int:
+    """The kernel's high-water mark of this process's RSS (exact, no sampling)."""
+    import resource
+
+    scale = 1 if os.uname().sysname == "Darwin" else 1024  # macOS reports bytes, Linux KiB
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * _PAGE
     except OSError:  # not Linux: fall back to the lifetime peak (a coarser figure)
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        return _max_rss_bytes()
 
 
 class _PeakRSS:
@@ -280,16 +288,22 @@ def measure(
         def run_single() -> None:
             model.predict_proba(one)
 
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    max_rss_before = _max_rss_bytes()
     with _PeakRSS() as rss:
         base = rss.peak
         batch_s = _median_seconds(run_batch, repeats, warmup)
+    # Sampling can miss a short peak; the kernel's high-water mark cannot, but it only
+    # moves when the peak tops everything before: take the larger of the two growths.
+    growth = max(rss.peak - base, _max_rss_bytes() - max_rss_before, 0)
     single_s = _median_seconds(run_single, repeats, warmup)
     result.update(
         batch_latency_ms=1000 * batch_s,
         single_flow_latency_ms=1000 * single_s,
         throughput_flows_per_s=batch_size / batch_s if batch_s > 0 else float("inf"),
-        peak_memory_mib=max(0, rss.peak - base) / 2**20,
-        rss_mib=rss.peak / 2**20,
+        peak_memory_mib=growth / 2**20,
+        rss_mib=max(rss.peak, _max_rss_bytes()) / 2**20,
+        load_average=load_before,
     )
     return result
 
@@ -356,9 +370,15 @@ def write_complexity(
     lines = ["# Model complexity (paper §5.4)", ""]
     for key, value in (info or {}).items():
         lines.append(f"- **{key.replace('_', ' ').capitalize()}:** {value}")
+    loads = [r["load_average"] for r in results if r.get("load_average") is not None]
+    busy = ""
+    if loads:
+        busy = f"; 1-minute load average {min(loads):.1f}-{max(loads):.1f} while measuring"
+        if max(loads) > (os.cpu_count() or 1):
+            busy += " (other work shared the CPU: latencies are inflated)"
     lines += [
         f"- **Machine:** {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-        f"{first.get('threads', '?')} threads",
+        f"{first.get('threads', '?')} threads{busy}",
         f"- **Batch:** {first.get('batch_size', '?')} synthetic flows, "
         f"{first.get('num_classes', '?')} classes",
         "",
