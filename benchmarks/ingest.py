@@ -86,11 +86,17 @@ class SourceCapture:
         return len(self.record_start)
 
 
-def find_sources(shared: Path = SHARED) -> list[Path]:
-    """Every classic pcap with Ethernet link type under the shared real-traffic folders."""
+def find_sources(places: list[Path] | None = None) -> list[Path]:
+    """Every classic pcap with Ethernet link type in these files and folders (recursively).
+
+    Default: the shared real-traffic folders (nDPI, nfstream and Slips test captures).
+    """
+    if places is None:
+        places = [SHARED / folder for folder in SOURCE_FOLDERS]
     found = []
-    for folder in SOURCE_FOLDERS:
-        for path in sorted((shared / folder).rglob("*")):
+    for place in places:
+        candidates = [place] if place.is_file() else sorted(place.rglob("*"))
+        for path in candidates:
             if not path.is_file():
                 continue
             with open(path, "rb") as f:
@@ -552,14 +558,20 @@ def summary_lines(runs: dict[str, Run]) -> list[str]:
 
 
 def _build_all(
-    workdir: Path, size: int, with_halves: bool, with_double: bool, log
+    workdir: Path,
+    size: int,
+    with_halves: bool,
+    with_double: bool,
+    log,
+    places: list[Path] | None = None,
 ) -> dict[str, list[BuiltCapture]]:
     """The captures of the run, reused from ``workdir`` when they were built the same way."""
-    plan = {"capture": [size]}
+    plan: dict = {"capture": [size]}
     if with_halves:
         plan["halves"] = [size // 2, size - size // 2]
     if with_double:
         plan["double"] = [2 * size]
+    plan["sources"] = sorted(str(p.resolve()) for p in places) if places else "shared"
     manifest = workdir / "captures.json"
     if manifest.exists():
         try:
@@ -573,9 +585,10 @@ def _build_all(
                 return {k: [BuiltCapture(**c) for c in v] for k, v in saved["captures"].items()}
         except (ValueError, KeyError, TypeError):
             pass
-    paths = find_sources()
+    paths = find_sources(places)
     if not paths:
-        raise SystemExit(f"no Ethernet pcap captures found under {SHARED}/data")
+        where = ", ".join(map(str, places)) if places else f"{SHARED}/data"
+        raise SystemExit(f"no Ethernet pcap captures found in {where}")
     started = time.perf_counter()
     sources = [load_source(p) for p in paths]
     source_bytes = sum(len(s.records) for s in sources)
@@ -586,6 +599,8 @@ def _build_all(
     built: dict[str, list[BuiltCapture]] = {}
     next_replay = 0
     for name, sizes in plan.items():
+        if name == "sources":
+            continue
         group = []
         for i, target in enumerate(sizes):
             path = workdir / (f"{name}.pcap" if len(sizes) == 1 else f"{name}-{i + 1}.pcap")
@@ -630,6 +645,13 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-workers", action="store_true", help="no --workers 2 run on two halves"
     )
     parser.add_argument("--skip-double", action="store_true", help="no run on a 2x size capture")
+    parser.add_argument(
+        "--source",
+        action="append",
+        type=Path,
+        help="Ethernet pcap file or folder to replay, repeatable "
+        "(default: ../shared/data/ndpi/pcaps, nfstream, slips)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     size_mb = 20.0 if args.quick else args.size_mb
@@ -649,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             with_halves=with_prepare and not args.skip_workers,
             with_double=with_prepare and not args.skip_double,
             log=log,
+            places=args.source,
         )
         dmfnet = _dmfnet_command()
         main_capture = captures["capture"]

@@ -1,6 +1,7 @@
 """The ingest benchmark's capture builder and its dpkt yardstick do what they claim."""
 
 import importlib.util
+import json
 import struct
 import sys
 from pathlib import Path
@@ -61,7 +62,8 @@ def test_find_sources_keeps_only_ethernet_pcap(tmp_path):
     data = tmp_path / "data" / "slips"
     data.mkdir(parents=True)
     expected = _sources(data)
-    assert ingest.find_sources(tmp_path) == sorted(expected)
+    assert ingest.find_sources([tmp_path / "data"]) == sorted(expected)
+    assert ingest.find_sources([data / "b.pcap", data / "raw.pcap"]) == [data / "b.pcap"]
 
 
 def test_build_capture_replays_with_distinct_addresses_in_time_order(tmp_path):
@@ -180,3 +182,20 @@ def test_compare_outputs_matches_flows_by_key(tmp_path):
         "same_lengths": 1,
         "same_bytes": 2,
     }
+
+
+def test_dpkt_only_run_prints_table_and_json(tmp_path, capsys):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    one_pass = sum(len(ingest.load_source(p).records) for p in _sources(sources))
+    size_mb = (24 + 2 * one_pass) / 1e6  # exactly two replays
+    figures = tmp_path / "figures.json"
+    argv = ["--skip-prepare", "--size-mb", str(size_mb), "--source", str(sources)]
+    argv += ["--workdir", str(tmp_path / "work"), "--json", str(figures)]
+    assert ingest.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| dpkt reference | 0 MB, 0.00 M packets | 1 |" in printed
+    assert "Command: `" in printed and "--skip-prepare" in printed
+    (run,) = json.loads(figures.read_text())["runs"]
+    assert run["name"] == "dpkt reference" and run["returncodes"] == [0]
+    assert run["captures"][0]["replays"] == 2 and run["flows"] == 4  # TCP and UDP, twice
