@@ -702,3 +702,16 @@ def test_permission_denied_is_reported(tmp_path, monkeypatch):
     assert [(p.file, p.offset, p.reason) for p in problems.problems] == [
         (str(path), -1, "cannot open: Permission denied")
     ]
+
+
+def test_batches_read_the_same_bytes_after_their_pages_are_released(tmp_path):
+    framed = _eth_records(3000)
+    path = write_pcap(tmp_path / "big.pcap", framed)
+    batches, problems = read_all(path, chunk_bytes=1 << 16)
+    assert problems.total == 0 and len(batches) > 3
+    got = [
+        bytes(b.batch.data[o : o + c])
+        for b in batches
+        for o, c in zip(b.batch.offset.tolist(), b.batch.caplen.tolist(), strict=True)
+    ]
+    assert got == [r.data for r in framed]

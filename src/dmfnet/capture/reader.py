@@ -687,6 +687,7 @@ def _read_mapped(
     batcher = _Batcher(walker)
     pos = walker.file_header_size
     done = 0
+    released = 0
     while pos < size:
         recs, new = walker.walk(mm, data, pos, min(size, pos + chunk), True)
         progress(new - done)
@@ -694,11 +695,29 @@ def _read_mapped(
         pos = max(new, pos + 1) if new <= pos else new
         if len(recs.offset):
             yield batcher.batch(data, recs, 0)
+        released = _release(mm, released, int(recs.offset[0]) if len(recs.offset) else pos)
     del data
     try:
         mm.close()
     except BufferError:  # batches still refer to it; the mapping closes when they go
         pass
+
+
+def _release(mm: mmap.mmap, start: int, stop: int) -> int:
+    """Let the kernel drop the mapped pages of ``[start, stop)`` from this process.
+
+    Without this, every page of a multi-GB capture that was read counts in the process's
+    resident memory until the end. The pages stay in the page cache and come back on the
+    next access, so batches still holding views of them read the same bytes.
+    """
+    stop -= stop % mmap.PAGESIZE
+    if stop <= start or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return start
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    except (OSError, ValueError):
+        return start
+    return stop
 
 
 class _GzipStream:
