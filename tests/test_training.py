@@ -15,7 +15,7 @@ from dmfnet.training.runs import load_run
 from dmfnet.training.trainer import evaluate, split_indices, train
 from training_data import synthetic_flows
 
-FAST = dict(epochs=8, batch_size=16, patience=0, progress=False)
+FAST = dict(epochs=8, batch_size=16, patience=0, device="cpu", progress=False)
 TIMING_KEYS = ("train_seconds", "infer_flows_per_s")
 
 
@@ -259,3 +259,15 @@ def test_post_fit_runs_once_on_the_training_flows_and_is_saved(dataset, tmp_path
     )
     state = torch.load(tmp_path / "pf" / "model.pt", weights_only=True)
     assert int(state["fitted_flows"]) == result["train_size"] == 144
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_training_saves_a_model_that_scores_the_same_on_cpu(dataset, tmp_path):
+    result = train(dataset, tmp_path / "gpu", model="dmf", seed=1, **{**FAST, "device": "cuda"})
+    info = json.loads((tmp_path / "gpu" / "run.json").read_text())
+    assert info["training"]["device"].startswith("cuda")
+    assert result["accuracy"] >= 0.8
+    arrays = {c: dataset[c] for c in ("bytes", "lengths")}
+    on_gpu = load_run(tmp_path / "gpu", device="cuda").predict_proba(arrays)
+    on_cpu = load_run(tmp_path / "gpu").predict_proba(arrays)
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-3)

@@ -46,6 +46,7 @@ from dmfnet.training.runs import (
 )
 
 SPLITS = ("random", "file")
+GPU_RESIDENT_BYTES = 4 << 30  # model inputs up to this size are copied to the GPU once
 
 
 @dataclass(frozen=True)
@@ -263,12 +264,13 @@ def _validate(
 ) -> tuple[np.ndarray, float]:
     """Predicted class indices and summed loss over ``idx`` (eval mode)."""
     model.eval()
-    preds, loss_sum = [], 0.0
+    preds, loss_total = [], torch.zeros((), dtype=torch.float64, device=device)
     for inputs, target in _iterate(tensors, y, _batches(idx, batch_size), device):
         output = model(*inputs)
-        loss_sum += float(compute_loss(model, output, target)) * len(target)
-        preds.append(model_logits(output).argmax(1).cpu().numpy())
-    return (np.concatenate(preds) if preds else np.zeros(0, np.int64)), loss_sum
+        loss_total += compute_loss(model, output, target) * len(target)
+        preds.append(model_logits(output).argmax(1))
+    pred = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, np.int64)
+    return pred, float(loss_total)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -289,6 +291,11 @@ def _fit_torch(
     """AdamW with early stopping on validation macro-F1; leaves the best weights in ``model``."""
     rank, world = distributed.rank(), distributed.world_size()
     model.to(device)
+    y_cpu = y
+    if device.type == "cuda" and cfg.num_workers == 0:
+        resident = sum(t.nbytes for t in tensors) + y.nbytes
+        if resident <= GPU_RESIDENT_BYTES:  # index batches on the GPU: no copy per step
+            tensors, y = [t.to(device) for t in tensors], y.to(device)
     net: nn.Module = _WithLoss(model)
     if world > 1:
         net = distributed.wrap(net, device)
@@ -303,20 +310,21 @@ def _fit_torch(
         start = time.perf_counter()
         order = distributed.shard(rng.permutation(train_idx), rank, world)
         net.train()
-        loss_sum, seen = 0.0, 0
+        loss_total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         for inputs, target in _iterate(
             tensors, y, _batches(order, per_rank_batch), device, cfg.num_workers
         ):
             loss = net(*inputs, target=target)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(target)
+            loss_total += loss.detach() * len(target)  # no host sync per step
             seen += len(target)
+        loss_sum = float(loss_total)
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
         val_pred, val_loss_sum = _validate(model, tensors, y, val_shard, per_rank_batch, device)
-        val_true = y[torch.from_numpy(val_shard)].numpy()
+        val_true = y_cpu[torch.from_numpy(val_shard)].numpy()
         if world > 1:
             val_pred, val_true, val_loss_sum, loss_sum, seen = distributed.gather_validation(
                 val_pred, val_true, val_loss_sum, loss_sum, seen
