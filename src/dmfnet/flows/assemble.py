@@ -164,7 +164,7 @@ def _gather_windows(src: np.ndarray, start: np.ndarray, n: np.ndarray, width: in
     if len(edge):
         idx = np.clip(start[edge, None] + np.arange(width), 0, len(src) - 1)
         out[edge] = src[idx]
-    out[np.arange(width)[None, :] >= n[:, None]] = 0
+    np.copyto(out, 0, where=np.arange(width)[None, :] >= n[:, None])
     return out
 
 
@@ -182,9 +182,10 @@ def _place_pieces(
 ) -> None:
     """``dst[r+o : r+o+n] = src[s : s+n]`` for pieces inside rows of ``row_width`` bytes.
 
-    Copied window by window (a few widths) instead of byte by byte: each window lies inside
-    its row, is read from ``dst``, gets the piece's bytes, and is written back, so bytes
-    around the piece keep their value. Pieces of one call must not share a row.
+    Copied window by window (a few widths) instead of byte by byte. A window is written
+    with zeros after the piece, so pieces of one row must be placed in offset order and the
+    row must be zero beyond the pieces placed so far. A window that would cross the row's
+    end is moved back to end there and merged with the bytes already in the row.
     """
     lower = 0
     for width in _WINDOW_WIDTHS:
@@ -193,15 +194,22 @@ def _place_pieces(
         lower = width
         if not len(sel):
             continue
-        win = np.minimum(offset[sel], row_width - width)  # window start within the row
-        shift = offset[sel] - win  # where the piece starts in the window
-        k = n[sel]
         dst_win = sliding_window_view(dst, width, writeable=True)
-        current = dst_win[row_start[sel] + win]
-        fresh = _gather_windows(src, src_start[sel] - shift, shift + k, width)
-        pos = np.arange(width)[None, :]
-        inside = (pos >= shift[:, None]) & (pos < (shift + k)[:, None])
-        dst_win[row_start[sel] + win] = np.where(inside, fresh, current)
+        fits = offset[sel] + width <= row_width
+        plain = sel[fits]
+        if len(plain):
+            rows = _gather_windows(src, src_start[plain], n[plain], width)
+            dst_win[row_start[plain] + offset[plain]] = rows
+        moved = sel[~fits]
+        if len(moved):
+            win = row_width - width  # the window ends with the row
+            shift = offset[moved] - win  # where the piece starts in the window
+            k = n[moved]
+            current = dst_win[row_start[moved] + win]
+            fresh = _gather_windows(src, src_start[moved] - shift, shift + k, width)
+            pos = np.arange(width)[None, :]
+            np.copyto(current, fresh, where=pos >= shift[:, None])
+            dst_win[row_start[moved] + win] = current
         if lower >= row_width:
             break
 
@@ -350,19 +358,21 @@ def _split_loop(
 
 def _ip_strings(hi: np.ndarray, lo: np.ndarray, ipv: np.ndarray) -> np.ndarray:
     """Text form of 16-byte addresses (IPv4 as dotted quad), formatting each distinct one once."""
-    if not len(hi):
-        return np.empty(0, dtype=object)
-    packed = np.empty((len(hi), 3), dtype=np.uint64)
-    packed[:, 0], packed[:, 1], packed[:, 2] = hi, lo, ipv
-    uniq, inverse = np.unique(packed, axis=0, return_inverse=True)
-    raw = uniq[:, :2].astype(">u8").view(np.uint8).reshape(-1, 16)
-    text = [
-        socket.inet_ntop(socket.AF_INET, bytes(r[12:]))
-        if v == 4
-        else socket.inet_ntop(socket.AF_INET6, bytes(r))
-        for r, v in zip(raw, uniq[:, 2].tolist(), strict=True)
-    ]
-    return np.array(text, dtype=object)[inverse.reshape(-1)]
+    out = np.empty(len(hi), dtype=object)
+    v4 = (ipv == 4) & (hi == 0)
+    if v4.any():
+        uniq, inverse = np.unique(lo[v4] & np.uint64(0xFFFFFFFF), return_inverse=True)
+        packed = uniq.astype(">u4").tobytes()
+        text = [socket.inet_ntoa(packed[i : i + 4]) for i in range(0, len(packed), 4)]
+        out[v4] = np.array(text, dtype=object)[inverse.reshape(-1)]
+    other = ~v4
+    if other.any():
+        pair = np.stack([hi[other], lo[other]], axis=1)
+        uniq, inverse = np.unique(pair, axis=0, return_inverse=True)
+        raw = uniq.astype(">u8").tobytes()
+        text = [socket.inet_ntop(socket.AF_INET6, raw[i : i + 16]) for i in range(0, len(raw), 16)]
+        out[other] = np.array(text, dtype=object)[inverse.reshape(-1)]
+    return out
 
 
 def _slice(parsed: ParsedPackets, lo: int, hi: int) -> ParsedPackets:
