@@ -768,12 +768,15 @@ class FlowAssembler:
         hit = valid & (fields < fh_n[:, None])
         flat_fh[(fh_base[:, None] + fields)[hit]] = 0
 
-        # TLS server names and certificates, in payload coordinates of each packet.
-        zp, za, zb = self._tls_ranges(parsed, p, f, c2s[early], payload_at, payload_avail, st,
-                                      data)  # fmt: skip
+        # TLS server names and certificates, in payload coordinates of each packet. Only
+        # packets with payload bytes in a byte column matter (they are a prefix of the flow).
+        pay_in_fh = np.minimum(hlen, cap)
+        kept = (b_pay > 0) | (ph_n > 0) | (fh_n > pay_in_fh)
+        zp, za, zb = self._tls_ranges(parsed, p, f, c2s[early], payload_at, payload_avail,
+                                      kept, st, data)  # fmt: skip
         if not len(zp):
             return
-        pay_in_fh = np.minimum(hlen, cap)[zp]
+        pay_in_fh = pay_in_fh[zp]
 
         def zero(flat: np.ndarray, base: np.ndarray, kept: np.ndarray) -> None:
             lo = np.clip(za, 0, kept)
@@ -803,12 +806,13 @@ class FlowAssembler:
         c2s: np.ndarray,
         payload_at: np.ndarray,
         payload_avail: np.ndarray,
+        kept: np.ndarray,
         st: dict[str, np.ndarray],
         data: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Ranges to zero (early-packet index, start, end) for TLS names and certificates."""
         empty = np.empty(0, dtype=np.int64)
-        cand = np.flatnonzero((parsed.protocol[p] == TCP) & (payload_avail > 0))
+        cand = np.flatnonzero((parsed.protocol[p] == TCP) & (payload_avail > 0) & kept)
         if not len(cand):
             return empty, empty, empty
         group = f[cand] * 2 + c2s[cand]
