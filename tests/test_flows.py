@@ -333,3 +333,14 @@ def test_splitting_into_tiny_batches_gives_identical_flows(tmp_path, monkeypatch
         if name == "capture":
             continue
         assert np.array_equal(whole[name], split[name]), name
+
+
+def test_one_direction_capture_with_data_is_not_a_failed_handshake(tmp_path):
+    recs = tcp_conversation(("10.0.0.1", 40000), ("10.0.0.2", 80), (("c", b"data"),))
+    client_only = [r for r in recs if r.data[12:16] == ip_bytes("10.0.0.1")]
+    cols, _ = flows_of(tmp_path, client_only)
+    assert cols["syn_seen"][0] and not cols["handshake_complete"][0]
+    assert cols["filter_reason"][0] == ""
+    lone_syn = tcp_conversation(("10.0.0.1", 40001), ("10.0.0.2", 80), (), close=None)[:1]
+    cols, _ = flows_of(tmp_path, lone_syn, name="syn.pcap")
+    assert cols["filter_reason"][0] == "failed_handshake"

@@ -914,12 +914,17 @@ class FlowAssembler:
 
         # Filters, first matching rule wins (order: what the flow is, then how it went).
         tcp = proto == TCP
+        # A SYN that never led to a complete handshake nor to any data: a failed attempt.
+        # (Data without a seen handshake, e.g. a capture of one direction only, is kept.)
+        failed_handshake = (
+            tcp & st["syn_seen"] & ~st["handshake_complete"] & (st["payload_bytes"] == 0)
+        )
         rule = np.zeros(n, dtype=np.int8)
         checks = [
             (cfg.drop_non_tcp_udp, (proto != TCP) & (proto != UDP), 5),
             (cfg.drop_dns, (lo_port == DNS_PORT) | (hi_port == DNS_PORT), 3),
             (cfg.drop_llmnr, (lo_port == LLMNR_PORT) | (hi_port == LLMNR_PORT), 4),
-            (cfg.drop_failed_handshake, tcp & st["syn_seen"] & ~st["handshake_complete"], 1),
+            (cfg.drop_failed_handshake, failed_handshake, 1),
             (cfg.drop_no_payload, tcp & (st["payload_bytes"] == 0), 2),
         ]
         for enabled, match, code in checks:

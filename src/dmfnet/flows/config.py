@@ -30,7 +30,9 @@ class FlowConfig:
     m_packets: int = schema.M_PACKETS
     head_bytes: int = schema.HEAD_BYTES
     # Filters (SPEC §Pipeline 3): each one can be switched off.
-    drop_failed_handshake: bool = True  # client SYN seen, handshake never completed
+    # client SYN seen, handshake never completed and no payload at all (a flow that carried
+    # data is kept even when the capture missed part of its handshake, e.g. one direction only)
+    drop_failed_handshake: bool = True
     drop_no_payload: bool = True  # TCP flow that never carried transport payload
     drop_dns: bool = True  # either port 53 (TCP or UDP)
     drop_llmnr: bool = True  # either port 5355
