@@ -8,8 +8,11 @@ clear line and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 
 from dmfnet import __version__
 
@@ -257,6 +260,19 @@ def _parse_overrides(items: list[str]) -> dict:
     return config
 
 
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Show warnings (small classes, empty parts of a split) as one 'warning:' line each."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
 def _print_metrics(metrics: dict) -> None:
     from dmfnet.training.report import metrics_table, per_class_table
 
@@ -276,30 +292,32 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UserError(f"dataset {args.dataset} does not exist")
     if args.model not in available_models():
         raise UserError(f"unknown model {args.model!r}; known: {', '.join(available_models())}")
-    result = train(
-        args.dataset,
-        args.output,
-        model=args.model,
-        seed=args.seed,
-        split=args.split,
-        keep_duplicates=args.keep_duplicates,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        device=args.device,
-        model_config=_parse_overrides(args.overrides),
-        num_workers=args.num_workers,
-        progress=not args.quiet,
-    )
+    with _warnings_as_lines():
+        result = train(
+            args.dataset,
+            args.output,
+            model=args.model,
+            seed=args.seed,
+            split=args.split,
+            keep_duplicates=args.keep_duplicates,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            patience=args.patience,
+            device=args.device,
+            model_config=_parse_overrides(args.overrides),
+            num_workers=args.num_workers,
+            progress=not args.quiet,
+        )
     if distributed.requested() and int(os.environ.get("RANK", "0")) != 0:
         return 0
     print()
+    epoch = f"best epoch {result['best_epoch']}, " if result["epochs_run"] else ""
     print(
         f"test: {result['test_size']} flows ({args.split} split, "
-        f"{result['duplicates_removed']} duplicate test flows removed), best epoch "
-        f"{result['best_epoch']}, {result['train_seconds']:.1f} s training"
+        f"{result['duplicates_removed']} duplicate test flows removed), {epoch}"
+        f"{result['train_seconds']:.1f} s training"
     )
     _print_metrics(result)
     print(f"\nreport: {Path(args.output) / 'report.md'}")
@@ -342,7 +360,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     if not Path(args.dataset).exists():
         raise UserError(f"dataset {args.dataset} does not exist")
-    result = evaluate(args.run, args.dataset, args.output, device=args.device)
+    with _warnings_as_lines():
+        result = evaluate(args.run, args.dataset, args.output, device=args.device)
     print(f"evaluated {result['evaluated_flows']} flows of {args.dataset} with {args.run}")
     for name, count in result["unknown_classes"].items():
         print(f"  left out: {count} flows of class {name!r}, unknown to the model")

@@ -140,7 +140,7 @@ def split_indices(
     """``(train, val, test, duplicates_removed)`` flow indices under the chosen protocol."""
     from dmfnet.data.splits import drop_test_duplicates, split_by_file, split_random
 
-    y = np.asarray(dataset.y)
+    y = np.asarray(dataset.labels)  # class names, so that split warnings name classes
     if split == "random":
         train_idx, val_idx, test_idx = split_random(y, seed)
     elif split == "file":
