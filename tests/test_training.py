@@ -19,6 +19,12 @@ FAST = dict(epochs=8, batch_size=16, patience=0, device="cpu", progress=False)
 TIMING_KEYS = ("train_seconds", "infer_flows_per_s")
 
 
+def _history(run_dir):
+    """history.csv without the timing column."""
+    with open(run_dir / "history.csv") as fh:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny batches train fastest on one thread (and do not fight other tests for cores)."""
@@ -85,10 +91,7 @@ def test_same_seed_gives_identical_metrics(dmf_run, dataset, tmp_path):
     again = train(dataset, tmp_path / "again", model="dmf", seed=3, **FAST)
     drop = lambda r: {k: v for k, v in r.items() if k not in TIMING_KEYS}  # noqa: E731
     assert drop(again) == drop(first)
-    history = lambda d: [  # noqa: E731
-        {k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(d))
-    ]
-    assert history(tmp_path / "again" / "history.csv") == history(dmf_run[0] / "history.csv")
+    assert _history(tmp_path / "again") == _history(dmf_run[0])
 
 
 def test_saved_run_loads_and_reproduces_the_test_metrics(dmf_run, dataset):
@@ -271,3 +274,11 @@ def test_cuda_training_saves_a_model_that_scores_the_same_on_cpu(dataset, tmp_pa
     on_gpu = load_run(tmp_path / "gpu", device="cuda").predict_proba(arrays)
     on_cpu = load_run(tmp_path / "gpu").predict_proba(arrays)
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-3)
+
+
+def test_dataloader_workers_give_the_same_batches_as_in_process_gathering(dataset, tmp_path):
+    common = dict(model="test-linear-postfit", epochs=2, batch_size=32, seed=2, progress=False)
+    in_process = train(dataset, tmp_path / "w0", num_workers=0, **common)
+    workers = train(dataset, tmp_path / "w1", num_workers=1, **common)
+    assert _history(tmp_path / "w0") == _history(tmp_path / "w1")
+    assert workers["confusion"] == in_process["confusion"]
