@@ -169,3 +169,27 @@ def test_state_dict_round_trip_gives_same_logits():
         assert torch.equal(
             model(x["bytes"], x["lengths"]).logits, clone(x["bytes"], x["lengths"]).logits
         )
+
+
+def test_transformer_layer_matches_the_reference_post_norm_layer():
+    """Eq. 1-6 as written equal PyTorch's post-norm encoder layer with the same weights."""
+    from dmfnet.models.dmf import TransformerLayer
+
+    torch.manual_seed(0)
+    ours = TransformerLayer(32, 4, 4, dropout=0.0).eval()
+    ref = torch.nn.TransformerEncoderLayer(
+        32, 4, 128, dropout=0.0, activation="gelu", batch_first=True, norm_first=False
+    ).eval()
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(ours.qkv.weight)
+        ref.self_attn.in_proj_bias.copy_(ours.qkv.bias)
+        ref.self_attn.out_proj.weight.copy_(ours.w_out.weight)
+        ref.self_attn.out_proj.bias.copy_(ours.w_out.bias)
+        ref.linear1.load_state_dict(ours.ffn[0].state_dict())
+        ref.linear2.load_state_dict(ours.ffn[2].state_dict())
+        ref.norm1.load_state_dict(ours.norm_attention.state_dict())
+        ref.norm2.load_state_dict(ours.norm_ffn.state_dict())
+        x = torch.randn(3, 16, 32)
+        assert torch.allclose(ours(x), ref(x), atol=1e-5)
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerLayer(30, 4, 4, 0.0)
