@@ -99,7 +99,11 @@ class DMFConfig:
 
 
 class ModalityMLP(nn.Module):
-    """Two-layer MLP mapping one modality to ``embed_len`` values (§5.1(5))."""
+    """Two-layer MLP mapping one modality to ``embed_len`` values (§5.1(5)).
+
+    No activation after the second layer: the CNN's first conv + BatchNorm follows, and a
+    ReLU here would zero about half of the sequence before the CNN sees it.
+    """
 
     def __init__(self, in_len: int, hidden: int, out_len: int, dropout: float) -> None:
         super().__init__()
@@ -108,7 +112,6 @@ class ModalityMLP(nn.Module):
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, out_len),
-            nn.ReLU(),
         )
 
     def forward(self, x: Tensor) -> Tensor:  # (B, in_len) -> (B, out_len)
