@@ -15,6 +15,7 @@ from pcapbuild import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
     Record,
+    ethernet,
     ip,
     ip_bytes,
     ipv4,
@@ -284,8 +285,6 @@ def test_each_filter_can_be_switched_off(tmp_path, switch, reason):
 
 
 def test_non_ip_and_fragments_are_counted(tmp_path):
-    from pcapbuild import ethernet
-
     arp = Record(T0, b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\x00" * 28)
     first = ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2, b"a" * 16)[:16], more_fragments=True)
     later = ipv4("10.0.0.1", "10.0.0.2", 17, b"b" * 16, fragment_offset=16)
@@ -344,3 +343,24 @@ def test_one_direction_capture_with_data_is_not_a_failed_handshake(tmp_path):
     lone_syn = tcp_conversation(("10.0.0.1", 40001), ("10.0.0.2", 80), (), close=None)[:1]
     cols, _ = flows_of(tmp_path, lone_syn, name="syn.pcap")
     assert cols["filter_reason"][0] == "failed_handshake"
+
+
+@pytest.mark.parametrize("slice_packets", [1, 65536])
+def test_idle_time_is_measured_on_the_capture_clock(tmp_path, monkeypatch, slice_packets):
+    monkeypatch.setattr(assemble_module, "SLICE_PACKETS", slice_packets)
+
+    def packet(t, src, payload):
+        return Record(T0 + t * SEC, ip(src, "10.0.0.9", 17, udp(5000, 6000, payload)))
+
+    arp = Record(T0 + 2 * SEC, b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\x00" * 28)
+    # File order: A at 0 s, B at 200 s, A again at 1 s (the clock went back), ARP at 2 s.
+    recs = [packet(0, "10.0.0.1", b"a"), packet(200, "10.0.0.2", b"b"), packet(1, "10.0.0.1", b"c")]
+    recs = [*wrap(recs, ethernet), arp]
+    path = write_pcap(tmp_path / "clock.pcap", recs, linktype=LINKTYPE_ETHERNET)
+    stream = assemble_flows(read_packets(path, ProblemLog()), FlowConfig(), str(path))
+    chunks = list(stream)
+    flows = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    ends = sorted(zip(flows["client_ip"].tolist(), flows["end_reason"].tolist(), strict=True))
+    # A's second flow also ended idle: the clock was at 200 s when the capture ended.
+    assert ends == [("10.0.0.1", "idle"), ("10.0.0.1", "idle"), ("10.0.0.2", "end_of_capture")]
+    assert stream.stats.non_ip == 1

@@ -15,7 +15,9 @@ The rules (SPEC §Pipeline 2-5):
   segments without payload and without SYN (the last ACK, a FIN/ACK or RST sent in reply) -
   still belong to the closed flow: the first segment with payload or a SYN starts a new one;
 * packets are taken in file order, never sorted by timestamp (timestamps can go backwards
-  in real captures); inter-arrival times are then what the capture says, possibly negative;
+  in real captures); inter-arrival times are then what the capture says, possibly negative.
+  Idle time is measured on the capture's clock (the latest timestamp seen so far), so a
+  packet that goes back in time does not revive a flow that the clock had already expired;
 * non-IP records and non-first IP fragments (no transport header: their flow cannot be
   told from the packet alone) are counted in :class:`AssemblyStats` and left out.
 
@@ -472,7 +474,7 @@ class FlowAssembler:
         use = np.flatnonzero(is_ip & ~frag)
         m = len(use)
         self.stats.ip_packets += m
-        if m == 0 and not len(self._index_slot):
+        if m == 0:  # nothing to place; the capture's clock has not moved either
             return []
 
         # Per packet: canonical key, direction relative to the key.
@@ -494,8 +496,11 @@ class FlowAssembler:
         ports = np.where(src_is_lo, sport << 16 | dport, dport << 16 | sport)
         h = _key_hash(proto, lo_hi, lo_lo, hi_hi, hi_lo, ports)
         ts = batch.ts[use].astype(np.float64)
-        if m:
-            self._clock = max(self._clock, float(ts.max()))
+        # The capture's clock at each packet: the latest timestamp so far (timestamps can
+        # go backwards). Idle gaps are measured on it, as is the expiry of open flows, so
+        # flows do not depend on where batches start.
+        clock = np.maximum.accumulate(np.concatenate([[self._clock], ts]))[1:]
+        self._clock = float(clock[-1])
 
         # Items: the open flows (as summaries) first, then the batch's packets, grouped by key
         # with file order kept inside each key.
@@ -544,7 +549,8 @@ class FlowAssembler:
         key_start = np.ones(nitems, dtype=bool)
         key_start[1:] = ~same
         run_start = key_start.copy()
-        run_start[1:] |= np.diff(ts_i) > cfg.idle_timeout
+        clock_i = items(np.full(fc, -np.inf), clock)
+        run_start[1:] |= clock_i[1:] - ts_i[:-1] > cfg.idle_timeout
         flow_start, active_mark = _split_sequential(
             run_start, ts_i, start_i, rst_e, fin_lo_e, fin_hi_e, straggler, cfg.active_timeout
         )
