@@ -364,3 +364,22 @@ def test_idle_time_is_measured_on_the_capture_clock(tmp_path, monkeypatch, slice
     # A's second flow also ended idle: the clock was at 200 s when the capture ended.
     assert ends == [("10.0.0.1", "idle"), ("10.0.0.1", "idle"), ("10.0.0.2", "end_of_capture")]
     assert stream.stats.non_ip == 1
+
+
+def test_signed_lengths_and_other_widths(tmp_path):
+    recs = tcp_conversation(("10.0.0.1", 40000), ("10.0.0.2", 80), (("c", b"x" * 100),))
+    config = FlowConfig(
+        signed_lengths=True,
+        n_packets=2,
+        header_bytes=40,
+        payload_bytes=60,
+        m_packets=10,
+        head_bytes=128,
+    )
+    cols, _ = flows_of(tmp_path, recs, config)
+    assert cols["lengths"].shape == (1, 10) and cols["bytes"].shape == (1, 200)
+    assert cols["flow_head"].shape == (1, 128) and cols["payload_head"].shape == (1, 128)
+    assert cols["lengths"][0, :5].tolist() == [40, -40, 40, 140, 40]
+    assert cols["bytes"][0, 100] == 0x45  # second packet's IP header at 1 * (40 + 60)
+    # flow_head: 3 x 40 bytes of handshake, then the data packet cut at 128 bytes.
+    assert cols["flow_head"][0, 120] == 0x45 and not cols["flow_head"][0, 124:128].any()

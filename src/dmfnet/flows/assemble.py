@@ -869,6 +869,16 @@ class FlowAssembler:
                         out_p.append(i)
                         out_a.append(za - pos)
                         out_b.append(zb - pos)
+        # Streams of flows whose later packets cannot reach a byte column are forgotten.
+        cfg = self.config
+        head = cfg.head_bytes
+        done = (st["packets"] >= cfg.m_packets) | (
+            (st["packets"] >= cfg.n_packets)
+            & (st["flow_head_fill"] >= head)
+            & (st["payload_head_fill"] >= head)
+        )
+        for g in np.flatnonzero((state == _TLS_YES) & done[gflow]).tolist():
+            self._tls.pop((int(st["slot"][gflow[g]]), bool(gc2s[g])), None)
         return (np.array(out_p, dtype=np.int64), np.array(out_a, dtype=np.int64),
                 np.array(out_b, dtype=np.int64))  # fmt: skip
 
