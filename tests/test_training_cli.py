@@ -19,6 +19,7 @@ def trained(tmp_path_factory):
     flows = write_flow_file(synthetic_flows(n_per_class=20), root / "flows.parquet")
     argv = ["train", str(flows), "-o", str(root / "run"), "--epochs", "2", "--batch-size", "16"]
     argv += ["--seed", "4", "--set", "fusion_tokens=4", "--set", "length_scaling=log", "-q"]
+    argv += ["--threads", "1"]
     code = main(argv)
     yield root, code
     torch.set_num_threads(before)
@@ -31,6 +32,7 @@ def test_train_writes_the_run_and_records_overrides(trained, capsys):
     assert info["model_config"]["fusion_tokens"] == 4
     assert info["model_config"]["length_scaling"] == "log"
     assert info["seed"] == 4 and info["training"]["epochs"] == 2
+    assert info["torch_threads"] == 1
     assert info["dataset"]["path"] == str(root / "flows.parquet")
 
 

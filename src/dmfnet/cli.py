@@ -241,6 +241,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="model configuration override, repeatable; VALUE is read as JSON when it parses "
         "(--set fusion_tokens=4 --set channels=[8,16,32] --set length_scaling=log)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per process (default: torch's choice); 1 is often fastest "
+        "on a busy machine or with small batches",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
     p.set_defaults(func=_run_train)
 
@@ -292,6 +299,12 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UserError(f"dataset {args.dataset} does not exist")
     if args.model not in available_models():
         raise UserError(f"unknown model {args.model!r}; known: {', '.join(available_models())}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (torch's choice) or more, not {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     with _warnings_as_lines():
         result = train(
             args.dataset,

@@ -529,6 +529,7 @@ def train(
                 "classes": class_names,
                 "inputs": list(entry.inputs),
                 "training": asdict(cfg),
+                "torch_threads": torch.get_num_threads(),
                 "seed": seed,
                 "split": split,
                 "keep_duplicates": keep_duplicates,
