@@ -159,3 +159,10 @@ def test_cli_bad_options_give_one_line(dataset, tmp_path, capsys, extra, message
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert main(["benchmark", str(tmp_path / "missing"), "-o", str(tmp_path / "r")]) == 2
+
+
+def test_tree_model_reports_trees_instead_of_flops():
+    r = measure("xgboost", 3, batch_size=32, repeats=2, warmup=1)
+    assert r["params"] is None and r["flops_per_flow"] is None
+    assert r["trees"] > 0 and r["tree_nodes"] >= r["trees"]
+    assert r["throughput_flows_per_s"] > 0 and "synthetic" in r["source"]
