@@ -80,3 +80,11 @@ def test_train_bad_input_fails_with_one_line(trained, tmp_path, capsys):
     assert "KEY=VALUE" in _one_line_error(capsys)
     assert main(["train", flows, "-o", out, "-q", "--set", "no_such_knob=1"]) != 0
     assert "no_such_knob" in _one_line_error(capsys)
+
+
+def test_evaluate_report_goes_into_the_run_folder_by_default(trained, capsys):
+    root, _ = trained
+    assert main(["evaluate", str(root / "run"), str(root / "flows.parquet")]) == 0
+    report = root / "run" / "evaluation-flows" / "report.md"
+    assert f"report: {report}" in capsys.readouterr().out
+    assert report.is_file()

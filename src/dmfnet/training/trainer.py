@@ -651,7 +651,7 @@ def evaluate(
         unknown_classes=unknown,
         infer_flows_per_s=flows_per_s,
     )
-    name = Path(dataset_path).name if dataset_path else "dataset"
+    name = Path(dataset_path).name.removesuffix(".parquet") if dataset_path else "dataset"
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / f"evaluation-{name}"
     out.mkdir(parents=True, exist_ok=True)
     info = {
