@@ -100,17 +100,11 @@ def _load(dataset: Any, columns: Sequence[str]) -> tuple[Any, str]:
 
 
 def column(dataset: Any, name: str) -> np.ndarray:
-    """Column ``name`` of a FlowDataset as a numpy array."""
-    cols = getattr(dataset, "columns", None)
-    if isinstance(cols, Mapping) and name in cols:
-        return np.asarray(cols[name])
+    """Column ``name`` of a FlowDataset, with an error that names the missing column."""
     try:
         return np.asarray(dataset[name])
-    except (KeyError, TypeError, IndexError):
-        pass
-    if isinstance(getattr(dataset, name, None), np.ndarray):
-        return getattr(dataset, name)
-    raise KeyError(f"dataset has no column {name!r}")
+    except KeyError:
+        raise KeyError(f"the dataset has no column {name!r}") from None
 
 
 def _card_summary(dataset: Any) -> dict[str, Any]:
