@@ -233,11 +233,25 @@ class _LinearWithPostFit(torch.nn.Module):
         self.fitted_flows.fill_(n)
 
 
+class _InterruptedLinear(_LinearWithPostFit):
+    """Raises KeyboardInterrupt (as Ctrl-C would) in training step ``interrupt_at``."""
+
+    interrupt_at = 20
+
+    def forward(self, lengths):
+        if self.training:
+            self.steps = getattr(self, "steps", 0) + 1
+            if self.steps == self.interrupt_at:
+                raise KeyboardInterrupt
+        return super().forward(lengths)
+
+
 if "test-centroid" not in available_models():
     register_model("test-centroid", inputs=("lengths",), kind="estimator", group="test")(
         _CentroidEstimator
     )
     register_model("test-linear-postfit", inputs=("lengths",), group="test")(_LinearWithPostFit)
+    register_model("test-interrupted", inputs=("lengths",), group="test")(_InterruptedLinear)
 
 
 def test_estimator_runs_through_the_same_split_metrics_and_run_folder(dataset, tmp_path):
@@ -282,3 +296,20 @@ def test_dataloader_workers_give_the_same_batches_as_in_process_gathering(datase
     workers = train(dataset, tmp_path / "w1", num_workers=1, **common)
     assert _history(tmp_path / "w0") == _history(tmp_path / "w1")
     assert workers["confusion"] == in_process["confusion"]
+
+
+def test_ctrl_c_after_an_epoch_keeps_and_tests_the_best_checkpoint(dataset, tmp_path):
+    # 144 flows in batches of 16: 9 steps per epoch, so step 20 falls in epoch 3.
+    common = dict(model="test-interrupted", epochs=10, batch_size=16, patience=0, progress=False)
+    result = train(dataset, tmp_path / "int", **common)
+    assert result["stopped"] == "interrupted" and result["epochs_run"] == 2
+    info = json.loads((tmp_path / "int" / "run.json").read_text())
+    assert info["stopped"] == "interrupted" and (tmp_path / "int" / "model.pt").is_file()
+    assert len(_history(tmp_path / "int")) == 2
+
+    _InterruptedLinear.interrupt_at = 3  # in the first epoch: nothing to keep, Ctrl-C stops all
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(dataset, tmp_path / "int1", **common)
+    finally:
+        _InterruptedLinear.interrupt_at = 20

@@ -281,8 +281,11 @@ def _fit_torch(
     class_names: Sequence[str],
     run_dir: Path,
     progress: bool,
-) -> tuple[list[dict[str, Any]], int]:
-    """AdamW with early stopping on validation macro-F1; leaves the best weights in ``model``."""
+) -> tuple[list[dict[str, Any]], int, str]:
+    """AdamW with early stopping on validation macro-F1; leaves the best weights in ``model``.
+
+    Returns the per-epoch history, the best epoch and why training stopped.
+    """
     rank, world = distributed.rank(), distributed.world_size()
     model.to(device)
     y_cpu = y
@@ -300,20 +303,30 @@ def _fit_torch(
     labels = np.arange(len(class_names))
     history: list[dict[str, Any]] = []
     best_f1, best_epoch, best_state, stale = -math.inf, 0, None, 0
+    stopped = "epochs"  # why training ended: epochs | early_stop | interrupted
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         order = distributed.shard(rng.permutation(train_idx), rank, world)
         net.train()
         loss_total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-        for inputs, target in _iterate(
-            tensors, y, _batches(order, per_rank_batch), device, cfg.num_workers
-        ):
-            loss = net(*inputs, target=target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_total += loss.detach() * len(target)  # no host sync per step
-            seen += len(target)
+        try:
+            for inputs, target in _iterate(
+                tensors, y, _batches(order, per_rank_batch), device, cfg.num_workers
+            ):
+                loss = net(*inputs, target=target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_total += loss.detach() * len(target)  # no host sync per step
+                seen += len(target)
+        except KeyboardInterrupt:
+            # Ctrl-C after a finished epoch: test and save the best checkpoint so far.
+            if world > 1 or best_state is None:
+                raise
+            stopped = "interrupted"
+            if progress:
+                print(f"interrupted in epoch {epoch}: keeping epoch {best_epoch}", flush=True)
+            break
         loss_sum = float(loss_total)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
@@ -350,6 +363,7 @@ def _fit_torch(
                     flush=True,
                 )
         if cfg.patience > 0 and stale >= cfg.patience:
+            stopped = "early_stop"
             if rank == 0 and progress:
                 print(
                     f"early stop: no better validation macro-F1 for {cfg.patience} epochs; "
@@ -359,7 +373,7 @@ def _fit_torch(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return history, best_epoch
+    return history, best_epoch, stopped
 
 
 def _fit_estimator(
@@ -477,14 +491,14 @@ def train(
 
         start = time.perf_counter()
         history: list[dict[str, Any]] = []
-        best_epoch = 0
+        best_epoch, stopped = 0, "fitted"
         if entry.kind == "estimator":
             if rank == 0:
                 net = _fit_estimator(net, arrays, y_np, train_idx, val_idx)
         else:
             tensors = [_column_tensor(arrays[c]) for c in entry.inputs]
             y = torch.from_numpy(y_np)
-            history, best_epoch = _fit_torch(
+            history, best_epoch, stopped = _fit_torch(
                 net, tensors, y, train_idx, val_idx, cfg, dev, class_names, run_dir, progress
             )
             if hasattr(net, "post_fit") and rank == 0:
@@ -514,6 +528,7 @@ def train(
                 infer_flows_per_s=flows_per_s,
                 epochs_run=len(history),
                 best_epoch=best_epoch,
+                stopped=stopped,
             )
             info = {
                 "format": 1,
@@ -535,6 +550,7 @@ def train(
                 "duplicates_removed": removed,
                 "epochs_run": len(history),
                 "best_epoch": best_epoch,
+                "stopped": stopped,
                 "train_seconds": train_seconds,
                 "dataset": {
                     "path": dataset_path,
@@ -570,6 +586,7 @@ def _report_info(info: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[st
         "test_size": info["split_sizes"]["test"],
         "epochs": training.get("epochs"),
         "best_epoch": info["best_epoch"] or None,
+        "stopped": info["stopped"],
         "train_seconds": round(float(metrics["train_seconds"]), 2),
         "infer_flows_per_s": round(float(metrics["infer_flows_per_s"])),
         "device": training.get("device"),
