@@ -16,8 +16,10 @@ The rules (SPEC §Pipeline 2-5):
   still belong to the closed flow: the first segment with payload or a SYN starts a new one;
 * packets are taken in file order, never sorted by timestamp (timestamps can go backwards
   in real captures); inter-arrival times are then what the capture says, possibly negative.
-  Idle time is measured on the capture's clock (the latest timestamp seen so far), so a
-  packet that goes back in time does not revive a flow that the clock had already expired;
+  The idle gap is measured between a key's consecutive packets. Open flows are emitted once
+  the capture's clock (the running maximum of each batch's median timestamp) is past their
+  idle timeout; only in a capture whose time jumps back by more than the idle timeout can
+  a flow then end differently depending on where batches start;
 * non-IP records and non-first IP fragments (no transport header: their flow cannot be
   told from the packet alone) are counted in :class:`AssemblyStats` and left out.
 
@@ -42,7 +44,7 @@ from __future__ import annotations
 import gc
 import socket
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -74,6 +76,9 @@ _TLS_STREAM_LIMIT = 16384  # bytes of each direction's stream kept for TLS parsi
 _MAX_VECTOR_ROUNDS = 64  # reopenings of one key per batch resolved vectorised, then a loop
 _BIG = np.iinfo(np.int64).max
 SLICE_PACKETS = 1 << 16  # packets assembled at once: bounds temporaries and chunk size
+# First size of the row pool. Zero pages cost nothing until a row is used, so starting
+# large spares the copies of early growth.
+_POOL_START_ROWS = 1 << 16
 
 _KEY_FIELDS = ("h", "proto", "ipv", "lo_hi", "lo_lo", "hi_hi", "hi_lo", "ports")
 _STATE_DTYPES: dict[str, type] = {
@@ -158,16 +163,42 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def _gather_windows(src: np.ndarray, start: np.ndarray, n: np.ndarray, width: int) -> np.ndarray:
     """``(k, width)`` rows: ``src[s:s+n]`` zero-padded, copied a row at a time (no per-byte index)."""
-    out = np.zeros((len(start), width), dtype=np.uint8)
-    inside = (start >= 0) & (start + width <= len(src)) & (n > 0)
-    if inside.any():
-        out[inside] = sliding_window_view(src, width)[start[inside]]
-    edge = np.flatnonzero(~inside & (n > 0))  # rows near the end of the buffer
-    if len(edge):
+    inside = (start >= 0) & (start + width <= len(src))
+    if inside.all() and len(src) >= width:
+        out = sliding_window_view(src, width)[start]
+    else:
+        out = np.zeros((len(start), width), dtype=np.uint8)
+        if inside.any():
+            out[inside] = sliding_window_view(src, width)[start[inside]]
+        edge = np.flatnonzero(~inside & (n > 0))  # rows at the ends of the buffer
         idx = np.clip(start[edge, None] + np.arange(width), 0, len(src) - 1)
         out[edge] = src[idx]
     np.copyto(out, 0, where=np.arange(width)[None, :] >= n[:, None])
     return out
+
+
+def _zero_header_fields(
+    win: np.ndarray, ip_version: np.ndarray, protocol: np.ndarray, l4_offset: np.ndarray
+) -> None:
+    """Zero addresses, ports and checksums in rows that start with an IP header (in place).
+
+    Rows are grouped by (version, protocol, transport offset): a few groups, each zeroed
+    column-wise.
+    """
+    if not len(win):
+        return
+    code = ip_version.astype(np.int64) << 24 | protocol.astype(np.int64) << 16 | l4_offset
+    groups, which = np.unique(code, return_inverse=True)
+    which = which.reshape(-1)
+    width = win.shape[1]
+    for g, c in enumerate(groups.tolist()):
+        cols = header_field_offsets(
+            np.array([c >> 24]), np.array([(c >> 16) & 0xFF]), np.array([c & 0xFFFF])
+        )[0]
+        cols = cols[(cols >= 0) & (cols < width)]
+        if len(cols):
+            rows = np.flatnonzero(which == g) if len(groups) > 1 else slice(None)
+            win[np.ix_(np.arange(len(win))[rows], cols)] = 0
 
 
 _WINDOW_WIDTHS = (64, 256, 1024)
@@ -181,15 +212,19 @@ def _place_pieces(
     src_start: np.ndarray,
     n: np.ndarray,
     row_width: int,
-) -> None:
+    prepare: Callable[[np.ndarray, np.ndarray], None] | None = None,
+) -> np.ndarray:
     """``dst[r+o : r+o+n] = src[s : s+n]`` for pieces inside rows of ``row_width`` bytes.
 
     Copied window by window (a few widths) instead of byte by byte. A window is written
     with zeros after the piece, so pieces of one row must be placed in offset order and the
     row must be zero beyond the pieces placed so far. A window that would cross the row's
     end is moved back to end there and merged with the bytes already in the row.
+    ``prepare(pieces, windows)`` may edit windows that start with their piece before they
+    are written; the pieces written in moved windows are returned (``prepare`` saw none).
     """
     lower = 0
+    moved_all = []
     for width in _WINDOW_WIDTHS:
         width = min(width, row_width)
         sel = np.flatnonzero((n > lower) & (n <= width))
@@ -201,6 +236,8 @@ def _place_pieces(
         plain = sel[fits]
         if len(plain):
             rows = _gather_windows(src, src_start[plain], n[plain], width)
+            if prepare is not None:
+                prepare(plain, rows)
             dst_win[row_start[plain] + offset[plain]] = rows
         moved = sel[~fits]
         if len(moved):
@@ -212,8 +249,10 @@ def _place_pieces(
             pos = np.arange(width)[None, :]
             np.copyto(current, fresh, where=pos >= shift[:, None])
             dst_win[row_start[moved] + win] = current
+            moved_all.append(moved)
         if lower >= row_width:
             break
+    return np.concatenate(moved_all) if moved_all else np.empty(0, dtype=np.int64)
 
 
 def _zero_ranges(dst: np.ndarray, start: np.ndarray, n: np.ndarray) -> None:
@@ -253,7 +292,7 @@ class _RowPool:
         fresh = k - len(reused)
         cap = len(next(iter(self.arrays.values())))
         if self.used + fresh > cap:
-            new_cap = max(2 * cap, self.used + fresh, 1024)
+            new_cap = max(2 * cap, self.used + fresh, _POOL_START_ROWS)
             for name, (dt, w) in self.widths.items():
                 grown = np.zeros(self._shape(new_cap, w), dtype=dt)
                 grown[: self.used] = self.arrays[name][: self.used]
@@ -420,6 +459,7 @@ class FlowAssembler:
         self._index_h = np.empty(0, dtype=np.uint64)
         self._index_slot = np.empty(0, dtype=np.int64)
         self._clock = -np.inf
+        self._latest = -np.inf  # latest timestamp seen: ends the capture's last flows
         self._tls: dict[tuple[int, bool], tuple[int, bytearray]] = {}
 
     # ------------------------------------------------------------------ public
@@ -454,7 +494,8 @@ class FlowAssembler:
         st = {name: self._pool.arrays[name][slots] for name in _STATE_DTYPES}
         tcp = st["proto"] == TCP
         closed = tcp & (st["rst"] | (st["fin_lo"] & st["fin_hi"]))
-        idle = self._clock - st["last"] > self.config.idle_timeout
+        now = self._latest if default_reason == END_OF_CAPTURE else self._clock
+        idle = now - st["last"] > self.config.idle_timeout
         reason = np.where(idle, END_IDLE, default_reason)
         reason = np.where(closed, np.where(st["rst"], END_RST, END_FIN), reason)
         self._index_h = self._index_h[~which]
@@ -496,11 +537,11 @@ class FlowAssembler:
         ports = np.where(src_is_lo, sport << 16 | dport, dport << 16 | sport)
         h = _key_hash(proto, lo_hi, lo_lo, hi_hi, hi_lo, ports)
         ts = batch.ts[use].astype(np.float64)
-        # The capture's clock at each packet: the latest timestamp so far (timestamps can
-        # go backwards). Idle gaps are measured on it, as is the expiry of open flows, so
-        # flows do not depend on where batches start.
-        clock = np.maximum.accumulate(np.concatenate([[self._clock], ts]))[1:]
-        self._clock = float(clock[-1])
+        # The capture's clock, for expiring open flows: the median timestamp of the batch,
+        # never going back. (A median, so that one packet with a wild timestamp does not
+        # expire every open flow.)
+        self._clock = max(self._clock, float(np.median(ts)))
+        self._latest = max(self._latest, float(ts.max()))
 
         # Items: the open flows (as summaries) first, then the batch's packets, grouped by key
         # with file order kept inside each key.
@@ -549,8 +590,7 @@ class FlowAssembler:
         key_start = np.ones(nitems, dtype=bool)
         key_start[1:] = ~same
         run_start = key_start.copy()
-        clock_i = items(np.full(fc, -np.inf), clock)
-        run_start[1:] |= clock_i[1:] - ts_i[:-1] > cfg.idle_timeout
+        run_start[1:] |= np.diff(ts_i) > cfg.idle_timeout
         flow_start, active_mark = _split_sequential(
             run_start, ts_i, start_i, rst_e, fin_lo_e, fin_hi_e, straggler, cfg.active_timeout
         )
@@ -732,8 +772,15 @@ class FlowAssembler:
         b_pay = np.where(in_bytes, np.minimum(payload_avail, lp), 0)
         flat_bytes = pool["bytes"].reshape(-1)
         by_packet = pool["bytes"].reshape(len(pool["bytes"]), cfg.n_packets, lh + lp)
+        ipv, proto = parsed.ip_version[p], parsed.protocol[p]
+        anonymise = cfg.anonymise
+        if anonymise:
+            l4 = transport_offsets(data, l3, cap, ipv, proto)
         ib = np.flatnonzero(in_bytes)
-        by_packet[rows[ib], r[ib], :lh] = _gather_windows(data, l3[ib], b_hdr[ib], lh)
+        headers = _gather_windows(data, l3[ib], b_hdr[ib], lh)
+        if anonymise:
+            _zero_header_fields(headers, ipv[ib], proto[ib], l4[ib])
+        by_packet[rows[ib], r[ib], :lh] = headers
         by_packet[rows[ib], r[ib], lh:] = _gather_windows(data, payload_at[ib], b_pay[ib], lp)
 
         # Heads: the early packets (whole IP packets / payloads) back to back, placed in
@@ -750,12 +797,19 @@ class FlowAssembler:
         first = np.ones(len(f), dtype=bool)
         first[1:] = f[1:] != f[:-1]
         piece = np.arange(len(f)) - np.flatnonzero(first)[np.cumsum(first) - 1]
+
+        def anonymise_window(which: np.ndarray, win: np.ndarray) -> None:
+            _zero_header_fields(win, ipv[which], proto[which], l4[which])
+
+        moved = []
         for j in range(int(piece.max()) + 1 if len(piece) else 0):
             sel = np.flatnonzero((piece == j) & ((fh_n > 0) | (ph_n > 0)))
             if not len(sel):
                 continue
             row0 = rows[sel] * head
-            _place_pieces(flat_fh, row0, fh_off[sel], data, l3[sel], fh_n[sel], head)
+            hook = (lambda w, x, sel=sel: anonymise_window(sel[w], x)) if anonymise else None
+            out = _place_pieces(flat_fh, row0, fh_off[sel], data, l3[sel], fh_n[sel], head, hook)
+            moved.append(sel[out])
             _place_pieces(flat_ph, row0, ph_off[sel], data, payload_at[sel], ph_n[sel], head)
         nflows = len(st["slot"])
         st["flow_head_fill"] = st["flow_head_fill"] + np.bincount(f, cap, nflows).astype(np.int64)
@@ -763,16 +817,14 @@ class FlowAssembler:
             f, payload_avail, nflows
         ).astype(np.int64)
 
-        if not cfg.anonymise:
+        if not anonymise:
             return
-        # Addresses, ports, checksums.
-        l4 = transport_offsets(data, l3, cap, parsed.ip_version[p], parsed.protocol[p])
-        fields = header_field_offsets(parsed.ip_version[p], parsed.protocol[p], l4)
-        valid = fields >= 0
-        hit = valid & (fields < b_hdr[:, None])
-        flat_bytes[(b_base[:, None] + fields)[hit]] = 0
-        hit = valid & (fields < fh_n[:, None])
-        flat_fh[(fh_base[:, None] + fields)[hit]] = 0
+        # Headers in windows moved back to end with their row: zeroed in place.
+        moved = np.concatenate(moved) if moved else np.empty(0, dtype=np.int64)
+        if len(moved):
+            fields = header_field_offsets(ipv[moved], proto[moved], l4[moved])
+            hit = (fields >= 0) & (fields < fh_n[moved, None])
+            flat_fh[(fh_base[moved, None] + fields)[hit]] = 0
 
         # TLS server names and certificates, in payload coordinates of each packet. Only
         # packets with payload bytes in a byte column matter (they are a prefix of the flow).
