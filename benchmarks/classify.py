@@ -62,16 +62,17 @@ def bench_model(trained, flows: int, batch_sizes: list[int], repeat: int) -> Non
     }
     for batch in batch_sizes:
         trained.predict_proba({k: v[:batch] for k, v in arrays.items()}, batch_size=batch)
-        times = []
+        times, cpu = [], []
         for _ in range(repeat):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             trained.predict_proba(arrays, batch_size=batch)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         best, median = min(times), statistics.median(times)
         print(
             f"  threads {torch.get_num_threads()}  batch {batch:>5}: "
-            f"{flows / median:>9,.0f} flows/s median, {flows / best:>9,.0f} best "
-            f"({flows:,} flows, {repeat} runs)",
+            f"{flows / median:>9,.0f} flows/s median, {flows / best:>9,.0f} best, "
+            f"{flows / statistics.median(cpu):>9,.0f} per CPU s ({flows:,} flows, {repeat} runs)",
             flush=True,
         )
 
@@ -82,7 +83,7 @@ def bench_capture(trained, capture: Path, out: Path) -> None:
     from dmfnet.problems import ProblemLog
 
     size = capture.stat().st_size
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     flows = packets = 0
     problems = ProblemLog()
 
@@ -95,16 +96,20 @@ def bench_capture(trained, capture: Path, out: Path) -> None:
     for chunk in assemble_flows(counted(), FlowConfig(), str(capture)):
         flows += int((np.asarray(chunk["filter_reason"]).astype(str) == "").sum())
     ingest = time.perf_counter() - start
+    ingest_cpu = time.process_time() - start_cpu
     print(
         f"  ingest alone (read + flows):  {ingest:6.2f} s  {flows / ingest:>9,.0f} flows/s  "
-        f"{packets / ingest:>10,.0f} packets/s  {size / 1e6 / ingest:6.1f} MB/s",
+        f"{packets / ingest:>10,.0f} packets/s  {size / 1e6 / ingest:6.1f} MB/s  "
+        f"({ingest_cpu:.2f} CPU s: {flows / ingest_cpu:,.0f} flows per CPU s)",
         flush=True,
     )
+    start_cpu = time.process_time()
     summary = classify_captures(trained, [capture], out, progress=False)
-    wall = summary.seconds
+    wall, cpu = summary.seconds, time.process_time() - start_cpu
     print(
         f"  capture -> predictions.csv:   {wall:6.2f} s  {summary.flows_classified / wall:>9,.0f} "
-        f"flows/s  {summary.packets / wall:>10,.0f} packets/s  {size / 1e6 / wall:6.1f} MB/s",
+        f"flows/s  {summary.packets / wall:>10,.0f} packets/s  {size / 1e6 / wall:6.1f} MB/s  "
+        f"({cpu:.2f} CPU s: {summary.flows_classified / cpu:,.0f} flows per CPU s)",
         flush=True,
     )
     print(
