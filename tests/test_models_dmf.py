@@ -193,3 +193,15 @@ def test_transformer_layer_matches_the_reference_post_norm_layer():
         assert torch.allclose(ours(x), ref(x), atol=1e-5)
     with pytest.raises(ValueError, match="divisible"):
         TransformerLayer(30, 4, 4, 0.0)
+
+
+@pytest.mark.parametrize("length", [86, 43, 22, 8, 5])
+def test_pooling_and_upsampling_matrices_equal_torch_ops(length):
+    from dmfnet.models.dmf import average_pooling, linear_upsampling
+
+    F = torch.nn.functional
+    x = torch.randn(4, 3, length)
+    assert torch.allclose(x @ average_pooling(length, 8, x), F.adaptive_avg_pool1d(x, 8), atol=1e-6)
+    t = torch.randn(4, 3, 8)
+    expected = F.interpolate(t, size=length, mode="linear", align_corners=False)
+    assert torch.allclose(t @ linear_upsampling(8, length, t), expected, atol=1e-6)
