@@ -252,7 +252,9 @@ def prepare(capture: Path, output: Path) -> Summary:
         for flow, reason in read_flows(capture, summary):
             summary.flows += 1
             summary.end_reasons[reason] = summary.end_reasons.get(reason, 0) + 1
-            if flow.protocol == 6 and flow.syn and not flow.handshake:
+            # A failed handshake: a SYN, no completed handshake and no data (a capture of
+            # one direction only still shows data).
+            if flow.protocol == 6 and flow.syn and not flow.handshake and not flow.payload_bytes:
                 summary.failed_handshake += 1
                 continue
             if flow.protocol == 6 and flow.payload_bytes == 0:

@@ -121,19 +121,25 @@ def test_dpkt_reference_flows_and_modalities(tmp_path):
         ("10.0.0.1", 40000), server, [("s", b"B" * 10)], start_ns=T0 + 10**9, close="rst"
     )
     failed = tcp_conversation(("10.0.0.1", 40001), server, [], start_ns=T0, close=None)[:1]
+    # A capture of one direction only: SYN and data but no SYN/ACK, kept for its data.
+    both = tcp_conversation(("10.0.0.5", 40002), server, [("c", b"C" * 20)], start_ns=T0)
+    one_way = [r for r in both if r.data[12:16] == ip_bytes("10.0.0.5")]
     dns = udp_exchange(("10.0.0.1", 5353), ("10.0.0.3", 53), start_ns=T0)
     late = udp_exchange(("10.0.0.1", 7000), ("10.0.0.4", 7001), start_ns=T0 + 200 * 10**9)
-    records = sorted(tls + again + failed + dns + late, key=lambda r: r.ts_ns)
+    records = sorted(tls + again + failed + one_way + dns + late, key=lambda r: r.ts_ns)
     capture = write_pcap(tmp_path / "c.pcap", wrap(records, ethernet))
     summary = reference.prepare(capture, tmp_path / "out.parquet")
-    assert (summary.packets, summary.dns_llmnr, summary.failed_handshake) == (17, 2, 1)
-    # The failed SYN ends idle when the late UDP exchange comes, which lasts to the end.
-    assert summary.end_reasons == {"fin": 1, "rst": 1, "idle": 1, "end_of_capture": 1}
-    assert summary.no_payload == 0 and summary.kept == 3
+    assert (summary.packets, summary.dns_llmnr, summary.failed_handshake) == (22, 2, 1)
+    # The failed SYN and the one-way flow end idle when the late UDP exchange comes.
+    assert summary.end_reasons == {"fin": 1, "rst": 1, "idle": 2, "end_of_capture": 1}
+    assert summary.no_payload == 0 and summary.kept == 4
     rows = sorted(
-        pq.read_table(tmp_path / "out.parquet").to_pylist(), key=lambda r: r["start_time"]
+        pq.read_table(tmp_path / "out.parquet").to_pylist(),
+        key=lambda r: (r["start_time"], r["client_port"]),
     )
-    first, second, udp = rows
+    first, one_way_row, second, udp = rows
+    assert one_way_row["client_port"] == 40002
+    assert one_way_row["lengths"][:6] == [40, 40, 60, 40, 40, 0]
     assert first["client_ip"] == "10.0.0.1" and first["client_port"] == 40000
     assert first["server_port"] == 443 and first["end_reason"] == "fin"
     # The last ACK of the close still belongs to the closed flow.
