@@ -3,21 +3,23 @@
 Builds a large capture of real traffic by replaying the Ethernet pcap captures under
 ``../shared/data`` (nDPI, nfstream and Slips test captures) back to back: each replay
 rewrites the IPv4 and IPv6 addresses (so every replay's flows are distinct) and shifts
-timestamps so the capture stays in time order; nothing else is touched (checksums are
-left stale, as the readers never check them). Then, in the same run, it times as
-subprocesses, with wall time and peak resident memory (RSS) of each:
+timestamps so the capture stays in time order (jumps of more than an hour inside a source
+capture are shortened to an hour); nothing else is touched (checksums are left stale:
+neither tool checks them). Then, in the same run, it times as subprocesses, with wall time,
+CPU time and peak RSS and anonymous RSS of each:
 
 - ``dmfnet prepare FILE -o OUT --workers 1`` on the capture;
 - ``benchmarks/dpkt_reference.py`` on the same capture (the same job written with dpkt);
 - ``dmfnet prepare`` on two half-size captures with ``--workers 1`` and ``--workers 2``
   (the parallel speed-up);
-- ``dmfnet prepare`` on a capture twice the size (peak RSS must not grow with file size);
+- ``dmfnet prepare`` on a capture twice the size (memory must not grow with file size);
 
-and prints MB/s (10^6 bytes of capture file per second), packets/s, peak RSS, the ratios
-and a Markdown table. Big files go to ``--workdir`` (default: a fresh folder under /tmp).
+and prints MB/s (10^6 bytes of capture file per second), MB per CPU second, packets/s,
+memory, the ratios, how many flows of both outputs agree, and a Markdown table. Big files
+go to ``--workdir`` (default: a fresh folder under /tmp, removed at the end).
 
-    .venv/bin/python benchmarks/ingest.py               # 200 MB, the figures in README
-    .venv/bin/python benchmarks/ingest.py --quick       # 20 MB smoke run
+    .venv/bin/python benchmarks/ingest.py --repeat 3   # 200 MB, the figures in README
+    .venv/bin/python benchmarks/ingest.py --quick      # 20 MB smoke run
     .venv/bin/python benchmarks/ingest.py --skip-prepare  # the dpkt reference alone
 """
 
