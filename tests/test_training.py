@@ -152,6 +152,10 @@ def test_load_run_errors_name_the_problem(dmf_run, tmp_path):
     (broken / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="model.pt cannot be loaded"):
         load_run(broken)
+    info = json.loads((dmf_run[0] / "run.json").read_text())
+    (broken / "run.json").write_text(json.dumps({**info, "model": "gone-model"}))
+    with pytest.raises(ValueError, match="unknown model 'gone-model'"):
+        load_run(broken)
     (broken / "run.json").write_text("{ truncated")
     with pytest.raises(ValueError, match="corrupt"):
         load_run(broken)

@@ -219,7 +219,10 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> T
         config.pop("num_classes", None)  # given by the class list
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{run_file} is corrupt or incomplete: {exc!r}") from None
-    entry = get_entry(name)
+    try:
+        entry = get_entry(name)
+    except KeyError as exc:
+        raise ValueError(f"{run_file}: {exc.args[0]}") from None
     kind = info.get("kind", entry.kind)
     dev = torch.device("cpu" if device is None else device)
     try:
@@ -231,7 +234,10 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> T
         folder = run_dir / ESTIMATOR_DIR
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is missing: the run holds no trained estimator")
-        loaded = model.load(folder)
+        try:
+            loaded = model.load(folder)
+        except Exception as exc:  # corrupt or foreign files: one line, not a traceback
+            raise ValueError(f"{folder} cannot be loaded: {str(exc).splitlines()[0]}") from None
         if loaded is not None:
             model = loaded
     else:
