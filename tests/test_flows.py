@@ -381,3 +381,17 @@ def test_signed_lengths_and_other_widths(tmp_path):
     assert cols["bytes"][0, 100] == 0x45  # second packet's IP header at 1 * (40 + 60)
     # flow_head: 3 x 40 bytes of handshake, then the data packet cut at 128 bytes.
     assert cols["flow_head"][0, 120] == 0x45 and not cols["flow_head"][0, 124:128].any()
+
+
+def test_hash_collisions_fall_back_to_the_full_key(tmp_path, monkeypatch):
+    whole, _ = flows_of(tmp_path, _mixed_capture(), name="hashed.pcap")
+
+    def colliding(proto, lo_hi, lo_lo, hi_hi, hi_lo, ports):
+        return (ports.astype(np.uint64) & np.uint64(1)) * np.uint64(7)  # two hash values
+
+    monkeypatch.setattr(assemble_module, "_key_hash", colliding)
+    monkeypatch.setattr(assemble_module, "SLICE_PACKETS", 5)
+    collided, _ = flows_of(tmp_path, _mixed_capture(), name="collided.pcap")
+    for name in whole:
+        if name != "capture":
+            assert np.array_equal(whole[name], collided[name]), name
