@@ -265,7 +265,7 @@ def test_estimator_runs_through_the_same_split_metrics_and_run_folder(dataset, t
     assert (tmp_path / "est" / "report.md").is_file()
     model = load_run(tmp_path / "est")
     assert model.kind == "estimator"
-    proba = model.predict_proba({"lengths": dataset["lengths"]})
+    proba = model.predict_proba({"lengths": dataset["lengths"]}, batch_size=50)  # 4 batches
     assert (proba.argmax(1) == dataset.y).mean() == 1.0
 
 

@@ -160,8 +160,11 @@ class TrainedModel:
         if n == 0:
             return np.zeros((0, k), dtype=np.float32)
         if self.kind == "estimator":
-            proba = np.asarray(self.model.predict_proba({c: arrays[c] for c in self.inputs}))
-            return proba.astype(np.float32, copy=False)
+            out = np.empty((n, k), dtype=np.float32)
+            for start in range(0, n, batch_size):
+                batch = {c: arrays[c][start : start + batch_size] for c in self.inputs}
+                out[start : start + batch_size] = self.model.predict_proba(batch)
+            return out
         tensors = [_as_tensor(arrays[c]) for c in self.inputs]
         out = np.empty((n, k), dtype=np.float32)
         was_training = self.model.training
