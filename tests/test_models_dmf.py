@@ -139,8 +139,10 @@ def test_contrastive_without_negatives_is_positive_term_only():
 def test_scaling_of_raw_inputs():
     model = DMF(DMFConfig(num_classes=2))
     assert model.scale("bytes", torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [0.0, 1.0]
-    signed = torch.tensor([-65535, 0, 65535], dtype=torch.int32)
-    assert model.scale("lengths", signed).tolist() == [1.0, 0.0, 1.0]
+    signed = torch.tensor([-65535, 0, 65535, 255], dtype=torch.int32)
+    assert model.scale("lengths", signed).tolist() == pytest.approx([1.0, 0.0, 1.0, 0.5], abs=1e-3)
+    linear = DMF(DMFConfig(num_classes=2, length_scaling="linear"))
+    assert linear.scale("lengths", signed).tolist() == pytest.approx([1.0, 0.0, 1.0, 255 / 65535])
 
 
 def test_bad_configuration_and_inputs_are_refused():

@@ -83,10 +83,13 @@ class DMFConfig:
     gamma: float = 1.0  # weight of the contrastive fusion loss, eq. 10
     margin: float = 1.0  # m in eq. 10, on squared distance; unit vectors have D^2 in [0, 4]
     projection_dim: int = 64  # space where eq. 10 compares the two modalities
-    # Packet lengths enter as |length| / 65535 (IP length maximum; |.| makes a
-    # direction-signed column work too) or, with "log", log1p(|length|) / log1p(65535),
-    # which spreads the typical 40-1500 byte range over more of [0, 1].
-    length_scaling: str = "linear"
+    # Packet lengths enter as log1p(|length|) / log1p(65535) ("log") or |length| / 65535
+    # ("linear", the IP length maximum); |.| makes a direction-signed column work too. Both
+    # map to [0, 1]; "log" spreads the typical 40-1500 byte range over 0.33-0.66 instead of
+    # 0.001-0.023. On the nDPI captures (16 classes, 20 epochs, seed 0) the lengths-only
+    # ablation reached validation macro-F1 0.65 with "log" and 0.25 with "linear"; full
+    # DMF reached 0.90 with both, "log" in fewer epochs.
+    length_scaling: str = "log"
 
     def __post_init__(self) -> None:
         # Configurations read back from JSON carry lists; keep tuples so configs compare equal.

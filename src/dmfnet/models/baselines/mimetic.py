@@ -14,7 +14,8 @@ Choices the paper leaves open, settled here:
 
 * ``payload_head[:576]`` is the concatenation of the first packets' payloads with
   SNI and certificates zeroed (SPEC §Pipeline 4);
-* field scaling to about [0, 1]: payload length / 65535; inter-arrival time
+* field scaling to about [0, 1]: payload length log1p(bytes) / log1p(65535) (as DMF's
+  lengths: a linear /65535 squeezes typical payloads into 0-0.02); inter-arrival time
   log1p(seconds) / log1p(3600); direction as the dataset stores it (+1/−1, 0 pad);
   TCP window / 65535 (unscaled field; 0 for UDP);
 * "same" padding, ReLU, dropout 0.2 in the shared part; GRU final states of both
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dmfnet.models.blocks import scale_bytes, scale_lengths, scale_log
+from dmfnet.models.blocks import MAX_IP_LENGTH, scale_bytes, scale_lengths, scale_log
 from dmfnet.models.registry import register_model
 
 
@@ -86,7 +87,7 @@ class MIMETIC(nn.Module):
         p = self.config.packets
         return torch.stack(
             [
-                scale_lengths(payload_lengths[:, :p]),
+                scale_log(payload_lengths[:, :p], MAX_IP_LENGTH),
                 scale_log(iat[:, :p].clamp(min=0), self.config.max_iat),
                 directions[:, :p].float(),
                 scale_lengths(tcp_windows[:, :p]),
