@@ -76,9 +76,8 @@ _TLS_STREAM_LIMIT = 16384  # bytes of each direction's stream kept for TLS parsi
 _MAX_VECTOR_ROUNDS = 64  # reopenings of one key per batch resolved vectorised, then a loop
 _BIG = np.iinfo(np.int64).max
 SLICE_PACKETS = 1 << 16  # packets assembled at once: bounds temporaries and chunk size
-# First size of the row pool. Zero pages cost nothing until a row is used, so starting
-# large spares the copies of early growth.
-_POOL_START_ROWS = 1 << 16
+# First size of the row pool (it doubles as needed): small, as most captures are.
+_POOL_START_ROWS = 1 << 12
 
 _KEY_FIELDS = ("h", "proto", "ipv", "lo_hi", "lo_lo", "hi_hi", "hi_lo", "ports")
 _STATE_DTYPES: dict[str, type] = {
