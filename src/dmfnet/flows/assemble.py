@@ -542,8 +542,6 @@ class FlowAssembler:
         self._clock = max(self._clock, float(np.median(ts)))
         self._latest = max(self._latest, float(ts.max()))
 
-        # Items: the open flows (as summaries) first, then the batch's packets, grouped by key
-        # with file order kept inside each key.
         # The open flows whose key hash some packet of the batch has.
         lo = np.searchsorted(self._index_h, h, "left")
         hi = np.searchsorted(self._index_h, h, "right")
@@ -562,6 +560,8 @@ class FlowAssembler:
             "hi_lo": hi_lo,
             "ports": ports,
         }
+        # Items: those open flows (as summaries) first, then the batch's packets, grouped by
+        # key with file order kept inside each key.
         item_keys = {k: np.concatenate([op[k], v.astype(op[k].dtype)]) for k, v in keys.items()}
         order, same = self._group_by_key(item_keys)
         nitems = len(order)
