@@ -5,6 +5,7 @@ Skipped when ../shared (beside the repository) is absent.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import struct
 from pathlib import Path
@@ -83,9 +84,11 @@ def reference_flows(path: Path, idle: float = 120.0, active: float = 1800.0) -> 
                 ip.p,
             )
             ip_payload = ip.len - ip.hl * 4
+            ip_len = ip.len
         else:
             src, dst, proto = ip.src, ip.dst, ip.p
             ip_payload = ip.plen - (len(ip) - 40 - len(ip.data))
+            ip_len = 40 + ip.plen
         l4 = ip.data
         sport = dport = flags = 0
         payload = 0
@@ -108,21 +111,28 @@ def reference_flows(path: Path, idle: float = 120.0, active: float = 1800.0) -> 
         if f is None:
             client = b if proto == 6 and flags & 0x12 == 0x12 else a
             f = {"key": key, "client": client, "start": ts, "packets": 0, "closed": False}
+            f["lengths"] = []
             f.update(fins=set(), rst=False)
             open_flows[key] = f
         f["packets"] += 1
         f["last"] = ts
+        if len(f["lengths"]) < 30:
+            f["lengths"].append(ip_len)
         if proto == 6:
             if flags & 0x01:
                 f["fins"].add(a)
             f["rst"] |= bool(flags & 0x04)
             f["closed"] = f["rst"] or len(f["fins"]) == 2
     done.extend(open_flows.values())
-    return sorted((f["key"][0], f["client"][1], f["packets"]) for f in done)
+    return sorted(
+        (f["key"][0], f["client"][0][-4:], f["client"][1], f["packets"], tuple(f["lengths"]))
+        for f in done
+    )
 
 
 @pytest.mark.parametrize("capture", REFERENCE_CAPTURES)
 def test_flows_match_a_dpkt_reference(capture):
+    """Same flows, clients, packet counts and length sequences as a plain dpkt reading."""
     path = SHARED / capture
     config = FlowConfig(
         drop_failed_handshake=False,
@@ -132,11 +142,18 @@ def test_flows_match_a_dpkt_reference(capture):
         drop_non_tcp_udp=False,
     )
     cols = assemble(path, config)
+    counts = cols["packets"].tolist()
+    lengths = [
+        tuple(row[: min(n, 30)]) for row, n in zip(cols["lengths"].tolist(), counts, strict=True)
+    ]
+    client = [ipaddress.ip_address(a).packed[-4:] for a in cols["client_ip"]]
     ours = sorted(
         zip(
             cols["protocol"].tolist(),
+            client,
             cols["client_port"].tolist(),
-            cols["packets"].tolist(),
+            counts,
+            lengths,
             strict=True,
         )
     )
