@@ -36,7 +36,10 @@ How memory stays bounded: a flow still open at the end of a batch is kept as one
 small table of counters and close state, plus one row of a reusable pool holding its
 sequence and byte columns; it continues in the next batch. A flow is emitted as soon as it
 has ended (or its idle timeout has passed on the capture's clock) and its row is reused, so
-memory grows with the number of concurrently open flows, never with the capture size.
+memory grows with the number of concurrently open flows, never with the capture size: about
+4.2 kB per open flow with the default widths (1600 + 2 x 1024 bytes of byte columns, 30
+packets' fields, counters), e.g. about 0.5 GB for a link that starts 1000 flows a second
+and keeps them open for the 120 s idle timeout.
 """
 
 from __future__ import annotations
