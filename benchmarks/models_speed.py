@@ -3,7 +3,9 @@
 Random-but-valid inputs of the dataset's dtypes and widths (cost does not depend on the
 values); no data loading, no trainer. Prints, per model, parameters, inference flows/s
 (eval, no gradients, one batch already on the device) and training flows/s (forward, the
-model's own loss, backward, AdamW step). Run as::
+model's own loss, backward, AdamW step), per wall second and per process CPU second (the
+figure to read on a shared machine; with N threads it is up to N x below the wall rate of
+an idle machine). Run as::
 
     python benchmarks/models_speed.py                      # CPU, every torch model
     python benchmarks/models_speed.py --device cuda --batch 4096 --amp
@@ -13,6 +15,7 @@ model's own loss, backward, AdamW step). Run as::
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -48,17 +51,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _best_seconds(fn, device: torch.device, repeats: int) -> float:
+def _best_seconds(fn, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Best wall seconds and best process CPU seconds of ``fn`` over ``repeats`` runs.
+
+    CPU seconds matter on a shared machine: other jobs inflate wall time, not CPU time.
+    """
     fn()  # warm-up (kernel selection, allocator)
     fn()
-    best = float("inf")
+    best_wall = best_cpu = float("inf")
     for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+        best_wall = min(best_wall, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - start_cpu)
+    return best_wall, best_cpu
 
 
 def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -75,7 +83,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict:
         with torch.inference_mode(), amp:
             model(*inputs)
 
-    infer_s = _best_seconds(infer, device, args.repeats)
+    infer_s, infer_cpu_s = _best_seconds(infer, device, args.repeats)
 
     train_n = min(args.batch, args.train_batch)
     train_inputs = [t[:train_n] for t in inputs]
@@ -93,12 +101,14 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict:
         loss.backward()
         opt.step()
 
-    train_s = _best_seconds(step, device, args.repeats)
+    train_s, train_cpu_s = _best_seconds(step, device, args.repeats)
     return {
         "model": name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "infer_flows_per_s": args.batch / infer_s,
         "train_flows_per_s": train_n / train_s,
+        "infer_flows_per_cpu_s": args.batch / infer_cpu_s,
+        "train_flows_per_cpu_s": train_n / train_cpu_s,
     }
 
 
@@ -125,12 +135,18 @@ def main() -> None:
         f"{torch.get_num_threads()}, batch {args.batch}, train batch {args.train_batch}, "
         f"amp {args.amp}"
     )
-    print(f"{'model':16s} {'parameters':>11s} {'infer flows/s':>14s} {'train flows/s':>14s}")
+    if hasattr(os, "getloadavg"):
+        print("load average before: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print(
+        f"{'model':16s} {'parameters':>11s} {'infer flows/s':>14s} {'train flows/s':>14s}"
+        f" {'infer flows/CPU-s':>18s} {'train flows/CPU-s':>18s}"
+    )
     for name in names:
         r = measure(name, args, device)
         print(
             f"{r['model']:16s} {r['parameters']:>11,d} {r['infer_flows_per_s']:>14,.0f} "
-            f"{r['train_flows_per_s']:>14,.0f}",
+            f"{r['train_flows_per_s']:>14,.0f} {r['infer_flows_per_cpu_s']:>18,.0f} "
+            f"{r['train_flows_per_cpu_s']:>18,.0f}",
             flush=True,
         )
 

@@ -59,9 +59,9 @@ class DMFConfig:
     mlp_dropout: float = 0.1  # light: the MLP inputs are already dense and anonymised
     # CNN stages (§5.1(5)): kernels 9, 7, 5 and strides 3, 2, 2. Channels are ours: 16/32/64
     # doubles as the map halves (about constant work per stage, as in most 1-D CNNs); the
-    # paper says it kept these "relatively small" (§5.4). Measured on 2 CPU cores, batch
-    # 1024: 16/32/64 classifies ~14 k flows/s, 32/64/128 only ~5 k, and the 1600x512 byte
-    # MLP holds most of the ~1.1 M parameters either way.
+    # paper says it kept these "relatively small" (§5.4). With 16/32/64 one CPU core scores
+    # ~7.4 k flows per CPU second (batch 1024, benchmarks/models_speed.py); 32/64/128 was
+    # ~2.6x slower. The 1600x512 byte MLP holds most of the ~1.1 M parameters either way.
     channels: tuple[int, ...] = (16, 32, 64)
     kernels: tuple[int, ...] = (9, 7, 5)
     strides: tuple[int, ...] = (3, 2, 2)
