@@ -207,3 +207,22 @@ def test_pooling_and_upsampling_matrices_equal_torch_ops(length):
     t = torch.randn(4, 3, 8)
     expected = F.interpolate(t, size=length, mode="linear", align_corners=False)
     assert torch.allclose(t @ linear_upsampling(8, length, t), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"fusion_dim": 48},  # channels projected to a common d_model and back
+        {"fusion_layers": 2, "fusion_heads": 4},
+        {"fusion_tokens": 4, "channels": (8, 16, 32)},
+        {"length_scaling": "linear", "fusion_dropout": 0.1},
+    ],
+)
+def test_configuration_variants_build_and_train(config):
+    torch.manual_seed(0)
+    model = create_model("dmf", 3, **config)
+    bytes_, lengths, target = separable_batch(2)
+    out = model(bytes_, lengths)
+    assert out.logits.shape == (6, 3)
+    model.loss(out, target).backward()
+    assert all(p.grad is not None for p in model.parameters())
