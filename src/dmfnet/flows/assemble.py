@@ -30,28 +30,32 @@ to a full lexicographic sort); key changes and idle gaps split flows in one vect
 the rare sequential cases (a close followed by a new connection on the same key, the active
 timeout) are resolved by an iterative pass over only the affected runs. Per-flow sums use
 ``np.add.reduceat``, the first packets' fields are scattered by rank within the flow, and
-bytes are copied only for the first packets of each flow.
+bytes are copied only for the first packets of each flow, once, into a compact snippet
+buffer (:mod:`dmfnet.flows.snippets`); the zero-padded byte columns are laid out only when
+a flow is emitted, in chunks of at most ``EMIT_ROWS`` flows, each laid out when the
+consumer takes it.
 
 How memory stays bounded: a flow still open at the end of a batch is kept as one row of a
-small table of counters and close state, plus one row of a reusable pool holding its
-sequence and byte columns; it continues in the next batch. A flow is emitted as soon as it
-has ended (or its idle timeout has passed on the capture's clock) and its row is reused, so
-memory grows with the number of concurrently open flows, never with the capture size: about
-4.2 kB per open flow with the default widths (1600 + 2 x 1024 bytes of byte columns, 30
-packets' fields, counters), e.g. about 0.5 GB for a link that starts 1000 flows a second
-and keeps them open for the 120 s idle timeout.
+small table of counters, close state and its first packets' per-packet fields, plus the
+snippets of the bytes its first packets contribute (a power-of-two window per packet, about
+as long as the packet up to the byte columns' reach); it continues in the next batch. A
+flow is emitted as soon as it has ended (or its idle timeout has passed on the capture's
+clock) and its row is reused and its snippets dropped (the buffer is compacted once most of
+it is dropped), so memory grows with the number of concurrently open flows, never with the
+capture size: about 0.7 kB per open flow plus its snippets (a two-packet UDP exchange of
+100 and 180 bytes: 0.4 kB; at most about 6 kB for a flow whose first packets fill every
+byte column), e.g. about 0.15 GB for a link that starts 1000 short flows a second and
+keeps them open for the 120 s idle timeout.
 """
 
 from __future__ import annotations
 
 import gc
 import socket
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from dmfnet.capture.packets import ParsedPackets
 from dmfnet.flows import schema
@@ -62,6 +66,7 @@ from dmfnet.flows.anonymise import (
     transport_offsets,
 )
 from dmfnet.flows.config import FlowConfig
+from dmfnet.flows.snippets import SnippetStore, gather_windows, place_pieces
 
 FlowChunk = dict[str, np.ndarray]
 """Ended flows: every column of :mod:`dmfnet.flows.schema` plus ``filter_reason``."""
@@ -79,9 +84,11 @@ _TLS_STREAM_LIMIT = 16384  # bytes of each direction's stream kept for TLS parsi
 _MAX_VECTOR_ROUNDS = 64  # reopenings of one key per batch resolved vectorised, then a loop
 _BIG = np.iinfo(np.int64).max
 SLICE_PACKETS = 1 << 16  # packets assembled at once: bounds temporaries and chunk size
+EMIT_ROWS = 1 << 12  # flows per output chunk at most
 # First size of the row pool (it doubles as needed): small, as most captures are.
 _POOL_START_ROWS = 1 << 12
 
+_BYTE_COLUMNS = ("bytes", "flow_head", "payload_head")  # laid out from snippets at emission
 _KEY_FIELDS = ("h", "proto", "ipv", "lo_hi", "lo_lo", "hi_hi", "hi_lo", "ports")
 _STATE_DTYPES: dict[str, type] = {
     "h": np.uint64,
@@ -161,100 +168,6 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     first = np.cumsum(lengths) - lengths
     return np.arange(total, dtype=np.int64) + np.repeat(starts - first, lengths)
-
-
-def _gather_windows(src: np.ndarray, start: np.ndarray, n: np.ndarray, width: int) -> np.ndarray:
-    """``(k, width)`` rows: ``src[s:s+n]`` zero-padded, copied a row at a time (no per-byte index)."""
-    inside = (start >= 0) & (start + width <= len(src))
-    if inside.all() and len(src) >= width:
-        out = sliding_window_view(src, width)[start]
-    else:
-        out = np.zeros((len(start), width), dtype=np.uint8)
-        if inside.any():
-            out[inside] = sliding_window_view(src, width)[start[inside]]
-        edge = np.flatnonzero(~inside & (n > 0))  # rows at the ends of the buffer
-        idx = np.clip(start[edge, None] + np.arange(width), 0, len(src) - 1)
-        out[edge] = src[idx]
-    np.copyto(out, 0, where=np.arange(width)[None, :] >= n[:, None])
-    return out
-
-
-def _zero_header_fields(
-    win: np.ndarray, ip_version: np.ndarray, protocol: np.ndarray, l4_offset: np.ndarray
-) -> None:
-    """Zero addresses, ports and checksums in rows that start with an IP header (in place).
-
-    Rows are grouped by (version, protocol, transport offset): a few groups, each zeroed
-    column-wise.
-    """
-    if not len(win):
-        return
-    code = ip_version.astype(np.int64) << 24 | protocol.astype(np.int64) << 16 | l4_offset
-    groups, which = np.unique(code, return_inverse=True)
-    which = which.reshape(-1)
-    width = win.shape[1]
-    for g, c in enumerate(groups.tolist()):
-        cols = header_field_offsets(
-            np.array([c >> 24]), np.array([(c >> 16) & 0xFF]), np.array([c & 0xFFFF])
-        )[0]
-        cols = cols[(cols >= 0) & (cols < width)]
-        if len(cols):
-            rows = np.flatnonzero(which == g) if len(groups) > 1 else slice(None)
-            win[np.ix_(np.arange(len(win))[rows], cols)] = 0
-
-
-_WINDOW_WIDTHS = (64, 256, 1024)
-
-
-def _place_pieces(
-    dst: np.ndarray,
-    row_start: np.ndarray,
-    offset: np.ndarray,
-    src: np.ndarray,
-    src_start: np.ndarray,
-    n: np.ndarray,
-    row_width: int,
-    prepare: Callable[[np.ndarray, np.ndarray], None] | None = None,
-) -> np.ndarray:
-    """``dst[r+o : r+o+n] = src[s : s+n]`` for pieces inside rows of ``row_width`` bytes.
-
-    Copied window by window (a few widths) instead of byte by byte. A window is written
-    with zeros after the piece, so pieces of one row must be placed in offset order and the
-    row must be zero beyond the pieces placed so far. A window that would cross the row's
-    end is moved back to end there and merged with the bytes already in the row.
-    ``prepare(pieces, windows)`` may edit windows that start with their piece before they
-    are written; the pieces written in moved windows are returned (``prepare`` saw none).
-    """
-    lower = 0
-    moved_all = []
-    for width in _WINDOW_WIDTHS:
-        width = min(width, row_width)
-        sel = np.flatnonzero((n > lower) & (n <= width))
-        lower = width
-        if not len(sel):
-            continue
-        dst_win = sliding_window_view(dst, width, writeable=True)
-        fits = offset[sel] + width <= row_width
-        plain = sel[fits]
-        if len(plain):
-            rows = _gather_windows(src, src_start[plain], n[plain], width)
-            if prepare is not None:
-                prepare(plain, rows)
-            dst_win[row_start[plain] + offset[plain]] = rows
-        moved = sel[~fits]
-        if len(moved):
-            win = row_width - width  # the window ends with the row
-            shift = offset[moved] - win  # where the piece starts in the window
-            k = n[moved]
-            current = dst_win[row_start[moved] + win]
-            fresh = _gather_windows(src, src_start[moved] - shift, shift + k, width)
-            pos = np.arange(width)[None, :]
-            np.copyto(current, fresh, where=pos >= shift[:, None])
-            dst_win[row_start[moved] + win] = current
-            moved_all.append(moved)
-        if lower >= row_width:
-            break
-    return np.concatenate(moved_all) if moved_all else np.empty(0, dtype=np.int64)
 
 
 def _zero_ranges(dst: np.ndarray, start: np.ndarray, n: np.ndarray) -> None:
@@ -445,15 +358,12 @@ class FlowAssembler:
         c = config
         self._pool = _RowPool(
             {
-                "bytes": (np.uint8, c.bytes_len),
                 "lengths": (np.int32, c.m_packets),
                 "directions": (np.int8, c.m_packets),
                 "iat": (np.float32, c.m_packets),
                 "payload_lengths": (np.int32, c.m_packets),
                 "tcp_windows": (np.int32, c.m_packets),
                 "tcp_flags": (np.uint8, c.m_packets),
-                "flow_head": (np.uint8, c.head_bytes),
-                "payload_head": (np.uint8, c.head_bytes),
                 **{name: (dt, 0) for name, dt in _STATE_DTYPES.items()},
             }
         )
@@ -463,34 +373,47 @@ class FlowAssembler:
         self._clock = -np.inf
         self._latest = -np.inf  # latest timestamp seen: ends the capture's last flows
         self._tls: dict[tuple[int, bool], tuple[int, bytearray]] = {}
+        # Early packets' bytes of the open flows; header fields to zero in ``flow_head``
+        # only (they lie past the packet's header, e.g. the ICMPv6 checksum): row, position.
+        self._snippets = SnippetStore()
+        self._head_zero_slot = np.empty(0, dtype=np.int64)
+        self._head_zero_at = np.empty(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ public
     def push(self, parsed: ParsedPackets) -> list[FlowChunk]:
-        """Add one batch (file order); returns chunks of the flows that ended meanwhile.
+        """Add one batch (file order); returns chunks of the flows that ended meanwhile."""
+        return list(self.iter_push(parsed))
+
+    def iter_push(self, parsed: ParsedPackets) -> Iterator[FlowChunk]:
+        """Add one batch (file order), yielding chunks of the flows that end meanwhile.
 
         Large batches are processed in slices of ``SLICE_PACKETS`` packets so that the
-        temporary arrays (and each chunk) stay small whatever the reader's batch size.
+        temporary arrays stay small whatever the reader's batch size. A slice is processed
+        only once the chunks of the previous one have been taken, and each chunk is laid
+        out when it is taken: at most one chunk exists at a time.
         """
         self.stats.packets += len(parsed)
-        chunks = []
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            for lo in range(0, len(parsed), SLICE_PACKETS):
-                chunks += self._push(_slice(parsed, lo, lo + SLICE_PACKETS))
-        finally:
-            if was_enabled:
-                gc.enable()
-        return chunks
+        for lo in range(0, len(parsed), SLICE_PACKETS):
+            was_enabled = gc.isenabled()
+            gc.disable()  # many short-lived arrays, no reference cycles
+            try:
+                emissions = self._push(_slice(parsed, lo, lo + SLICE_PACKETS))
+            finally:
+                if was_enabled:
+                    gc.enable()
+            for emission in emissions:
+                yield from emission
 
-    def finish(self) -> FlowChunk | None:
-        """End of capture: every flow still open is emitted."""
-        if not len(self._index_slot):
-            return None
-        chunk = self._emit_open(np.ones(len(self._index_slot), dtype=bool), END_OF_CAPTURE)
-        return chunk
+    def finish(self) -> list[FlowChunk]:
+        """End of capture: every flow still open is emitted (chunks in first-packet order)."""
+        return list(self.iter_finish())
 
-    def _emit_open(self, which: np.ndarray, default_reason: int) -> FlowChunk:
+    def iter_finish(self) -> Iterator[FlowChunk]:
+        """:meth:`finish`, one chunk at a time."""
+        if len(self._index_slot):
+            yield from self._emit_open(np.ones(len(self._index_slot), dtype=bool), END_OF_CAPTURE)
+
+    def _emit_open(self, which: np.ndarray, default_reason: int) -> Iterator[FlowChunk]:
         """Emit the open flows at index positions ``which`` (bool) and drop them from the index."""
         slots = self._index_slot[which]
         st = {name: self._pool.arrays[name][slots] for name in _STATE_DTYPES}
@@ -505,7 +428,7 @@ class FlowAssembler:
         return self._emit(st, reason.astype(np.int8))
 
     # ------------------------------------------------------------------ batch
-    def _push(self, parsed: ParsedPackets) -> list[FlowChunk]:
+    def _push(self, parsed: ParsedPackets) -> list[Iterator[FlowChunk]]:
         cfg = self.config
         batch = parsed.batch
         data = batch.data
@@ -696,15 +619,15 @@ class FlowAssembler:
         self._index_h = np.insert(old_h, at, new_h)
         self._index_slot = np.insert(old_slot, at, new_slot)
 
-        chunks = []
+        emissions = []
         if ended.any():
-            chunks.append(self._emit({k: v[ended] for k, v in st.items()}, reason[ended]))
+            emissions.append(self._emit({k: v[ended] for k, v in st.items()}, reason[ended]))
         # Open flows without packets in this batch whose idle timeout has passed.
         expired = self._clock - pool["last"][self._index_slot] > cfg.idle_timeout
         if expired.any():
-            chunks.append(self._emit_open(expired, END_IDLE))
+            emissions.append(self._emit_open(expired, END_IDLE))
         self.stats.peak_open_flows = max(self.stats.peak_open_flows, len(self._index_slot))
-        return chunks
+        return emissions
 
     def _group_by_key(self, item_keys: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Stable order grouping equal keys; ``same[i]``: item i+1 has item i's key."""
@@ -764,89 +687,134 @@ class FlowAssembler:
         hlen = parsed.header_len[p].astype(np.int64)
         header_avail = np.minimum(hlen, cap)
         payload_avail = np.clip(np.minimum(parsed.payload_len[p], cap - hlen), 0, None)
-        payload_at = l3 + np.minimum(hlen, cap)
+        payload_at = l3 + header_avail
 
-        # Raw-byte modality: packet k's header at k*(Lh+Lp), its payload Lh bytes later.
-        lh, lp, width = cfg.header_bytes, cfg.payload_bytes, cfg.bytes_len
+        # What each byte column takes of the packet: a header and a payload prefix in
+        # ``bytes`` (first N packets), a prefix of the whole packet in ``flow_head`` and of
+        # its payload in ``payload_head`` (while the heads are not full).
+        lh, lp = cfg.header_bytes, cfg.payload_bytes
         in_bytes = r < cfg.n_packets
-        b_base = rows * width + r * (lh + lp)
         b_hdr = np.where(in_bytes, np.minimum(header_avail, lh), 0)
         b_pay = np.where(in_bytes, np.minimum(payload_avail, lp), 0)
-        flat_bytes = pool["bytes"].reshape(-1)
-        by_packet = pool["bytes"].reshape(len(pool["bytes"]), cfg.n_packets, lh + lp)
-        ipv, proto = parsed.ip_version[p], parsed.protocol[p]
-        anonymise = cfg.anonymise
-        if anonymise:
-            l4 = transport_offsets(data, l3, cap, ipv, proto)
-        ib = np.flatnonzero(in_bytes)
-        headers = _gather_windows(data, l3[ib], b_hdr[ib], lh)
-        if anonymise:
-            _zero_header_fields(headers, ipv[ib], proto[ib], l4[ib])
-        by_packet[rows[ib], r[ib], :lh] = headers
-        by_packet[rows[ib], r[ib], lh:] = _gather_windows(data, payload_at[ib], b_pay[ib], lp)
-
-        # Heads: the early packets (whole IP packets / payloads) back to back, placed in
-        # rounds by the packet's order in its flow (one piece per row and round).
         head = cfg.head_bytes
         fh_off = self._head_offsets(f, cap, st["flow_head_fill"])
         ph_off = self._head_offsets(f, payload_avail, st["payload_head_fill"])
         fh_n = np.clip(np.minimum(cap, head - fh_off), 0, None)
         ph_n = np.clip(np.minimum(payload_avail, head - ph_off), 0, None)
-        fh_base = rows * head + fh_off
-        ph_base = rows * head + ph_off
-        flat_fh = pool["flow_head"].reshape(-1)
-        flat_ph = pool["payload_head"].reshape(-1)
-        first = np.ones(len(f), dtype=bool)
-        first[1:] = f[1:] != f[:-1]
-        piece = np.arange(len(f)) - np.flatnonzero(first)[np.cumsum(first) - 1]
-
-        def anonymise_window(which: np.ndarray, win: np.ndarray) -> None:
-            _zero_header_fields(win, ipv[which], proto[which], l4[which])
-
-        moved = []
-        for j in range(int(piece.max()) + 1 if len(piece) else 0):
-            sel = np.flatnonzero((piece == j) & ((fh_n > 0) | (ph_n > 0)))
-            if not len(sel):
-                continue
-            row0 = rows[sel] * head
-            hook = (lambda w, x, sel=sel: anonymise_window(sel[w], x)) if anonymise else None
-            out = _place_pieces(flat_fh, row0, fh_off[sel], data, l3[sel], fh_n[sel], head, hook)
-            moved.append(sel[out])
-            _place_pieces(flat_ph, row0, ph_off[sel], data, payload_at[sel], ph_n[sel], head)
         nflows = len(st["slot"])
         st["flow_head_fill"] = st["flow_head_fill"] + np.bincount(f, cap, nflows).astype(np.int64)
         st["payload_head_fill"] = st["payload_head_fill"] + np.bincount(
             f, payload_avail, nflows
         ).astype(np.int64)
 
+        # The snippet: the packet from its IP header to the furthest byte any column takes.
+        pay_need = np.maximum(b_pay, ph_n)
+        need = np.maximum(
+            np.maximum(fh_n, b_hdr), np.where(pay_need > 0, header_avail + pay_need, 0)
+        )
+        kept = np.flatnonzero(need > 0)
+        if not len(kept):
+            return
+        anonymise = cfg.anonymise
+        ipv, proto = parsed.ip_version[p], parsed.protocol[p]
+        prepare = None
+        if anonymise:
+            l4 = transport_offsets(data, l3[kept], cap[kept], ipv[kept], proto[kept])
+
+            def prepare(which: np.ndarray, win: np.ndarray, width: int) -> None:
+                k = kept[which]
+                self._zero_header_fields(
+                    win,
+                    ipv[k],
+                    proto[k],
+                    l4[which],
+                    header_avail[k],
+                    need[k],
+                    rows[k],
+                    fh_off[k],
+                    fh_n[k],
+                )
+
+        values = {
+            "slot": rows[kept],
+            "rank": r[kept],
+            "header": header_avail[kept],
+            "bytes_header": b_hdr[kept],
+            "bytes_payload": b_pay[kept],
+            "flow_head_at": fh_off[kept],
+            "flow_head_n": fh_n[kept],
+            "payload_head_at": ph_off[kept],
+            "payload_head_n": ph_n[kept],
+        }
+        start = np.full(len(p), -1, dtype=np.int64)
+        start[kept] = self._snippets.add(data, l3[kept], need[kept], values, prepare)
         if not anonymise:
             return
-        # Headers in windows moved back to end with their row: zeroed in place.
-        moved = np.concatenate(moved) if moved else np.empty(0, dtype=np.int64)
-        if len(moved):
-            fields = header_field_offsets(ipv[moved], proto[moved], l4[moved])
-            hit = (fields >= 0) & (fields < fh_n[moved, None])
-            flat_fh[(fh_base[moved, None] + fields)[hit]] = 0
 
         # TLS server names and certificates, in payload coordinates of each packet. Only
         # packets with payload bytes in a byte column matter (they are a prefix of the flow).
-        pay_in_fh = np.minimum(hlen, cap)
-        kept = (b_pay > 0) | (ph_n > 0) | (fh_n > pay_in_fh)
+        has_payload = (pay_need > 0) | (fh_n > header_avail)
         zp, za, zb = self._tls_ranges(parsed, p, f, c2s[early], payload_at, payload_avail,
-                                      kept, st, data)  # fmt: skip
+                                      has_payload, st, data)  # fmt: skip
         if not len(zp):
             return
-        pay_in_fh = pay_in_fh[zp]
+        stored = need[zp] - header_avail[zp]  # payload bytes in the snippet
+        lo = np.clip(za, 0, stored)
+        hi = np.clip(zb, 0, stored)
+        _zero_ranges(self._snippets.buffer, start[zp] + header_avail[zp] + lo, hi - lo)
 
-        def zero(flat: np.ndarray, base: np.ndarray, kept: np.ndarray) -> None:
-            lo = np.clip(za, 0, kept)
-            hi = np.clip(zb, 0, kept)
-            _zero_ranges(flat, base + lo, hi - lo)
+    def _zero_header_fields(
+        self,
+        win: np.ndarray,
+        ip_version: np.ndarray,
+        protocol: np.ndarray,
+        l4_offset: np.ndarray,
+        header: np.ndarray,
+        need: np.ndarray,
+        slot: np.ndarray,
+        head_at: np.ndarray,
+        head_n: np.ndarray,
+    ) -> None:
+        """Zero addresses, ports and checksums in snippet windows that start with an IP header.
 
-        zero(flat_bytes, b_base[zp] + lh, b_pay[zp])
-        fh_kept = np.clip(fh_n[zp] - pay_in_fh, 0, None)
-        zero(flat_fh, fh_base[zp] + pay_in_fh, fh_kept)
-        zero(flat_ph, ph_base[zp], ph_n[zp])
+        A field inside the packet's header is zeroed in the snippet (so in every column); a
+        field past it (the ICMPv6 checksum: its header length counts no transport header)
+        is zeroed in ``flow_head`` only, as the payload columns carry it as it is. Rows are
+        grouped by (version, protocol, transport offset): a few groups, zeroed column-wise.
+        """
+        if not len(win):
+            return
+        width = win.shape[1]
+        code = ip_version.astype(np.int64) << 24 | protocol.astype(np.int64) << 16 | l4_offset
+        groups, which = np.unique(code, return_inverse=True)
+        which = which.reshape(-1)
+        for g, c in enumerate(groups.tolist()):
+            cols = header_field_offsets(
+                np.array([c >> 24]), np.array([(c >> 16) & 0xFF]), np.array([c & 0xFFFF])
+            )[0]
+            cols = cols[(cols >= 0) & (cols < width)]
+            if not len(cols):
+                continue
+            members = np.flatnonzero(which == g) if len(groups) > 1 else np.arange(len(win))
+            plain = header[members] > cols.max()
+            fast = members[plain]
+            if len(fast):
+                win[np.ix_(fast, cols)] = 0
+            odd = members[~plain]
+            if not len(odd):
+                continue
+            # Fields past the header: kept in the snippet (zero only padding beyond it).
+            past = cols[None, :] >= header[odd, None]
+            zero = ~past | (cols[None, :] >= need[odd, None])
+            r_idx, c_idx = np.nonzero(zero)
+            win[odd[r_idx], cols[c_idx]] = 0
+            in_head = past & (cols[None, :] < head_n[odd, None])
+            r_idx, c_idx = np.nonzero(in_head)
+            if len(r_idx):
+                self._head_zero_slot = np.append(self._head_zero_slot, slot[odd[r_idx]])
+                self._head_zero_at = np.append(
+                    self._head_zero_at, head_at[odd[r_idx]] + cols[c_idx]
+                )
 
     @staticmethod
     def _head_offsets(f: np.ndarray, contribution: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -937,21 +905,120 @@ class FlowAssembler:
                 np.array(out_b, dtype=np.int64))  # fmt: skip
 
     # ------------------------------------------------------------------ output
-    def _emit(self, st: dict[str, np.ndarray], reason: np.ndarray) -> FlowChunk:
-        """Build the output columns of ended flows and free their rows."""
+    def _take_snippets(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """The snippets of the flows in rows ``slots`` (output row ``row``, sorted by it) and
+        their header fields to zero in ``flow_head``; the store forgets them."""
+        row_of_slot = np.full(len(self._pool.arrays["slot"]), -1, dtype=np.int64)
+        row_of_slot[slots] = np.arange(len(slots))
+        store = self._snippets
+        idx, row = store.take(row_of_slot)
+        by_row = np.argsort(row, kind="stable")
+        idx = idx[by_row]
+        sn = {name: arr[idx] for name, arr in store.fields.items()}
+        sn["row"] = row[by_row]
+        zr = row_of_slot[self._head_zero_slot]
+        done = zr >= 0
+        by_row = np.argsort(zr[done], kind="stable")
+        sn["zero_row"] = zr[done][by_row]
+        sn["zero_at"] = self._head_zero_at[done][by_row]
+        self._head_zero_slot = self._head_zero_slot[~done]
+        self._head_zero_at = self._head_zero_at[~done]
+        return sn
+
+    def _byte_columns(
+        self, snippets: dict[str, np.ndarray], buf: np.ndarray, lo: int, hi: int
+    ) -> FlowChunk:
+        """``bytes``, ``flow_head`` and ``payload_head`` of output rows ``lo:hi``, laid out
+        from their snippets."""
         cfg = self.config
+        n = hi - lo
+        lh, lp, head = cfg.header_bytes, cfg.payload_bytes, cfg.head_bytes
+        a, b = np.searchsorted(snippets["row"], [lo, hi])
+        sn = {name: arr[a:b] for name, arr in snippets.items() if not name.startswith("zero")}
+        row = sn["row"] - lo
+        start, rank = sn["start"], sn["rank"].astype(np.int64)
+
+        by_packet = np.zeros((n, cfg.n_packets, lh + lp), dtype=np.uint8)
+        ib = np.flatnonzero(rank < cfg.n_packets)
+        by_packet[row[ib], rank[ib], :lh] = gather_windows(
+            buf, start[ib], sn["bytes_header"][ib], lh
+        )
+        by_packet[row[ib], rank[ib], lh:] = gather_windows(
+            buf, start[ib] + sn["header"][ib], sn["bytes_payload"][ib], lp
+        )
+
+        # Heads: each flow's pieces back to back, placed in rounds by the packet's rank
+        # (one piece per row and round, in offset order).
+        flow_head = np.zeros((n, head), dtype=np.uint8)
+        payload_head = np.zeros((n, head), dtype=np.uint8)
+        flat_fh, flat_ph = flow_head.reshape(-1), payload_head.reshape(-1)
+        fh_n, ph_n = sn["flow_head_n"].astype(np.int64), sn["payload_head_n"].astype(np.int64)
+        fh_at, ph_at = sn["flow_head_at"].astype(np.int64), sn["payload_head_at"].astype(np.int64)
+        pay_start = start + sn["header"]
+        in_head = (fh_n > 0) | (ph_n > 0)
+        for j in np.unique(rank[in_head]).tolist():
+            sel = np.flatnonzero((rank == j) & in_head)
+            row0 = row[sel] * head
+            place_pieces(flat_fh, row0, fh_at[sel], buf, start[sel], fh_n[sel], head)
+            place_pieces(flat_ph, row0, ph_at[sel], buf, pay_start[sel], ph_n[sel], head)
+        za, zb = np.searchsorted(snippets["zero_row"], [lo, hi])
+        if zb > za:
+            zero_row = snippets["zero_row"][za:zb] - lo
+            flat_fh[zero_row * head + snippets["zero_at"][za:zb]] = 0
+        return {
+            "bytes": by_packet.reshape(n, -1),
+            "flow_head": flow_head,
+            "payload_head": payload_head,
+        }
+
+    def _emit(self, st: dict[str, np.ndarray], reason: np.ndarray) -> Iterator[FlowChunk]:
+        """Output chunks (at most ``EMIT_ROWS`` flows each) of ended flows; frees their rows.
+
+        The flows leave the open-flow state now; their chunks are laid out as they are taken
+        (from the snippet buffer of now, and from pool rows that are not reused before the
+        next slice). Small chunks keep every temporary small enough for the allocator to
+        reuse its memory: writing fresh pages costs more than laying out the columns.
+        """
         order = np.argsort(st["first_index"], kind="stable")
         st = {k: v[order] for k, v in st.items()}
         reason = reason[order]
-        n = len(order)
         slots = st["slot"]
-        out: FlowChunk = {name: self._pool.arrays[name][slots] for name in schema.SEQUENCE_COLUMNS}
+        snippets = self._take_snippets(slots)
+        buffer = self._snippets.buffer
         if self._tls:
             tls_rows = np.flatnonzero((st["tls_c2s"] == _TLS_YES) | (st["tls_s2c"] == _TLS_YES))
             for s in slots[tls_rows].tolist():
                 self._tls.pop((s, True), None)
                 self._tls.pop((s, False), None)
         self._pool.release(slots)
+        self._snippets.compact()
+        return self._chunks(st, reason, snippets, buffer)
+
+    def _chunks(
+        self,
+        st: dict[str, np.ndarray],
+        reason: np.ndarray,
+        snippets: dict[str, np.ndarray],
+        buffer: np.ndarray,
+    ) -> Iterator[FlowChunk]:
+        n = len(reason)
+        slots = st["slot"]
+        for lo in range(0, n, EMIT_ROWS):
+            hi = min(lo + EMIT_ROWS, n)
+            out: FlowChunk = {
+                name: self._pool.arrays[name][slots[lo:hi]]
+                for name in schema.SEQUENCE_COLUMNS
+                if name not in _BYTE_COLUMNS
+            }
+            out.update(self._byte_columns(snippets, buffer, lo, hi))
+            yield self._flow_columns(out, {k: v[lo:hi] for k, v in st.items()}, reason[lo:hi])
+
+    def _flow_columns(
+        self, out: FlowChunk, st: dict[str, np.ndarray], reason: np.ndarray
+    ) -> FlowChunk:
+        """Add the per-flow columns and the filter verdict of ended flows to ``out``."""
+        cfg = self.config
+        n = len(reason)
 
         client_lo = st["client_is_lo"]
         lo_port = (st["ports"] >> 16).astype(np.int32)
@@ -1016,7 +1083,7 @@ class FlowStream(Iterator[FlowChunk]):
         self._packets = iter(packets)
         self._assembler = FlowAssembler(config, capture)
         self._done = False
-        self._ready: deque[FlowChunk] = deque()
+        self._current: Iterator[FlowChunk] = iter(())
 
     @property
     def stats(self) -> AssemblyStats:
@@ -1026,23 +1093,19 @@ class FlowStream(Iterator[FlowChunk]):
         return self
 
     def __next__(self) -> FlowChunk:
-        if self._ready:
-            return self._ready.popleft()
-        while not self._done:
+        while True:
+            chunk = next(self._current, None)
+            if chunk is not None:
+                return chunk
+            if self._done:
+                raise StopIteration
             try:
                 parsed = next(self._packets)
             except StopIteration:
                 self._done = True
-                chunk = self._assembler.finish()
-                if chunk is not None:
-                    return chunk
-                break
-            self._ready.extend(self._assembler.push(parsed))
-            if self._ready:
-                return self._ready.popleft()
-        if self._ready:
-            return self._ready.popleft()
-        raise StopIteration
+                self._current = self._assembler.iter_finish()
+                continue
+            self._current = self._assembler.iter_push(parsed)
 
 
 def assemble_flows(

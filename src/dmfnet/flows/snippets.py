@@ -1,0 +1,229 @@
+"""The first packets' bytes of open flows, kept compact until the flows are emitted.
+
+A flow's byte columns (``bytes``, ``flow_head``, ``payload_head``) are a few kB wide, but
+most flows are short: a two-packet UDP exchange carries a few hundred bytes. Instead of a
+zero-padded row per open flow, the bytes each early packet contributes (from its IP header
+on, as far as any byte column reaches) are copied once into one growing buffer, each into a
+window of a power-of-two width; the byte columns are laid out only when the flow is emitted.
+The buffer is compacted when most of it belongs to flows already emitted, so its size
+follows the open flows, not the capture.
+
+All copies are window copies (a row of ``width`` bytes at a time, through
+``sliding_window_view``), never a per-byte index: that is what makes them fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+_WINDOW_WIDTHS = (64, 256, 1024)
+_MIN_WIDTH = 64  # smallest window a snippet gets
+_COMPACT_MIN_BYTES = 8 << 20  # dead bytes below this never trigger a compaction
+
+
+def gather_windows(
+    src: np.ndarray, start: np.ndarray, n: np.ndarray, width: int, pad: bool = True
+) -> np.ndarray:
+    """``(k, width)`` rows: ``src[s:s+n]`` zero-padded, copied a row at a time (no per-byte index).
+
+    With ``pad`` false the bytes after ``n`` are whatever follows in ``src``. The rows are
+    those of a buffer twice as wide: the padding is then one more window copy (of zeros,
+    starting at ``n``) per row instead of a per-byte mask.
+    """
+    k = len(start)
+    scratch = np.empty((k, 2 * width if pad else width), dtype=np.uint8)
+    out = scratch[:, :width]
+    inside = (start >= 0) & (start + width <= len(src))
+    if inside.all() and len(src) >= width:
+        out[...] = sliding_window_view(src, width)[start]
+    else:
+        out[...] = 0
+        if inside.any():
+            out[inside] = sliding_window_view(src, width)[start[inside]]
+        edge = np.flatnonzero(~inside & (n > 0))  # rows at the ends of the buffer
+        idx = np.clip(start[edge, None] + np.arange(width), 0, len(src) - 1)
+        out[edge] = src[idx]
+    if pad and k:
+        tail = np.arange(k, dtype=np.int64) * (2 * width) + np.clip(n, 0, width)
+        sliding_window_view(scratch.reshape(-1), width, writeable=True)[tail] = _zeros(width)
+    return out
+
+
+def _zeros(width: int) -> np.ndarray:
+    return np.zeros(width, dtype=np.uint8)
+
+
+def place_pieces(
+    dst: np.ndarray,
+    row_start: np.ndarray,
+    offset: np.ndarray,
+    src: np.ndarray,
+    src_start: np.ndarray,
+    n: np.ndarray,
+    row_width: int,
+) -> None:
+    """``dst[r+o : r+o+n] = src[s : s+n]`` for pieces inside rows of ``row_width`` bytes.
+
+    Copied window by window (a few widths) instead of byte by byte. A window is written
+    with zeros after the piece, so pieces of one row must be placed in offset order and the
+    row must be zero beyond the pieces placed so far. A window that would cross the row's
+    end is moved back to end there and merged with the bytes already in the row.
+    """
+    lower = 0
+    for width in _WINDOW_WIDTHS:
+        width = min(width, row_width)
+        sel = np.flatnonzero((n > lower) & (n <= width))
+        lower = width
+        if not len(sel):
+            continue
+        dst_win = sliding_window_view(dst, width, writeable=True)
+        fits = offset[sel] + width <= row_width
+        plain = sel[fits]
+        if len(plain):
+            rows = gather_windows(src, src_start[plain], n[plain], width)
+            dst_win[row_start[plain] + offset[plain]] = rows
+        moved = sel[~fits]
+        if len(moved):
+            win = row_width - width  # the window ends with the row
+            shift = offset[moved] - win  # where the piece starts in the window
+            k = n[moved]
+            current = dst_win[row_start[moved] + win]
+            fresh = gather_windows(src, src_start[moved] - shift, shift + k, width)
+            pos = np.arange(width)[None, :]
+            np.copyto(current, fresh, where=pos >= shift[:, None])
+            dst_win[row_start[moved] + win] = current
+        if lower >= row_width:
+            break
+
+
+def window_width(n: np.ndarray) -> np.ndarray:
+    """Power-of-two window width (at least 64) that holds ``n`` bytes."""
+    n = np.maximum(n.astype(np.int64), _MIN_WIDTH)
+    return np.left_shift(1, np.ceil(np.log2(n)).astype(np.int64))
+
+
+# Per snippet: which flow row and packet it belongs to, where it lies, and the extents
+# of the byte columns it feeds (header and payload of ``bytes``, its pieces of the heads).
+SNIPPET_FIELDS: dict[str, type] = {
+    "slot": np.int64,  # the flow's row
+    "rank": np.int32,  # the packet's order in its flow
+    "start": np.int64,  # where the snippet starts in the buffer
+    "width": np.int64,  # window reserved for it
+    "header": np.int32,  # bytes of network + transport header captured (payload follows)
+    "bytes_header": np.int32,  # header bytes in ``bytes``
+    "bytes_payload": np.int32,  # payload bytes in ``bytes``
+    "flow_head_at": np.int32,  # where the packet starts in ``flow_head``
+    "flow_head_n": np.int32,  # bytes of the packet in ``flow_head``
+    "payload_head_at": np.int32,
+    "payload_head_n": np.int32,
+}
+
+
+class SnippetStore:
+    """Buffer of early-packet snippets of open flows; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.buffer = np.zeros(1 << 16, dtype=np.uint8)
+        self.used = 0  # buffer bytes handed out
+        self.dead = 0  # buffer bytes of snippets whose flow was emitted
+        self.count = 0  # snippets stored (live and dead)
+        self.fields = {name: np.empty(1 << 10, dtype=dt) for name, dt in SNIPPET_FIELDS.items()}
+        self.live = np.zeros(1 << 10, dtype=bool)
+
+    def add(
+        self,
+        src: np.ndarray,
+        src_start: np.ndarray,
+        need: np.ndarray,
+        values: dict[str, np.ndarray],
+        prepare: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        """Copy ``src[s : s + need]`` per snippet; return where each starts in the buffer.
+
+        ``values`` holds the other :data:`SNIPPET_FIELDS` per snippet. ``prepare(which,
+        rows, width)`` may edit the zero-padded windows (``rows``, snippets ``which``)
+        before they are stored.
+        """
+        k = len(src_start)
+        width = window_width(need)
+        start = self.used + np.cumsum(width) - width
+        end = self.used + int(width.sum())
+        if end > len(self.buffer):
+            grown = np.zeros(max(2 * len(self.buffer), end), dtype=np.uint8)
+            grown[: self.used] = self.buffer[: self.used]
+            self.buffer = grown
+        for w in np.unique(width).tolist():
+            which = np.flatnonzero(width == w)
+            rows = gather_windows(src, src_start[which], need[which], w, pad=False)
+            if prepare is not None:
+                prepare(which, rows, w)
+            sliding_window_view(self.buffer, w, writeable=True)[start[which]] = rows
+        self.used = end
+        self._reserve(self.count + k)
+        at = slice(self.count, self.count + k)
+        for name, arr in self.fields.items():
+            if name == "start":
+                arr[at] = start
+            elif name == "width":
+                arr[at] = width
+            else:
+                arr[at] = values[name]
+        self.live[at] = True
+        self.count += k
+        return start
+
+    def _reserve(self, rows: int) -> None:
+        cap = len(self.live)
+        if rows <= cap:
+            return
+        cap = max(2 * cap, rows)
+        for name, arr in self.fields.items():
+            grown = np.empty(cap, dtype=arr.dtype)
+            grown[: self.count] = arr[: self.count]
+            self.fields[name] = grown
+        live = np.zeros(cap, dtype=bool)
+        live[: self.count] = self.live[: self.count]
+        self.live = live
+
+    def take(self, row_of_slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Snippets of the flows whose row maps to an output row (``row_of_slot >= 0``).
+
+        Returns their indices and output rows; they are forgotten (after the caller has
+        read them, at the next :meth:`add` or :meth:`compact`).
+        """
+        n = self.count
+        slot = self.fields["slot"][:n]
+        row = np.full(n, -1, dtype=np.int64)
+        live = np.flatnonzero(self.live[:n])
+        row[live] = row_of_slot[slot[live]]
+        idx = np.flatnonzero(row >= 0)
+        self.live[idx] = False
+        self.dead += int(self.fields["width"][idx].sum())
+        return idx, row[idx]
+
+    def compact(self) -> None:
+        """Move the live snippets together when most of the buffer is dead."""
+        if self.dead < max(_COMPACT_MIN_BYTES, self.used - self.dead):
+            return
+        keep = np.flatnonzero(self.live[: self.count])
+        width = self.fields["width"][keep]
+        old_start = self.fields["start"][keep]
+        start = np.cumsum(width) - width
+        used = int(width.sum())
+        buffer = np.zeros(max(2 * used, 1 << 16), dtype=np.uint8)
+        for w in np.unique(width).tolist():
+            which = np.flatnonzero(width == w)
+            rows = sliding_window_view(self.buffer, w)[old_start[which]]
+            sliding_window_view(buffer, w, writeable=True)[start[which]] = rows
+        self.buffer = buffer
+        self.used = used
+        self.dead = 0
+        k = len(keep)
+        for name, arr in self.fields.items():
+            arr[:k] = start if name == "start" else arr[keep]
+        self.live[:k] = True
+        self.live[k : self.count] = False
+        self.count = k
