@@ -634,8 +634,9 @@ def write_complexity_report(
 ) -> Path:
     """Measure each model's cost (:mod:`dmfnet.training.complexity`) into complexity.md.
 
-    A trained ``runs/<model>/seed0`` in ``report_dir`` is measured when present (tree
-    models need one for a meaningful tree count); otherwise a freshly built model.
+    When ``runs/<model>/seed0`` exists in ``report_dir``, its configuration (torch models)
+    or its trained trees (estimators, whose size depends on training) are measured;
+    otherwise a freshly built model with the default configuration.
     """
     from dmfnet.training.complexity import measure, measure_isolated, write_complexity
 

@@ -189,6 +189,43 @@ def count_flops(model: Any, tensors: Sequence[Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def _model_to_measure(
+    name: str, kind: str, num_classes: int, config: dict[str, Any], run_dir: str | Path | None
+) -> tuple[Any, str]:
+    """The model whose cost is measured, and a note saying what it is.
+
+    Torch models are built afresh (cost does not depend on the weights) with the run's
+    configuration when a run is given; estimators are loaded from the run (their size
+    depends on training). A run that cannot be read falls back to a fresh model, said so.
+    """
+    import json
+
+    from dmfnet.models import create_model
+    from dmfnet.training.runs import load_run
+
+    note = ""
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if kind == "estimator":
+            try:
+                return load_run(run_dir).model, f"trained run {run_dir}"
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                note = f"run {run_dir} unreadable ({str(exc).splitlines()[0]}); "
+        else:
+            try:
+                info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+                run_config = {**dict(info.get("model_config") or {}), **config}
+                run_config.pop("num_classes", None)  # given by the run's class list
+                model = create_model(name, num_classes, **run_config)
+                return model, f"configuration of {run_dir}, fresh weights"
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                note = f"run {run_dir} unusable ({str(exc).splitlines()[0]}); "
+    model = create_model(name, num_classes, **config)
+    return model, note + ("default configuration, " if not config else "") + (
+        "fresh weights" if kind == "torch" else ""
+    )
+
+
 def _median_seconds(fn: Any, repeats: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
@@ -219,7 +256,7 @@ def measure(
     """
     import torch
 
-    from dmfnet.models import create_model, get_entry
+    from dmfnet.models import get_entry
     from dmfnet.training.runs import model_logits
 
     if batch_size < 1 or repeats < 1 or warmup < 0:
@@ -228,14 +265,9 @@ def measure(
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
 
-    source = "untrained (random weights)"
-    if run_dir is not None:
-        from dmfnet.training.runs import load_run
-
-        model = load_run(run_dir).model
-        source = f"trained run {run_dir}"
-    else:
-        model = create_model(model_name, num_classes, **dict(model_config or {}))
+    model, source = _model_to_measure(
+        model_name, entry.kind, num_classes, dict(model_config or {}), run_dir
+    )
     data = synthetic_inputs(entry.inputs, batch_size)
     one = {c: a[:1] for c, a in data.items()}
     result: dict[str, Any] = {
@@ -271,9 +303,9 @@ def measure(
             with torch.inference_mode():
                 model_logits(model(*single))
     else:
-        if run_dir is None:
+        if not source.startswith("trained"):
             model = _fit_estimator_on_synthetic(model, entry.inputs, num_classes)
-            source = "fitted on synthetic flows (tree count depends on the data)"
+            source += "fitted on synthetic flows (tree count depends on the data)"
             result["source"] = source
         booster = _find_booster(model)
         if booster is not None:
@@ -394,10 +426,7 @@ def write_complexity(
         "Weights column), each model measured in a fresh process.",
         "",
     ]
-    sources = {r["model"]: r.get("source", "") for r in results}
-    if any(s.startswith("trained") for s in sources.values()) or any(
-        r.get("kind") == "estimator" for r in results
-    ):
-        lines.append("Measured models: " + "; ".join(f"{m}: {s}" for m, s in sources.items()))
-        lines.append("")
+    lines += ["What was measured:", ""]
+    lines += [f"- {r['model']}: {r.get('source', '')}" for r in results]
+    lines.append("")
     path.write_text("\n".join(lines))
