@@ -183,7 +183,7 @@ def _segment_cumsum(x: np.ndarray, seg_first: np.ndarray, lengths: np.ndarray) -
 
 
 class _RowPool:
-    """Rows of the sequence and byte columns of open flows, reused after a flow is emitted."""
+    """Rows of the state and sequence columns of open flows, reused after a flow is emitted."""
 
     def __init__(self, widths: dict[str, tuple[type, int]]) -> None:
         self.widths = widths  # width 0: one value per row
@@ -198,12 +198,14 @@ class _RowPool:
         return (rows, width) if width else (rows,)
 
     def allocate(self, k: int) -> np.ndarray:
-        """``k`` zeroed rows: emitted rows first (zeroed here), then never-used ones."""
+        """``k`` rows: released rows first, then never-used ones.
+
+        The sequence columns of the rows are zero (the caller zeroes a row's sequence
+        columns before releasing it); one-value columns keep what an emitted flow left
+        (the caller writes them before reading).
+        """
         reused = self.free[len(self.free) - min(k, len(self.free)) :]
         self.free = self.free[: len(self.free) - len(reused)]
-        if len(reused):
-            for arr in self.arrays.values():
-                arr[reused] = 0
         fresh = k - len(reused)
         cap = len(next(iter(self.arrays.values())))
         if self.used + fresh > cap:
@@ -430,6 +432,7 @@ class FlowAssembler:
     # ------------------------------------------------------------------ batch
     def _push(self, parsed: ParsedPackets) -> list[Iterator[FlowChunk]]:
         cfg = self.config
+        self._snippets.compact()  # the previous slice's chunks have all been taken
         batch = parsed.batch
         data = batch.data
         n = len(parsed)
@@ -974,9 +977,9 @@ class FlowAssembler:
     def _emit(self, st: dict[str, np.ndarray], reason: np.ndarray) -> Iterator[FlowChunk]:
         """Output chunks (at most ``EMIT_ROWS`` flows each) of ended flows; frees their rows.
 
-        The flows leave the open-flow state now; their chunks are laid out as they are taken
-        (from the snippet buffer of now, and from pool rows that are not reused before the
-        next slice). Small chunks keep every temporary small enough for the allocator to
+        The flows leave the open-flow state now; their chunks are laid out as they are taken,
+        from pool rows (released once read) and snippets that stay as they are until the
+        next slice (which starts with the snippet buffer's compaction). Small chunks keep every temporary small enough for the allocator to
         reuse its memory: writing fresh pages costs more than laying out the columns.
         """
         order = np.argsort(st["first_index"], kind="stable")
@@ -990,8 +993,6 @@ class FlowAssembler:
             for s in slots[tls_rows].tolist():
                 self._tls.pop((s, True), None)
                 self._tls.pop((s, False), None)
-        self._pool.release(slots)
-        self._snippets.compact()
         return self._chunks(st, reason, snippets, buffer)
 
     def _chunks(
@@ -1005,11 +1006,14 @@ class FlowAssembler:
         slots = st["slot"]
         for lo in range(0, n, EMIT_ROWS):
             hi = min(lo + EMIT_ROWS, n)
-            out: FlowChunk = {
-                name: self._pool.arrays[name][slots[lo:hi]]
-                for name in schema.SEQUENCE_COLUMNS
-                if name not in _BYTE_COLUMNS
-            }
+            rows = slots[lo:hi]
+            out: FlowChunk = {}
+            for name in schema.SEQUENCE_COLUMNS:
+                if name not in _BYTE_COLUMNS:
+                    column = self._pool.arrays[name]
+                    out[name] = column[rows]
+                    column[rows] = 0  # while the rows are in the cache
+            self._pool.release(rows)
             out.update(self._byte_columns(snippets, buffer, lo, hi))
             yield self._flow_columns(out, {k: v[lo:hi] for k, v in st.items()}, reason[lo:hi])
 

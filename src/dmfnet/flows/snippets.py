@@ -22,6 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 _WINDOW_WIDTHS = (64, 256, 1024)
 _MIN_WIDTH = 64  # smallest window a snippet gets
 _COMPACT_MIN_BYTES = 8 << 20  # dead bytes below this never trigger a compaction
+_COMPACT_BLOCK = 4096  # snippets moved at once
 
 
 def gather_windows(
@@ -205,21 +206,27 @@ class SnippetStore:
         return idx, row[idx]
 
     def compact(self) -> None:
-        """Move the live snippets together when most of the buffer is dead."""
+        """Move the live snippets to the front when most of the buffer is dead.
+
+        In place, in blocks in buffer order: a snippet never moves past its old end, so a
+        block (read whole before it is written) only overwrites snippets already moved.
+        """
         if self.dead < max(_COMPACT_MIN_BYTES, self.used - self.dead):
             return
         keep = np.flatnonzero(self.live[: self.count])
         width = self.fields["width"][keep]
         old_start = self.fields["start"][keep]
         start = np.cumsum(width) - width
-        used = int(width.sum())
-        buffer = np.zeros(max(2 * used, 1 << 16), dtype=np.uint8)
-        for w in np.unique(width).tolist():
-            which = np.flatnonzero(width == w)
-            rows = sliding_window_view(self.buffer, w)[old_start[which]]
-            sliding_window_view(buffer, w, writeable=True)[start[which]] = rows
-        self.buffer = buffer
-        self.used = used
+        for lo in range(0, len(keep), _COMPACT_BLOCK):
+            block = slice(lo, lo + _COMPACT_BLOCK)
+            w_block, old_block, new_block = width[block], old_start[block], start[block]
+            moves = []
+            for w in np.unique(w_block).tolist():
+                which = np.flatnonzero(w_block == w)
+                moves.append((w, which, sliding_window_view(self.buffer, w)[old_block[which]]))
+            for w, which, rows in moves:
+                sliding_window_view(self.buffer, w, writeable=True)[new_block[which]] = rows
+        self.used = int(width.sum())
         self.dead = 0
         k = len(keep)
         for name, arr in self.fields.items():
