@@ -139,10 +139,26 @@ def test_contrastive_without_negatives_is_positive_term_only():
 def test_scaling_of_raw_inputs():
     model = DMF(DMFConfig(num_classes=2))
     assert model.scale("bytes", torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [0.0, 1.0]
+    signed = torch.tensor([-1500, 0, 375, 65535], dtype=torch.int32)
+    expected = [1.0, 0.0, 0.5, (65535 / 1500) ** 0.5]
+    assert model.scale("lengths", signed).tolist() == pytest.approx(expected)
+    log = DMF(DMFConfig(num_classes=2, length_scaling="log"))
     signed = torch.tensor([-65535, 0, 65535, 255], dtype=torch.int32)
-    assert model.scale("lengths", signed).tolist() == pytest.approx([1.0, 0.0, 1.0, 0.5], abs=1e-3)
+    assert log.scale("lengths", signed).tolist() == pytest.approx([1.0, 0.0, 1.0, 0.5], abs=1e-3)
     linear = DMF(DMFConfig(num_classes=2, length_scaling="linear"))
     assert linear.scale("lengths", signed).tolist() == pytest.approx([1.0, 0.0, 1.0, 255 / 65535])
+
+
+def test_default_length_scaling_keeps_neighbouring_lengths_apart():
+    # Lengths a classifier must tell apart (583 vs 590 bytes) must not collapse to one
+    # input value: the first layer could not separate them.
+    lengths = torch.tensor([583, 590], dtype=torch.int32)
+    gaps = {
+        name: float(DMF(DMFConfig(length_scaling=name)).scale("lengths", lengths).diff())
+        for name in ("sqrt", "log", "linear")
+    }
+    assert gaps["sqrt"] > 0.003
+    assert gaps["sqrt"] > 3 * gaps["log"] > 30 * gaps["linear"]
 
 
 def test_bad_configuration_and_inputs_are_refused():
