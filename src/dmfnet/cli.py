@@ -196,8 +196,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=256,
-        help="flows per step, over all processes (default: 256)",
+        default=None,
+        help="flows per step, over all processes (default: auto, a power of two in 32-256 "
+        "giving at least 32 steps per epoch where the training split allows)",
     )
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument(
@@ -208,6 +209,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=5,
         help="stop after this many epochs without a better validation macro-F1; 0 never stops early (default: 5)",
+    )
+    p.add_argument(
+        "--min-class-flows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on the classes with at least N flows only (default: 0, all classes)",
+    )
+    p.add_argument(
+        "--drop-classes",
+        default="",
+        metavar="A,B",
+        help="comma-separated classes left out (for example Unknown)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate: constant, or one epoch of warm-up then cosine decay "
+        "(default: constant)",
     )
     p.add_argument(
         "--split",
@@ -250,6 +271,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
     p.set_defaults(func=_run_train)
+
+
+def _class_list(text: str) -> list[str]:
+    """``"A,B"`` -> ``["A", "B"]`` (blank entries ignored)."""
+    return [c.strip() for c in text.split(",") if c.strip()]
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -318,6 +344,9 @@ def _run_train(args: argparse.Namespace) -> int:
             lr=args.lr,
             weight_decay=args.weight_decay,
             patience=args.patience,
+            schedule=args.schedule,
+            min_class_flows=args.min_class_flows,
+            drop_classes=_class_list(args.drop_classes),
             device=args.device,
             model_config=_parse_overrides(args.overrides),
             num_workers=args.num_workers,
@@ -418,7 +447,25 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         "protocol; inflates scores)",
     )
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs per run (default: 30)")
-    p.add_argument("--batch-size", type=int, default=256, help="flows per step (default: 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="flows per step (default: auto, as in `dmfnet train`)",
+    )
+    p.add_argument(
+        "--min-class-flows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="benchmark on the classes with at least N flows only (default: 0, all classes)",
+    )
+    p.add_argument(
+        "--drop-classes",
+        default="",
+        metavar="A,B",
+        help="comma-separated classes left out (for example Unknown)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument(
         "--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 1e-2)"
@@ -519,6 +566,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         complexity=not args.no_complexity,
         complexity_batch=args.complexity_batch,
         progress=not args.quiet,
+        min_class_flows=args.min_class_flows,
+        drop_classes=_class_list(args.drop_classes),
     )
     written = out["written"]
     print()

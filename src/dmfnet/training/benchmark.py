@@ -68,7 +68,7 @@ ABLATION_LAYOUT = (
 # Settings that must match for results in one report folder to be comparable.
 _SETTINGS_FILE = "benchmark.json"
 _COMPARABLE = ("dataset", "split", "keep_duplicates", "epochs", "batch_size", "lr",
-               "weight_decay", "patience", "model_config")  # fmt: skip
+               "weight_decay", "patience", "model_config", "classes_kept")  # fmt: skip
 
 _SPLIT_TEXT = {
     "random": "random 8:1:1, stratified by class (the paper's protocol); seed k gives split k",
@@ -505,7 +505,7 @@ def run_benchmark(
     split: str = "random",
     keep_duplicates: bool = False,
     epochs: int = 30,
-    batch_size: int = 256,
+    batch_size: int | None = None,  # None: the trainer's auto_batch_size
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
     patience: int = 5,
@@ -515,6 +515,8 @@ def run_benchmark(
     complexity_batch: int = 256,
     progress: bool = True,
     train_fn: Callable[..., dict[str, Any]] | None = None,
+    min_class_flows: int = 0,
+    drop_classes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train and test ``models`` for seeds ``0..seeds-1`` and write the report folder.
 
@@ -544,6 +546,12 @@ def run_benchmark(
         else str(getattr(dataset, "path", "") or "(in memory)")
     )
     model_config = {k: dict(v) for k, v in (model_config or {}).items()}
+    if min_class_flows or drop_classes:  # filter once: every run sees the same classes
+        from dmfnet.data import load_dataset
+        from dmfnet.training.trainer import select_classes
+
+        loaded = load_dataset(dataset) if isinstance(dataset, (str, Path)) else dataset
+        dataset = select_classes(loaded, min_class_flows=min_class_flows, drop_classes=drop_classes)
     settings = {
         "dataset": dataset_name,
         "split": split,
@@ -555,6 +563,11 @@ def run_benchmark(
         "patience": patience,
         "model_config": model_config,
     }
+    if min_class_flows or drop_classes:  # absent otherwise: older reports still resume
+        settings["classes_kept"] = {
+            "min_class_flows": min_class_flows,
+            "drop_classes": sorted(drop_classes),
+        }
     _check_settings(report_dir, settings)
     results_csv = report_dir / "results.csv"
     done = {(r["model"], r["seed"]) for r in read_results(results_csv)}
@@ -611,6 +624,10 @@ def run_benchmark(
             "keep_duplicates": bool(keep_duplicates),
             "duplicates_removed": _duplicates_removed(report_dir, keep_duplicates),
             "epochs (max)": epochs, "early stopping patience": patience}  # fmt: skip
+    if min_class_flows:
+        info["classes kept"] = f"at least {min_class_flows} flows"
+    if drop_classes:
+        info["classes left out"] = ", ".join(sorted(drop_classes))
     written = write_tables(results_csv, report_dir, info) if results_csv.exists() else {}
     if complexity:
         written["complexity"] = write_complexity_report(

@@ -46,6 +46,7 @@ from dmfnet.training.runs import (
 )
 
 SPLITS = ("random", "file")
+SCHEDULES = ("cosine", "constant")
 GPU_RESIDENT_BYTES = 4 << 30  # model inputs up to this size are copied to the GPU once
 
 
@@ -58,10 +59,11 @@ class TrainConfig:
     split: str = "random"  # "random": 8:1:1 stratified (paper); "file": by capture file
     keep_duplicates: bool = False  # True keeps duplicate test flows (the paper's protocol)
     epochs: int = 30
-    batch_size: int = 256  # global: divided among processes under torchrun
+    batch_size: int = 256  # global: divided among processes under torchrun; see auto_batch_size
     lr: float = 1e-3
     weight_decay: float = 1e-2
     patience: int = 5  # epochs without a better validation macro-F1 before stopping; 0: never
+    schedule: str = "constant"  # learning rate: "constant", or "cosine" (warm-up + decay)
     device: str = "cpu"
     num_workers: int = 0  # DataLoader workers gathering batches; 0 gathers in-process
     world_size: int = 1
@@ -97,6 +99,42 @@ def _load(dataset: Any, columns: Sequence[str]) -> tuple[Any, str]:
             raise FileNotFoundError(f"dataset {path} does not exist")
         return load_dataset(path, columns=list(columns)), str(path)
     return dataset, str(getattr(dataset, "path", "") or "")
+
+
+def select_classes(
+    dataset: Any, *, min_class_flows: int = 0, drop_classes: Sequence[str] = ()
+) -> Any:
+    """The flows of the classes with at least ``min_class_flows`` flows, minus ``drop_classes``.
+
+    Real captures label many protocols with a handful of flows (and a catch-all such as
+    ``Unknown``); a classifier cannot learn or be scored on a class with 3 flows. Class
+    codes are renumbered over the kept classes. Returns ``dataset`` itself when nothing is
+    removed; an error names what is left when fewer than two classes remain.
+    """
+    if min_class_flows < 0:
+        raise ValueError(f"min_class_flows must be 0 or more, got {min_class_flows}")
+    labels = np.asarray(dataset.labels).astype(str)
+    names, counts = np.unique(labels, return_counts=True)
+    unknown = sorted(set(drop_classes) - set(names.tolist()))
+    if unknown:
+        raise ValueError(f"cannot drop unknown class(es) {', '.join(unknown)}")
+    keep = [
+        str(n)
+        for n, c in zip(names, counts, strict=True)
+        if c >= min_class_flows and n not in set(drop_classes)
+    ]
+    if len(keep) == len(names):
+        return dataset
+    if len(keep) < 2:
+        raise ValueError(
+            f"{len(keep)} class(es) left with at least {min_class_flows} flows after "
+            f"dropping {', '.join(drop_classes) or 'none'}; training needs at least 2"
+        )
+    subset = dataset.take(np.flatnonzero(np.isin(labels, keep)))
+    classes, y = np.unique(np.asarray(subset.labels).astype(str), return_inverse=True)
+    subset.classes = [str(c) for c in classes]
+    subset.y = y.astype(np.int64).reshape(-1)
+    return subset
 
 
 def column(dataset: Any, name: str) -> np.ndarray:
@@ -158,6 +196,33 @@ def split_indices(
 
 
 # ----------------------------------------------------------------------------- batching
+
+MIN_STEPS_PER_EPOCH = 32  # auto batch size: enough optimiser steps per epoch on small data
+MIN_BATCH, MAX_BATCH = 32, 256
+
+
+def auto_batch_size(n_train: int) -> int:
+    """Flows per step for ``n_train`` training flows: a power of two in [32, 256] giving at
+    least 32 steps per epoch where the data allows.
+
+    A fixed 256 gives the bundled demo (864 training flows) 4 steps per epoch: 30 epochs are
+    120 steps and models stop before they fit. Large datasets keep 256.
+    """
+    target = max(n_train // MIN_STEPS_PER_EPOCH, 1)
+    size = 1 << (target.bit_length() - 1)  # largest power of two <= target
+    return int(min(max(size, MIN_BATCH), MAX_BATCH))
+
+
+def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the base learning rate: linear warm-up, then cosine decay to zero.
+
+    The warm-up (one epoch) keeps AdamW's first, poorly estimated steps small; the decay
+    lets the last epochs settle instead of hopping around a minimum at the full rate.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -299,6 +364,13 @@ def _fit_torch(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     per_rank_batch = max(1, cfg.batch_size // world)
+    steps_per_epoch = len(_batches(distributed.shard(train_idx, rank, world), per_rank_batch))
+    scheduler = None
+    if cfg.schedule == "cosine":
+        total, warmup = cfg.epochs * steps_per_epoch, steps_per_epoch if cfg.epochs > 1 else 0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: learning_rate_factor(step, total, warmup)
+        )
     val_shard = val_idx[rank::world]
     labels = np.arange(len(class_names))
     history: list[dict[str, Any]] = []
@@ -317,6 +389,8 @@ def _fit_torch(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 loss_total += loss.detach() * len(target)  # no host sync per step
                 seen += len(target)
         except KeyboardInterrupt:
@@ -412,13 +486,16 @@ def train(
     split: str = "random",
     keep_duplicates: bool = False,
     epochs: int = 30,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
     patience: int = 5,
+    schedule: str = "constant",
     device: str | torch.device | None = None,
     model_config: Mapping[str, Any] | None = None,
     num_workers: int = 0,
+    min_class_flows: int = 0,
+    drop_classes: Sequence[str] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` on a FlowDataset (or the path of one) and write the run folder ``run_dir``.
@@ -428,13 +505,21 @@ def train(
     ``train_seconds``, ``infer_flows_per_s``, ``epochs_run`` and ``best_epoch``. The same
     ``seed`` gives the same split and, on CPU, the same model and metrics. ``device=None``
     picks CUDA when present. Under ``torchrun`` every process returns the same dict and only
-    rank 0 writes files.
+    rank 0 writes files. ``batch_size=None`` picks :func:`auto_batch_size` of the training
+    split; ``schedule`` is ``"cosine"`` (one epoch of warm-up, then cosine decay over
+    ``epochs``) or ``"constant"``. ``min_class_flows`` and ``drop_classes`` train on a
+    subset of the classes (:func:`select_classes`).
     """
     from dmfnet.models import create_model, get_entry
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    for name, value in (
+        ("epochs", epochs),
+        ("batch_size", 1 if batch_size is None else batch_size),
+    ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     entry = get_entry(model)
@@ -444,6 +529,7 @@ def train(
 
     columns = list(entry.inputs) + (["capture"] if split == "file" else [])
     ds, dataset_path = _load(dataset, columns)
+    ds = select_classes(ds, min_class_flows=min_class_flows, drop_classes=drop_classes)
     class_names = [str(c) for c in ds.classes]
     if len(class_names) < 2:
         raise ValueError(f"the dataset has {len(class_names)} class(es); training needs at least 2")
@@ -461,10 +547,11 @@ def train(
             split=split,
             keep_duplicates=keep_duplicates,
             epochs=epochs,
-            batch_size=batch_size,
+            batch_size=batch_size or MAX_BATCH,
             lr=lr,
             weight_decay=weight_decay,
             patience=patience,
+            schedule=schedule,
             device=str(dev),
             num_workers=num_workers,
             world_size=world,
@@ -477,14 +564,16 @@ def train(
         train_idx, val_idx, test_idx, removed = split_indices(
             ds, entry.inputs, seed=seed, split=split, keep_duplicates=keep_duplicates
         )
+        if batch_size is None:
+            cfg = dataclasses.replace(cfg, batch_size=auto_batch_size(len(train_idx)))
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             if progress:
                 print(
                     f"{model}: {len(class_names)} classes, {len(train_idx)}/{len(val_idx)}/"
                     f"{len(test_idx)} train/val/test flows ({split} split, "
-                    f"{removed} duplicate test flows removed), device {dev}"
-                    + (f", {world} processes" if world > 1 else ""),
+                    f"{removed} duplicate test flows removed), device {dev}, "
+                    f"batch {cfg.batch_size}" + (f", {world} processes" if world > 1 else ""),
                     flush=True,
                 )
         resolved_config = _model_config(net, model_config)
@@ -542,6 +631,8 @@ def train(
                 "seed": seed,
                 "split": split,
                 "keep_duplicates": keep_duplicates,
+                "min_class_flows": min_class_flows,
+                "drop_classes": list(drop_classes),
                 "split_sizes": {
                     "train": int(len(train_idx)),
                     "val": int(len(val_idx)),
