@@ -941,12 +941,11 @@ class FlowAssembler:
         row = sn["row"] - lo
         start, rank = sn["start"], sn["rank"].astype(np.int64)
 
-        by_packet = np.zeros((n, cfg.n_packets, lh + lp), dtype=np.uint8)
+        by_packet = np.zeros((n * cfg.n_packets, lh + lp), dtype=np.uint8)
         ib = np.flatnonzero(rank < cfg.n_packets)
-        by_packet[row[ib], rank[ib], :lh] = gather_windows(
-            buf, start[ib], sn["bytes_header"][ib], lh
-        )
-        by_packet[row[ib], rank[ib], lh:] = gather_windows(
+        at = row[ib] * cfg.n_packets + rank[ib]
+        by_packet[at, :lh] = gather_windows(buf, start[ib], sn["bytes_header"][ib], lh)
+        by_packet[at, lh:] = gather_windows(
             buf, start[ib] + sn["header"][ib], sn["bytes_payload"][ib], lp
         )
 

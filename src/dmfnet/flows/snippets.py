@@ -8,8 +8,8 @@ window of a power-of-two width; the byte columns are laid out only when the flow
 The buffer is compacted when most of it belongs to flows already emitted, so its size
 follows the open flows, not the capture.
 
-All copies are window copies (a row of ``width`` bytes at a time, through
-``sliding_window_view``), never a per-byte index: that is what makes them fast.
+All copies are window copies (a row of ``width`` bytes at a time, through a strided view
+of every window), never a per-byte index: that is what makes them fast.
 """
 
 from __future__ import annotations
@@ -17,12 +17,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 _WINDOW_WIDTHS = (64, 256, 1024)
 _MIN_WIDTH = 64  # smallest window a snippet gets
 _COMPACT_MIN_BYTES = 8 << 20  # dead bytes below this never trigger a compaction
 _COMPACT_BLOCK = 4096  # snippets moved at once
+
+
+def _windows(buffer: np.ndarray, width: int) -> np.ndarray:
+    """Every ``width``-byte window of a contiguous 1-D uint8 array, as a view.
+
+    What ``sliding_window_view`` gives (writeable when ``buffer`` is), built directly:
+    it is called thousands of times per capture and the numpy helper costs 10 us a call.
+    """
+    return np.ndarray((len(buffer) - width + 1, width), np.uint8, buffer=buffer, strides=(1, 1))
 
 
 def gather_windows(
@@ -39,17 +47,17 @@ def gather_windows(
     out = scratch[:, :width]
     inside = (start >= 0) & (start + width <= len(src))
     if inside.all() and len(src) >= width:
-        out[...] = sliding_window_view(src, width)[start]
+        out[...] = _windows(src, width)[start]
     else:
         out[...] = 0
         if inside.any():
-            out[inside] = sliding_window_view(src, width)[start[inside]]
+            out[inside] = _windows(src, width)[start[inside]]
         edge = np.flatnonzero(~inside & (n > 0))  # rows at the ends of the buffer
         idx = np.clip(start[edge, None] + np.arange(width), 0, len(src) - 1)
         out[edge] = src[idx]
     if pad and k:
         tail = np.arange(k, dtype=np.int64) * (2 * width) + np.clip(n, 0, width)
-        sliding_window_view(scratch.reshape(-1), width, writeable=True)[tail] = _zeros(width)
+        _windows(scratch.reshape(-1), width)[tail] = _zeros(width)
     return out
 
 
@@ -80,7 +88,7 @@ def place_pieces(
         lower = width
         if not len(sel):
             continue
-        dst_win = sliding_window_view(dst, width, writeable=True)
+        dst_win = _windows(dst, width)
         fits = offset[sel] + width <= row_width
         plain = sel[fits]
         if len(plain):
@@ -161,7 +169,7 @@ class SnippetStore:
             rows = gather_windows(src, src_start[which], need[which], w, pad=False)
             if prepare is not None:
                 prepare(which, rows, w)
-            sliding_window_view(self.buffer, w, writeable=True)[start[which]] = rows
+            _windows(self.buffer, w)[start[which]] = rows
         self.used = end
         self._reserve(self.count + k)
         at = slice(self.count, self.count + k)
@@ -223,9 +231,9 @@ class SnippetStore:
             moves = []
             for w in np.unique(w_block).tolist():
                 which = np.flatnonzero(w_block == w)
-                moves.append((w, which, sliding_window_view(self.buffer, w)[old_block[which]]))
+                moves.append((w, which, _windows(self.buffer, w)[old_block[which]]))
             for w, which, rows in moves:
-                sliding_window_view(self.buffer, w, writeable=True)[new_block[which]] = rows
+                _windows(self.buffer, w)[new_block[which]] = rows
         self.used = int(width.sum())
         self.dead = 0
         k = len(keep)
