@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -289,8 +290,15 @@ def _rss(pids: list[int]) -> tuple[int, int]:
     return total, anon
 
 
-def measure(command: list[str], sample_every: float = 0.1) -> Measurement:
-    """Run a command to its end; its wall time, CPU time and peak RSS (kernel and sampled)."""
+def measure(
+    command: list[str],
+    sample_every: float = 0.1,
+    on_sample: Callable[[int, int], None] | None = None,
+) -> Measurement:
+    """Run a command to its end; its wall time, CPU time and peak RSS (kernel and sampled).
+
+    ``on_sample(rss, anonymous_rss)`` is called with each sample of the process tree.
+    """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         child = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -304,6 +312,8 @@ def measure(command: list[str], sample_every: float = 0.1) -> Measurement:
                     pids, listed = _process_tree(child.pid), time.perf_counter()
                 total, anon = _rss(pids)
                 peak[0], peak[1] = max(peak[0], total), max(peak[1], anon)
+                if on_sample is not None:
+                    on_sample(total, anon)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()

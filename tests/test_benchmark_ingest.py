@@ -156,10 +156,23 @@ def test_dpkt_reference_flows_and_modalities(tmp_path):
     assert udp["lengths"][:3] == [33, 34, 0]
 
 
-def test_measure_reports_exit_output_and_memory_of_the_child():
-    # Holds 200 MiB for half a second, so the 0.1 s sampler sees it too.
-    grow = "import sys, time; block = b'x' * (200 * 2**20); time.sleep(0.5); print(len(block)); sys.exit(3)"
-    m = ingest.measure([sys.executable, "-c", grow])
+def test_measure_reports_exit_output_and_memory_of_the_child(tmp_path):
+    # The child holds 200 MiB until the sampler has seen it (it then finds the flag file),
+    # so the sampled peak does not depend on how busy the machine is.
+    flag = tmp_path / "seen"
+    grow = (
+        "import os, sys, time; block = b'x' * (200 * 2**20); t = time.monotonic()\n"
+        f"while not os.path.exists({str(flag)!r}) and time.monotonic() - t < 120:\n"
+        "    time.sleep(0.01)\n"
+        "print(len(block)); sys.exit(3)"
+    )
+
+    def on_sample(rss: int, anon: int) -> None:
+        if anon > 200 * 2**20:
+            flag.touch()
+
+    m = ingest.measure([sys.executable, "-c", grow], sample_every=0.01, on_sample=on_sample)
+    assert flag.exists(), "the sampler never saw the child's memory"
     assert m.returncode == 3 and m.stdout.strip() == str(200 * 2**20)
     assert 200 * 2**20 < m.max_rss < 400 * 2**20 and m.tree_rss >= m.max_rss
     assert 200 * 2**20 < m.tree_anon_rss <= m.tree_rss
