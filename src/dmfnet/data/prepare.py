@@ -316,7 +316,10 @@ def _add_chunk(
         kept &= ~unlabelled
     if kept.any():
         try:
-            writer.write(take_rows(chunk, kept), labels[kept])
+            if kept.all():  # the usual case: no copy of the chunk
+                writer.write(chunk, labels)
+            else:
+                writer.write(take_rows(chunk, kept), labels[kept])
         except OSError as exc:
             raise OutputError(f"cannot write flows to {writer.folder}: {exc}") from None
         result.kept.update(labels[kept].tolist())
