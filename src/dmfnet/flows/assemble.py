@@ -472,8 +472,9 @@ class FlowAssembler:
         self._latest = max(self._latest, float(ts.max()))
 
         # The open flows whose key hash some packet of the batch has.
-        lo = np.searchsorted(self._index_h, h, "left")
-        hi = np.searchsorted(self._index_h, h, "right")
+        queries = np.sort(h)  # sorted queries: each search starts where the last ended
+        lo = np.searchsorted(self._index_h, queries, "left")
+        hi = np.searchsorted(self._index_h, queries, "right")
         hit = hi > lo
         touched_pos = np.unique(_ranges(lo[hit], (hi - lo)[hit]))
         touched = self._index_slot[touched_pos]
