@@ -66,7 +66,7 @@ from dmfnet.flows.anonymise import (
     transport_offsets,
 )
 from dmfnet.flows.config import FlowConfig
-from dmfnet.flows.snippets import SnippetStore, gather_windows, place_pieces
+from dmfnet.flows.snippets import SnippetStore, gather_windows, place_pieces, reserve_zeros
 
 FlowChunk = dict[str, np.ndarray]
 """Ended flows: every column of :mod:`dmfnet.flows.schema` plus ``filter_reason``."""
@@ -85,8 +85,9 @@ _MAX_VECTOR_ROUNDS = 64  # reopenings of one key per batch resolved vectorised, 
 _BIG = np.iinfo(np.int64).max
 SLICE_PACKETS = 1 << 16  # packets assembled at once: bounds temporaries and chunk size
 EMIT_ROWS = 1 << 12  # flows per output chunk at most
-# First size of the row pool (it doubles as needed): small, as most captures are.
-_POOL_START_ROWS = 1 << 12
+# First size of the row pool (it doubles as needed). Its pages are made only when written,
+# so a small capture pays for the rows it uses, and a large one copies nothing to grow.
+_POOL_START_ROWS = 1 << 19
 
 _BYTE_COLUMNS = ("bytes", "flow_head", "payload_head")  # laid out from snippets at emission
 _KEY_FIELDS = ("h", "proto", "ipv", "lo_hi", "lo_lo", "hi_hi", "hi_lo", "ports")
@@ -211,7 +212,9 @@ class _RowPool:
         if self.used + fresh > cap:
             new_cap = max(2 * cap, self.used + fresh, _POOL_START_ROWS)
             for name, (dt, w) in self.widths.items():
-                grown = np.zeros(self._shape(new_cap, w), dtype=dt)
+                shape = self._shape(new_cap, w)
+                grown = reserve_zeros(int(np.prod(shape)) * np.dtype(dt).itemsize)
+                grown = grown.view(dt).reshape(shape)
                 grown[: self.used] = self.arrays[name][: self.used]
                 self.arrays[name] = grown
         new_rows = np.arange(self.used, self.used + fresh, dtype=np.int64)
@@ -912,7 +915,7 @@ class FlowAssembler:
     def _take_snippets(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """The snippets of the flows in rows ``slots`` (output row ``row``, sorted by it) and
         their header fields to zero in ``flow_head``; the store forgets them."""
-        row_of_slot = np.full(len(self._pool.arrays["slot"]), -1, dtype=np.int64)
+        row_of_slot = np.full(self._pool.used, -1, dtype=np.int64)
         row_of_slot[slots] = np.arange(len(slots))
         store = self._snippets
         idx, row = store.take(row_of_slot)

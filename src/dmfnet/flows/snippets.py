@@ -14,6 +14,7 @@ of every window), never a per-byte index: that is what makes them fast.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +22,9 @@ import numpy as np
 _WINDOW_WIDTHS = (64, 256, 1024)
 _MIN_WIDTH = 64  # smallest window a snippet gets
 _COMPACT_MIN_BYTES = 8 << 20  # dead bytes below this never trigger a compaction
+# Address space the buffer starts with: its pages exist (and count in RSS) only once written,
+# so this costs a small capture nothing and spares a large one the copies of growing.
+_RESERVED_BYTES = 256 << 20
 _COMPACT_BLOCK = 4096  # snippets moved at once
 
 
@@ -108,6 +112,11 @@ def place_pieces(
             break
 
 
+def reserve_zeros(size: int) -> np.ndarray:
+    """``size`` zero bytes backed by an anonymous memory map: pages are made when written."""
+    return np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)
+
+
 def window_width(n: np.ndarray) -> np.ndarray:
     """Power-of-two window width (at least 64) that holds ``n`` bytes."""
     n = np.maximum(n.astype(np.int64), _MIN_WIDTH)
@@ -135,7 +144,7 @@ class SnippetStore:
     """Buffer of early-packet snippets of open flows; see the module docstring."""
 
     def __init__(self) -> None:
-        self.buffer = np.zeros(1 << 16, dtype=np.uint8)
+        self.buffer = reserve_zeros(_RESERVED_BYTES)
         self.used = 0  # buffer bytes handed out
         self.dead = 0  # buffer bytes of snippets whose flow was emitted
         self.count = 0  # snippets stored (live and dead)
@@ -161,7 +170,7 @@ class SnippetStore:
         start = self.used + np.cumsum(width) - width
         end = self.used + int(width.sum())
         if end > len(self.buffer):
-            grown = np.zeros(max(2 * len(self.buffer), end), dtype=np.uint8)
+            grown = reserve_zeros(max(2 * len(self.buffer), end))
             grown[: self.used] = self.buffer[: self.used]
             self.buffer = grown
         for w in np.unique(width).tolist():
