@@ -954,19 +954,20 @@ class FlowAssembler:
         )
 
         # Heads: each flow's pieces back to back, placed in rounds by the packet's rank
-        # (one piece per row and round, in offset order).
-        flow_head = np.zeros((n, head), dtype=np.uint8)
-        payload_head = np.zeros((n, head), dtype=np.uint8)
-        flat_fh, flat_ph = flow_head.reshape(-1), payload_head.reshape(-1)
-        fh_n, ph_n = sn["flow_head_n"].astype(np.int64), sn["payload_head_n"].astype(np.int64)
-        fh_at, ph_at = sn["flow_head_at"].astype(np.int64), sn["payload_head_at"].astype(np.int64)
-        pay_start = start + sn["header"]
-        in_head = (fh_n > 0) | (ph_n > 0)
-        for j in np.unique(rank[in_head]).tolist():
-            sel = np.flatnonzero((rank == j) & in_head)
-            row0 = row[sel] * head
-            place_pieces(flat_fh, row0, fh_at[sel], buf, start[sel], fh_n[sel], head)
-            place_pieces(flat_ph, row0, ph_at[sel], buf, pay_start[sel], ph_n[sel], head)
+        # (one piece per row and round, in offset order). Both heads are rows of one
+        # array (flow_head rows first), so a round places both at once.
+        heads = np.zeros((2, n, head), dtype=np.uint8)
+        flow_head, payload_head = heads[0], heads[1]
+        flat_heads, flat_fh = heads.reshape(-1), flow_head.reshape(-1)
+        count = np.concatenate([sn["flow_head_n"], sn["payload_head_n"]]).astype(np.int64)
+        at = np.concatenate([sn["flow_head_at"], sn["payload_head_at"]]).astype(np.int64)
+        src_at = np.concatenate([start, start + sn["header"]])
+        row_at = np.concatenate([row, row + n]) * head
+        both_rank = np.concatenate([rank, rank])
+        in_head = count > 0
+        for j in np.unique(rank[in_head[: len(rank)] | in_head[len(rank) :]]).tolist():
+            sel = np.flatnonzero((both_rank == j) & in_head)
+            place_pieces(flat_heads, row_at[sel], at[sel], buf, src_at[sel], count[sel], head)
         za, zb = np.searchsorted(snippets["zero_row"], [lo, hi])
         if zb > za:
             zero_row = snippets["zero_row"][za:zb] - lo

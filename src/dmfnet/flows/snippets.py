@@ -14,6 +14,7 @@ of every window), never a per-byte index: that is what makes them fast.
 
 from __future__ import annotations
 
+import functools
 import mmap
 from collections.abc import Callable
 
@@ -60,13 +61,17 @@ def gather_windows(
         idx = np.clip(start[edge, None] + np.arange(width), 0, len(src) - 1)
         out[edge] = src[idx]
     if pad and k:
-        tail = np.arange(k, dtype=np.int64) * (2 * width) + np.clip(n, 0, width)
+        tail = np.arange(0, 2 * width * k, 2 * width, dtype=np.int64)
+        tail += np.minimum(np.maximum(n, 0), width)
         _windows(scratch.reshape(-1), width)[tail] = _zeros(width)
     return out
 
 
+@functools.cache
 def _zeros(width: int) -> np.ndarray:
-    return np.zeros(width, dtype=np.uint8)
+    zeros = np.zeros(width, dtype=np.uint8)
+    zeros.flags.writeable = False
+    return zeros
 
 
 def place_pieces(
