@@ -870,10 +870,17 @@ class FlowAssembler:
         out_p: list[int] = []
         out_a: list[int] = []
         out_b: list[int] = []
+        # Python values once (scalar access to numpy arrays is slow in the loop below).
+        group_slot = st["slot"][gflow].tolist()
+        group_c2s = gc2s.tolist()
+        bounds_list = bounds.tolist()
+        cand_list, seq_list = cand.tolist(), seq[cand].tolist()
+        at_list, avail_list = payload_at[cand].tolist(), payload_avail[cand].tolist()
+        view = memoryview(data)
         for g in np.flatnonzero(state == _TLS_YES).tolist():
-            members = cand[bounds[g] : bounds[g + 1]]
-            key = (int(st["slot"][gflow[g]]), bool(gc2s[g]))
-            seqs = seq[members].tolist()
+            a, b = bounds_list[g], bounds_list[g + 1]
+            key = (group_slot[g], group_c2s[g])
+            seqs = seq_list[a:b]
             stream = self._tls.get(key)
             if stream is None:
                 first = seqs[0]
@@ -882,8 +889,9 @@ class FlowAssembler:
                 self._tls[key] = stream
             base, buf = stream
             spans = []
-            for i, s in zip(members.tolist(), seqs, strict=True):
-                at, k = int(payload_at[i]), int(payload_avail[i])
+            for i, s, at, k in zip(
+                cand_list[a:b], seqs, at_list[a:b], avail_list[a:b], strict=True
+            ):
                 pos = (s - base) % 2**32
                 spans.append((i, pos, k))
                 if pos >= _TLS_STREAM_LIMIT:
@@ -891,7 +899,7 @@ class FlowAssembler:
                 k = min(k, _TLS_STREAM_LIMIT - pos)
                 if len(buf) < pos + k:
                     buf.extend(bytes(pos + k - len(buf)))
-                buf[pos : pos + k] = data[at : at + k].tobytes()
+                buf[pos : pos + k] = view[at : at + k]
             for za, zb in tls_zero_ranges(buf):
                 for i, pos, k in spans:
                     if za < pos + k and zb > pos:
