@@ -284,12 +284,12 @@ class _PcapWalker(_Walker):
     def _decode(self, data: np.ndarray, found: list[int], truncated_caplen: int) -> _Records:
         if not found:
             return _empty_records()
-        be = self.big_endian
         pos = np.array(found, np.int64)
-        sec = u32(data, pos, be)
-        frac = u32(data, pos + 4, be)
-        caplen = u32(data, pos + 8, be)
-        wirelen = u32(data, pos + 12, be)
+        # Every found record's 16 header bytes are in the buffer: one gather of 16-byte rows
+        # read as four 32-bit words (four times faster than four word gathers).
+        rows = np.ndarray((len(data) - 15, 16), np.uint8, buffer=data, strides=(1, 1))[pos]
+        words = rows.view(">u4" if self.big_endian else "<u4").astype(np.int64).T.copy()
+        sec, frac, caplen, wirelen = words
         if truncated_caplen >= 0:
             caplen[-1] = truncated_caplen
         ts_ns = sec * NS + (frac if self.nanosecond else frac * 1000)
