@@ -3,7 +3,7 @@
 A flow's byte columns (``bytes``, ``flow_head``, ``payload_head``) are a few kB wide, but
 most flows are short: a two-packet UDP exchange carries a few hundred bytes. Instead of a
 zero-padded row per open flow, the bytes each early packet contributes (from its IP header
-on, as far as any byte column reaches) are copied once into one growing buffer, each into a
+on, as far as any byte column reaches) are copied once into one buffer, each into a
 window of a power-of-two width; the byte columns are laid out only when the flow is emitted.
 The buffer is compacted when most of it belongs to flows already emitted, so its size
 follows the open flows, not the capture.
@@ -214,8 +214,9 @@ class SnippetStore:
     def take(self, row_of_slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Snippets of the flows whose row maps to an output row (``row_of_slot >= 0``).
 
-        Returns their indices and output rows; they are forgotten (after the caller has
-        read them, at the next :meth:`add` or :meth:`compact`).
+        Returns their indices and output rows. They are marked dead: their bytes stay in
+        ``buffer`` until the next :meth:`compact` (new snippets go after ``used``), so the
+        caller reads them before it compacts.
         """
         n = self.count
         slot = self.fields["slot"][:n]
