@@ -174,7 +174,9 @@ def test_measure_reports_exit_output_and_memory_of_the_child(tmp_path):
     m = ingest.measure([sys.executable, "-c", grow], sample_every=0.01, on_sample=on_sample)
     assert flag.exists(), "the sampler never saw the child's memory"
     assert m.returncode == 3 and m.stdout.strip() == str(200 * 2**20)
-    assert 200 * 2**20 < m.max_rss < 400 * 2**20 and m.tree_rss >= m.max_rss
+    # ru_maxrss also counts what the child shared with this process between fork and exec,
+    # so only the lower bound is the child's own.
+    assert m.max_rss > 200 * 2**20 and m.tree_rss >= m.max_rss
     assert 200 * 2**20 < m.tree_anon_rss <= m.tree_rss
     assert m.wall_s > 0 and m.cpu_s > 0
 
