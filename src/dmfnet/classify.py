@@ -31,6 +31,7 @@ import numpy as np
 
 from dmfnet.flows.config import FlowConfig
 from dmfnet.problems import ProblemLog
+from dmfnet.progress import byte_progress
 
 FORMATS = ("csv", "jsonl")
 PREDICTION_FIELDS = (
@@ -276,18 +277,7 @@ def classify_captures(
     handle = _open_output(out)
     writer = PredictionWriter(handle, fmt, top_k)
 
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=sum(sizes),
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc="classify",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = byte_progress(sum(sizes), "classify", enabled=progress)
     try:
         for path in files:
             problems = ProblemLog()

@@ -175,6 +175,61 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `train` and `benchmark`: split protocol, classes, optimiser, device."""
+    p.add_argument(
+        "--split",
+        choices=("random", "file"),
+        default="random",
+        help="random: 8:1:1 stratified by class (paper); file: whole capture files kept apart "
+        "(default: random)",
+    )
+    p.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="keep test flows whose model inputs equal a training flow's (the paper's "
+        "protocol; inflates scores)",
+    )
+    p.add_argument(
+        "--min-class-flows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="use the classes with at least N flows only (default: 0, all classes)",
+    )
+    p.add_argument(
+        "--drop-classes",
+        default="",
+        metavar="A,B",
+        help="comma-separated classes left out (for example Unknown)",
+    )
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs per run (default: 30)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="flows per step, over all processes (default: auto, a power of two in 32-256 "
+        "giving at least 32 steps per epoch where the training split allows)",
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument(
+        "--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 1e-2)"
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many epochs without a better validation macro-F1; 0 never stops "
+        "early (default: 5)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when present, else CPU (default: auto)",
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -192,60 +247,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the split, init and batch order (default: 0)"
     )
-    p.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (default: 30)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="flows per step, over all processes (default: auto, a power of two in 32-256 "
-        "giving at least 32 steps per epoch where the training split allows)",
-    )
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
-    p.add_argument(
-        "--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 1e-2)"
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=5,
-        help="stop after this many epochs without a better validation macro-F1; 0 never stops early (default: 5)",
-    )
-    p.add_argument(
-        "--min-class-flows",
-        type=int,
-        default=0,
-        metavar="N",
-        help="train on the classes with at least N flows only (default: 0, all classes)",
-    )
-    p.add_argument(
-        "--drop-classes",
-        default="",
-        metavar="A,B",
-        help="comma-separated classes left out (for example Unknown)",
-    )
+    _add_training_options(p)
     p.add_argument(
         "--schedule",
         choices=("constant", "cosine"),
         default="constant",
         help="learning rate: constant, or one epoch of warm-up then cosine decay "
         "(default: constant)",
-    )
-    p.add_argument(
-        "--split",
-        choices=("random", "file"),
-        default="random",
-        help="random: 8:1:1 stratified by class (paper); file: whole capture files kept apart (default: random)",
-    )
-    p.add_argument(
-        "--keep-duplicates",
-        action="store_true",
-        help="keep test flows whose model inputs equal a training flow's (the paper's protocol; inflates scores)",
-    )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="auto: CUDA when present, else CPU (default: auto)",
     )
     p.add_argument(
         "--num-workers",
@@ -433,55 +441,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         help="comma-separated registered model names (default: %(default)s)",
     )
     p.add_argument("--seeds", type=int, default=3, help="runs per model, seeds 0..K-1 (default: 3)")
-    p.add_argument(
-        "--split",
-        choices=("random", "file"),
-        default="random",
-        help="random: 8:1:1 stratified by class (paper); file: whole capture files kept apart "
-        "(default: random)",
-    )
-    p.add_argument(
-        "--keep-duplicates",
-        action="store_true",
-        help="keep test flows whose model inputs equal a training flow's (the paper's "
-        "protocol; inflates scores)",
-    )
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs per run (default: 30)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="flows per step (default: auto, as in `dmfnet train`)",
-    )
-    p.add_argument(
-        "--min-class-flows",
-        type=int,
-        default=0,
-        metavar="N",
-        help="benchmark on the classes with at least N flows only (default: 0, all classes)",
-    )
-    p.add_argument(
-        "--drop-classes",
-        default="",
-        metavar="A,B",
-        help="comma-separated classes left out (for example Unknown)",
-    )
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
-    p.add_argument(
-        "--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 1e-2)"
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=5,
-        help="early-stopping patience in epochs; 0 never stops early (default: 5)",
-    )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="auto: CUDA when present, else CPU (default: auto)",
-    )
+    _add_training_options(p)
     p.add_argument(
         "--set",
         dest="overrides",

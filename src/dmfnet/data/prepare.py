@@ -41,6 +41,7 @@ from dmfnet.data.labels import UNLABELLED, Labeller, make_labeller
 from dmfnet.flows import assemble_flows
 from dmfnet.flows.config import FlowConfig
 from dmfnet.problems import ProblemLog
+from dmfnet.progress import byte_progress
 
 # First bytes of the files taken from input folders (pcap both orders, µs/ns; pcapng; gzip).
 CAPTURE_MAGICS = (
@@ -530,21 +531,10 @@ def prepare(
     tasks = [(i, str(p), s) for i, (p, s) in enumerate(zip(captures, sizes, strict=True))]
     n_workers = min(workers or os.cpu_count() or 1, len(tasks))
 
-    from tqdm import tqdm
-
     pool = None
     if n_workers > 1:
         pool = _WorkerPool(n_workers, (labeller, config, keep_unlabelled, str(out)))
-    bar = tqdm(
-        total=sum(sizes),
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc="prepare",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = byte_progress(sum(sizes), "prepare", enabled=progress)
     try:
         if pool is not None:
             results = pool.run(tasks, bar)
