@@ -34,19 +34,6 @@ from dmfnet.problems import ProblemLog
 from dmfnet.progress import byte_progress
 
 FORMATS = ("csv", "jsonl")
-PREDICTION_FIELDS = (
-    "capture",
-    "protocol",
-    "client_ip",
-    "client_port",
-    "server_ip",
-    "server_port",
-    "start_time",
-    "packets",
-    "predicted",
-    "probability",
-    "top",
-)
 PROTOCOL_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 47: "gre", 50: "esp", 132: "sctp"}
 METADATA_COLUMNS = (
     "capture",
@@ -58,6 +45,7 @@ METADATA_COLUMNS = (
     "start_time",
     "packets",
 )
+PREDICTION_FIELDS = (*METADATA_COLUMNS, "predicted", "probability", "top")
 
 
 class ClassifyError(ValueError):
