@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test clean
 
 $(BIN)/dmfnet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
