@@ -148,3 +148,15 @@ def test_flows_to_dataset_keeps_unfiltered_flows_as_loaded_arrays(tmp_path):
     assert ds["capture"].dtype == object
     every = flows_to_dataset(chunk, kept_only=False)
     assert len(every) == 6 and set(every.columns) == set(SCALAR_COLUMNS) | set(SEQUENCE_COLUMNS)
+
+
+def test_strings_round_trip_whatever_their_characters(tmp_path):
+    chunk = synthetic_flows(6, seed=3)
+    chunk["capture"] = np.array(["", "é/猫.pcap", "a", "", "é/猫.pcap", "x\u0000y"], dtype=object)
+    chunk["client_ip"] = np.array(["2001:db8::1"] * 6, dtype=object)
+    _write(tmp_path, [(chunk, "Вконтакте")])
+    ds = load_dataset(tmp_path)
+    assert ds["capture"].tolist() == chunk["capture"].tolist()
+    assert ds["client_ip"].tolist() == ["2001:db8::1"] * 6
+    assert ds.labels.tolist() == ["Вконтакте"] * 6
+    assert pq.read_table(next(tmp_path.glob("*.parquet"))).column("capture").type == pa.string()

@@ -390,7 +390,7 @@ def _sample_per_class(
     The sample depends only on the seed and the flows in file order, not on the number
     of workers that wrote them.
     """
-    labels = [pq.read_table(out / p, columns=[LABEL_COLUMN]).column(0).to_numpy() for p in parts]
+    labels = [pq.ParquetFile(out / p).read([LABEL_COLUMN]).column(0).to_numpy() for p in parts]
     sizes = [len(x) for x in labels]
     every = np.concatenate(labels).astype(str) if labels else np.zeros(0, dtype=str)
     keep = np.ones(len(every), dtype=bool)
@@ -450,7 +450,7 @@ def _merge_small_parts(out: Path, parts: list[str], target_rows: int = ROW_GROUP
         merged.append(group[0])
         if len(group) == 1:
             continue
-        tables = [pq.read_table(out / p) for p in group]
+        tables = [pq.ParquetFile(out / p).read() for p in group]  # read_table imports pandas
         schema = tables[0].schema
         if any(t.schema != schema for t in tables):  # differing widths: leave as they are
             merged.extend(group[1:])
