@@ -37,6 +37,10 @@ MAX_BLOCK = 16 << 20  # a pcapng block larger than this is taken for corrupt
 RESYNC_WINDOW = 1 << 20  # bytes scanned per step when looking for the next good record
 MAX_CLOCK_JUMP_S = 30 * 86400  # a resync candidate's time must be this close to the last one
 NS = 1_000_000_000
+CHASE_SEGMENT = 16 << 10  # bytes per record chain followed at once by the vectorised walk
+CHASE_WINDOW = 1024  # bytes searched for a record header at each segment's start
+CHASE_MIN_BYTES = 1 << 20  # regions smaller than this are walked one record at a time
+CHASE_BURST = 64  # records walked one by one after a chase stops before it is tried again
 
 PCAP_MAGICS = {  # magic as read little-endian -> (big endian, nanosecond, record header size)
     0xA1B2C3D4: (False, False, 16),
@@ -145,6 +149,7 @@ class _PcapWalker(_Walker):
     """Classic pcap: one file header, then (header, captured bytes) records."""
 
     file_header_size = 24
+    chase = True  # follow record chains with numpy (False: one by one; tests compare both)
 
     def __init__(self, name: str, problems: ProblemLog, header: bytes) -> None:
         super().__init__(name, problems)
@@ -172,9 +177,11 @@ class _PcapWalker(_Walker):
         hs = self.header_size
         max_caplen = self.max_caplen
         caplen_at = self._caplen_at
-        found: list[int] = []
+        chased: list[np.ndarray] = []  # records found by the chain chase, in file order
+        found: list[int] = []  # records found one by one since the last chase
         append = found.append
         truncated_caplen = -1
+        burst = CHASE_BURST  # records walked one by one before the chase is tried again
         while pos < limit:
             if self.resyncing:
                 nxt, confirmed = self._resync(data, pos, final)
@@ -183,8 +190,19 @@ class _PcapWalker(_Walker):
                     break
                 self.resynchronised(pos)
                 continue
-            try:  # fast path: whole, sane records
-                while pos < limit:
+            if self.chase and limit - pos >= CHASE_MIN_BYTES:
+                got, pos = self._chase(data, pos, limit)
+                if len(got):
+                    if found:
+                        chased.append(np.array(found, np.int64))
+                        found.clear()
+                    chased.append(got)
+                burst = CHASE_BURST if len(got) >= CHASE_BURST else min(2 * burst, 1 << 16)
+                if pos >= limit:
+                    break
+            stop = len(found) + burst if self.chase else -1
+            try:  # one by one: whole, sane records
+                while pos < limit and len(found) != stop:
                     caplen = caplen_at(buf, pos + 8)[0]
                     nxt = pos + hs + caplen
                     if caplen > max_caplen or nxt > end:
@@ -222,7 +240,10 @@ class _PcapWalker(_Walker):
                 break
             append(pos)
             pos = nxt
-        return self._decode(data, found, truncated_caplen), pos
+        if found:
+            chased.append(np.array(found, np.int64))
+        records = np.concatenate(chased) if len(chased) > 1 else chased[0] if chased else None
+        return self._decode(data, records, truncated_caplen), pos
 
     def _believable(self, data: np.ndarray, pos: int, caplen: int, final: bool) -> bool:
         """A record longer than twice the snap length, taken as real if what follows is.
@@ -281,10 +302,131 @@ class _PcapWalker(_Walker):
                     return q, False  # its successor is not in this chunk yet
             pos = stop
 
-    def _decode(self, data: np.ndarray, found: list[int], truncated_caplen: int) -> _Records:
-        if not found:
+    def _chase(self, data: np.ndarray, pos: int, limit: int) -> tuple[np.ndarray, int]:
+        """Records from ``pos`` on, found by following many record chains at once.
+
+        The region ``[pos, limit)`` is cut into segments of :data:`CHASE_SEGMENT` bytes; in
+        each segment after the first, the first plausible record header is a guess (a head)
+        of where a record starts. One chain per head follows the captured lengths, all
+        chains a step at a time with numpy, until it lands exactly on a later head (or
+        reaches ``limit``). A chain that starts at a true record is the walk one by one, so
+        a head it lands on is a true record and that head's chain is true too; the records
+        returned are those of the chains linked that way from ``pos``. The chase stops at a
+        record the walk must look at closely (a length past the limits or the buffer, an
+        empty record) or where a chain runs too long; it returns the records and the
+        position the walk goes on from. A wrong guess costs steps, never a wrong record.
+        """
+        end = len(data)
+        hs = self.header_size
+        last_head = end - hs  # chains stop before a header that does not fit in the buffer
+        stop = min(limit, last_head)
+        if pos >= stop:
+            return np.zeros(0, np.int64), pos
+        starts = np.arange(pos + CHASE_SEGMENT, stop, CHASE_SEGMENT, dtype=np.int64)
+        heads = np.concatenate((np.array([pos], np.int64), self._guesses(data, pos, starts, stop)))
+        n_heads = len(heads)
+        bound = np.append(heads[1:], limit)  # where each chain next checks where it is
+        land = np.full(n_heads, -1, np.int64)  # the head each chain landed on
+        early = np.zeros(n_heads, bool)  # stopped before landing or reaching the limit
+        cur = heads.copy()
+        live = np.arange(n_heads)
+        words = self._words(data)
+        steps: list[np.ndarray] = []
+        chains: list[np.ndarray] = []
+        one = np.uint32(1)
+        below = np.uint32(self.max_caplen)
+        for _ in range(CHASE_SEGMENT // 16):
+            at = cur[live]
+            caplen = words[at + 8]
+            nxt = at + hs + caplen
+            # an empty record stops a chain too (runs of zero bytes would make long false
+            # chains); like every stop, the walk one by one then takes over
+            good = (caplen - one < below) & (nxt <= last_head)  # the next header fits too
+            if not good.all():
+                early[live[~good]] = True
+                live, at, nxt = live[good], at[good], nxt[good]
+            steps.append(at)
+            chains.append(live)
+            cur[live] = nxt
+            cross = nxt >= bound[live]
+            if cross.any():
+                crossing, there = live[cross], nxt[cross]
+                k = np.searchsorted(heads, there)
+                head = heads[np.minimum(k, n_heads - 1)]
+                landed = head == there
+                land[crossing[landed]] = k[landed]
+                going = ~landed & (there < limit)
+                bound[crossing[going]] = np.where(k < n_heads, head, limit)[going]
+                keep = ~cross
+                keep[cross] = going
+                live = live[keep]
+                if not len(live):
+                    break
+        else:
+            early[live] = True
+        in_path = np.zeros(n_heads, bool)
+        early_at, land_at = early.tolist(), land.tolist()
+        i = 0
+        while True:
+            in_path[i] = True
+            if early_at[i] or land_at[i] < 0:
+                break
+            i = land_at[i]
+        at = np.concatenate(steps)
+        chain = np.concatenate(chains)
+        kept = in_path[chain]
+        at, chain = at[kept], chain[kept]
+        return at[np.argsort(chain, kind="stable")], int(cur[i])  # by chain, then step
+
+    def _guesses(self, data: np.ndarray, pos: int, starts: np.ndarray, stop: int) -> np.ndarray:
+        """First plausible record header in :data:`CHASE_WINDOW` bytes from each start.
+
+        Headers are looked for where the top byte of the seconds equals that of the record
+        at ``pos`` (it changes every 194 days), then their lengths and fraction of a second
+        are checked; a start with none in its window gets no guess (the chain before it
+        follows its segment too). A wrong guess costs time, never a wrong record.
+        """
+        if not len(starts):
+            return starts
+        be = self.big_endian
+        top = int(data[pos if be else pos + 3])
+        width = min(CHASE_WINDOW, CHASE_SEGMENT)
+        n = len(starts)
+        first = int(starts[0]) + (0 if be else 3)
+        room = len(data) - first - (n - 1) * CHASE_SEGMENT
+        if room < width:  # the last window is cut by the buffer's end
+            n -= 1
+            if not n:
+                return starts[:0]
+        tops = np.lib.stride_tricks.as_strided(
+            data[first:], shape=(n, width), strides=(CHASE_SEGMENT, 1), writeable=False
+        )
+        hit = np.flatnonzero(tops == top)
+        segment = hit // width
+        cand = starts[segment] + hit % width
+        inside = cand < stop
+        segment, cand = segment[inside], cand[inside]
+        words = self._words(data)
+        frac, caplen, wirelen = words[cand + 4], words[cand + 8], words[cand + 12]
+        ok = (caplen > 0) & (caplen <= self.max_caplen) & (caplen <= wirelen)
+        ok &= (wirelen <= MAX_CAPLEN) & (frac < self.frac_limit)
+        segment, cand = segment[ok], cand[ok]
+        first_of_segment = np.ones(len(segment), bool)
+        first_of_segment[1:] = segment[1:] != segment[:-1]
+        return cand[first_of_segment]
+
+    def _words(self, data: np.ndarray) -> np.ndarray:
+        """32-bit words of the file's byte order at every byte offset of ``data``."""
+        return np.ndarray(
+            (max(len(data) - 3, 0),), ">u4" if self.big_endian else "<u4", data, 0, (1,)
+        )
+
+    def _decode(
+        self, data: np.ndarray, found: np.ndarray | None, truncated_caplen: int
+    ) -> _Records:
+        if found is None:
             return _empty_records()
-        pos = np.array(found, np.int64)
+        pos = found
         # Every found record's 16 header bytes are in the buffer: one gather of 16-byte rows
         # read as four 32-bit words (four times faster than four word gathers).
         rows = np.ndarray((len(data) - 15, 16), np.uint8, buffer=data, strides=(1, 1))[pos]

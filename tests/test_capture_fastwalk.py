@@ -1,0 +1,235 @@
+"""The vectorised pcap walk (record chains followed with numpy) finds exactly what the walk
+one record at a time finds: same records, same problems, same batches.
+
+Segments and windows are made small so that captures of a few hundred kB hold hundreds of
+chains, and payloads are full of bytes that look like record headers.
+"""
+
+import gzip
+import random
+import struct
+
+import numpy as np
+import pytest
+
+from dmfnet.capture import read_packets, reader
+from dmfnet.problems import ProblemLog
+from pcapbuild import Record, pcap_bytes, write_bytes
+
+T0 = 1_700_000_000  # seconds; top byte 0x65
+
+
+@pytest.fixture(autouse=True)
+def small_chase(monkeypatch):
+    monkeypatch.setattr(reader, "CHASE_SEGMENT", 512)
+    monkeypatch.setattr(reader, "CHASE_WINDOW", 256)
+    monkeypatch.setattr(reader, "CHASE_MIN_BYTES", 1024)
+    monkeypatch.setattr(reader, "CHASE_BURST", 8)
+
+
+def fake_header(rng: random.Random, sec: int) -> bytes:
+    """16 bytes that pass for a record header: near time, small sane lengths."""
+    caplen = rng.randrange(1, 200)
+    return struct.pack("<IIII", sec + rng.randrange(-5, 5), rng.randrange(10**6), caplen, caplen)
+
+
+def payload(rng: random.Random, size: int, sec: int) -> bytes:
+    """Random bytes with fake record headers, zero runs and text at random offsets."""
+    out = bytearray(rng.randbytes(size))
+    for _ in range(size // 40):
+        at = rng.randrange(max(size - 16, 1))
+        kind = rng.random()
+        piece = (
+            fake_header(rng, sec)
+            if kind < 0.6
+            else bytes(16)
+            if kind < 0.8
+            else b"eeeeeeeeeeeeeeee"
+        )
+        out[at : at + 16] = piece[: size - at]
+    return bytes(out)
+
+
+def records(n: int, seed: int, *, start: int = T0, step_ns: int = 7_000_000) -> list[Record]:
+    rng = random.Random(seed)
+    out = []
+    ts = start * 10**9
+    for _ in range(n):
+        size = rng.choice((rng.randrange(40, 90), rng.randrange(90, 600), 1514))
+        out.append(Record(ts, payload(rng, size, ts // 10**9)))
+        ts += rng.randrange(step_ns)
+    return out
+
+
+def read(path, chase: bool, monkeypatch, **kw):
+    """Every batch's record fields and the problems, read with or without the chase."""
+    monkeypatch.setattr(reader._PcapWalker, "chase", chase)
+    chased = []
+    original = reader._PcapWalker._chase
+
+    def counting(self, data, pos, limit):
+        got, nxt = original(self, data, pos, limit)
+        chased.append(len(got))
+        return got, nxt
+
+    monkeypatch.setattr(reader._PcapWalker, "_chase", counting)
+    problems = ProblemLog()
+    batches = []
+    for parsed in read_packets(path, problems, **kw):
+        b = parsed.batch
+        batches.append(
+            {
+                "file_offset": b.file_offset.copy(),
+                "caplen": b.caplen.copy(),
+                "wirelen": b.wirelen.copy(),
+                "ts_ns": b.ts_ns.copy(),
+                "bytes": [
+                    bytes(b.data[o : o + c]) for o, c in zip(b.offset, b.caplen, strict=True)
+                ],
+                "ip_version": parsed.ip_version.copy(),
+                "src_port": parsed.src_port.copy(),
+            }
+        )
+    listed = [(p.offset, p.reason) for p in problems.problems]
+    return batches, listed, sum(chased)
+
+
+def same_as_one_by_one(path, monkeypatch, **kw):
+    """Read ``path`` both ways, check they agree; return (records, problems, chased)."""
+    fast, fast_problems, chased = read(path, True, monkeypatch, **kw)
+    slow, slow_problems, none = read(path, False, monkeypatch, **kw)
+    assert none == 0
+    assert fast_problems == slow_problems
+    assert len(fast) == len(slow)
+    for f, s in zip(fast, slow, strict=True):
+        assert f.keys() == s.keys()
+        for k in f:
+            if k == "bytes":
+                assert f[k] == s[k]
+            else:
+                np.testing.assert_array_equal(f[k], s[k], err_msg=k)
+    n = sum(len(b["caplen"]) for b in fast)
+    return n, fast_problems, chased
+
+
+def test_fake_headers_in_payloads(tmp_path, monkeypatch):
+    recs = records(3000, seed=1)
+    path = write_bytes(tmp_path / "fake.pcap", pcap_bytes(recs))
+    n, problems, chased = same_as_one_by_one(path, monkeypatch)
+    assert n == 3000 and problems == []
+    assert chased > 2500  # the chase did the work
+
+
+def test_record_contents_and_times(tmp_path, monkeypatch):
+    recs = records(800, seed=2)
+    path = write_bytes(tmp_path / "c.pcap", pcap_bytes(recs))
+    batches, _, chased = read(path, True, monkeypatch)
+    assert chased > 500
+    got = [x for b in batches for x in b["bytes"]]
+    assert got == [r.data for r in recs]
+    ts = np.concatenate([b["ts_ns"] for b in batches])
+    np.testing.assert_array_equal(ts, [r.ts_ns // 1000 * 1000 for r in recs])
+
+
+@pytest.mark.parametrize("start", [0x65FFFF00, 0x0000FF00])
+def test_seconds_cross_a_top_byte(tmp_path, monkeypatch, start):
+    # ~7 minutes per record: the seconds' top byte changes half-way
+    recs = records(1000, seed=3, start=start, step_ns=500 * 10**9)
+    path = write_bytes(tmp_path / "top.pcap", pcap_bytes(recs))
+    n, problems, chased = same_as_one_by_one(path, monkeypatch)
+    assert n == 1000 and problems == []
+    assert chased > 0
+
+
+def test_clock_jumps(tmp_path, monkeypatch):
+    recs = records(600, seed=4)
+    jumped = [
+        Record(r.ts_ns + (i // 150) * 3 * 365 * 86400 * 10**9 * (-1) ** i, r.data)
+        for i, r in enumerate(recs)
+    ]
+    path = write_bytes(tmp_path / "jump.pcap", pcap_bytes(jumped))
+    n, problems, _ = same_as_one_by_one(path, monkeypatch)
+    assert n == 600 and problems == []
+
+
+def corrupted(recs: list[Record], *, at: list[int], caplen: int) -> bytes:
+    """A pcap image whose records at the indexes ``at`` carry ``caplen`` in their header."""
+    image = bytearray(pcap_bytes(recs))
+    pos = 24
+    for i, r in enumerate(recs):
+        if i in at:
+            struct.pack_into("<I", image, pos + 8, caplen)
+        pos += 16 + len(r.data)
+    return bytes(image)
+
+
+@pytest.mark.parametrize("caplen", [0x7FFFFFFF, 300_000, 2000])
+def test_corrupt_length_in_the_middle(tmp_path, monkeypatch, caplen):
+    recs = records(1500, seed=5)
+    path = write_bytes(tmp_path / "bad.pcap", corrupted(recs, at=[400, 1100], caplen=caplen))
+    n, problems, chased = same_as_one_by_one(path, monkeypatch)
+    assert chased > 0
+    assert 1400 <= n < 1500
+    assert problems, "a corrupt length is reported"
+
+
+def test_empty_and_inconsistent_records(tmp_path, monkeypatch):
+    recs = records(1200, seed=6)
+    image = bytearray(pcap_bytes(recs))
+    pos = 24
+    for i, r in enumerate(recs):
+        if i % 97 == 5:  # captured longer than on the wire
+            struct.pack_into("<I", image, pos + 12, 10)
+        pos += 16 + len(r.data)
+    image += pcap_bytes([Record(T0 * 10**9, b"")])[24:] * 50  # empty records
+    image += pcap_bytes(records(300, seed=7))[24:]
+    path = write_bytes(tmp_path / "odd.pcap", bytes(image))
+    n, problems, _ = same_as_one_by_one(path, monkeypatch)
+    assert n == 1550 and problems == []
+
+
+@pytest.mark.parametrize("cut", [5, 16 + 20])
+def test_truncated_end(tmp_path, monkeypatch, cut):
+    recs = records(1000, seed=8)
+    image = pcap_bytes(recs)
+    last = 16 + len(recs[-1].data)
+    path = write_bytes(tmp_path / "cut.pcap", image[: len(image) - last + cut])
+    n, problems, _ = same_as_one_by_one(path, monkeypatch)
+    assert n == (999 if cut < 16 else 1000)
+    assert len(problems) == 1
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_chunk_boundaries(tmp_path, monkeypatch, gz):
+    recs = records(3000, seed=9)
+    image = corrupted(recs, at=[1700], caplen=0x40000000)
+    data = gzip.compress(image, compresslevel=1) if gz else image
+    path = write_bytes(tmp_path / "chunks.pcap", data)
+    n, problems, chased = same_as_one_by_one(path, monkeypatch, chunk_bytes=1 << 16)
+    assert chased > 0 and problems
+    assert 2900 < n < 3000
+
+
+@pytest.mark.parametrize(
+    "options", [{"big_endian": True}, {"nanosecond": True}, {"big_endian": True, "snaplen": 1600}]
+)
+def test_other_pcap_variants(tmp_path, monkeypatch, options):
+    recs = records(1500, seed=10)
+    path = write_bytes(tmp_path / "v.pcap", pcap_bytes(recs, **options))
+    n, problems, chased = same_as_one_by_one(path, monkeypatch)
+    assert n == 1500 and problems == []
+    assert chased > 1000
+
+
+def test_modified_pcap(tmp_path, monkeypatch):
+    """Kuznetzov's 24-byte record headers (ifindex, protocol, packet type after the lengths)."""
+    recs = records(1200, seed=11)
+    parts = [struct.pack("<IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)]
+    for r in recs:
+        sec, ns = divmod(r.ts_ns, 10**9)
+        parts.append(struct.pack("<IIIIIHBx", sec, ns // 1000, len(r.data), len(r.data), 2, 8, 0))
+        parts.append(r.data)
+    path = write_bytes(tmp_path / "modified.pcap", b"".join(parts))
+    n, problems, chased = same_as_one_by_one(path, monkeypatch)
+    assert n == 1200 and problems == []
+    assert chased > 800
