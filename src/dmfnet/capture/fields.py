@@ -1,9 +1,11 @@
 """Vectorised reads of fixed-width integers at many positions of one byte buffer.
 
 Record walks and header parsing read the same field (a caplen, an ethertype, a port) at
-thousands of positions at once; these gathers do it with numpy fancy indexing, one array
-operation per byte. Positions past the buffer's end are clamped (callers mask those
-results out), so a gather never raises on short records.
+thousands of positions at once; these gathers do it with numpy fancy indexing. A field of
+``w`` bytes is read in one gather from a view of the buffer as ``w``-byte integers starting
+at every byte offset (stride 1). Positions past the buffer's end are clamped byte by byte
+(callers mask those results out), so a gather never raises on short records; that slower
+path is taken only when some position needs it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ def _at(data: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
     return data[idx]
 
 
+def _inside(data: np.ndarray, pos: np.ndarray, width: int) -> bool:
+    """Whether ``width`` bytes from every position lie in the buffer."""
+    return not len(pos) or (int(pos.min()) >= 0 and int(pos.max()) <= len(data) - width)
+
+
+def _view(data: np.ndarray, dtype: str, width: int) -> np.ndarray:
+    """``data`` as ``width``-byte integers starting at every byte offset."""
+    return np.ndarray((len(data) - width + 1,), dtype, data, 0, (1,))
+
+
 def u8(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Bytes at ``pos`` as int64."""
     return _at(data, pos, 0).astype(np.int64)
@@ -24,22 +36,37 @@ def u8(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
 def u16be(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Big-endian (network order) 16-bit values at ``pos`` as int64."""
+    if _inside(data, pos, 2):
+        return _view(data, ">u2", 2)[pos].astype(np.int64)
     return (_at(data, pos, 0).astype(np.int64) << 8) | _at(data, pos, 1)
 
 
 def u16le(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Little-endian 16-bit values at ``pos`` as int64."""
+    if _inside(data, pos, 2):
+        return _view(data, "<u2", 2)[pos].astype(np.int64)
     return (_at(data, pos, 1).astype(np.int64) << 8) | _at(data, pos, 0)
 
 
 def u32be(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Big-endian 32-bit values at ``pos`` as int64."""
+    if _inside(data, pos, 4):
+        return _view(data, ">u4", 4)[pos].astype(np.int64)
     return (u16be(data, pos) << 16) | u16be(data, pos + 2)
 
 
 def u32le(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Little-endian 32-bit values at ``pos`` as int64."""
+    if _inside(data, pos, 4):
+        return _view(data, "<u4", 4)[pos].astype(np.int64)
     return (u16le(data, pos + 2) << 16) | u16le(data, pos)
+
+
+def raw32(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The 4 bytes at ``pos`` as uint32 in native order (to store, not to compute with)."""
+    if _inside(data, pos, 4):
+        return _view(data, "=u4", 4)[pos]
+    return rows(data, pos, 4).view(np.uint32).ravel()
 
 
 def u16(data: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
@@ -54,6 +81,8 @@ def u32(data: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
 
 def rows(data: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     """``(len(pos), width)`` uint8 array of the bytes ``data[p : p + width]`` for each ``p``."""
+    if _inside(data, pos, width):
+        return np.ndarray((len(data) - width + 1, width), np.uint8, data, 0, (1, 1))[pos]
     idx = pos[:, None] + np.arange(width, dtype=np.int64)
     np.clip(idx, 0, len(data) - 1, out=idx)
     return data[idx]

@@ -18,7 +18,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from dmfnet.capture.fields import rows, u8, u16be, u16le, u32be, u32le
+from dmfnet.capture.fields import raw32, rows, u8, u16be, u16le, u32be, u32le
 from dmfnet.capture.packets import PacketBatch, ParsedPackets
 
 # Link types whose packets are parsed; packets of others stay non-IP.
@@ -39,6 +39,7 @@ LINKTYPE_NAMES: dict[int, str] = {
     276: "Linux cooked v2 (SLL2)",
 }
 SUPPORTED_LINKTYPES = frozenset(LINKTYPE_NAMES)
+RAW_IP = (12, 14, 101, 228, 229)  # link types whose packets start with the IP header
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
@@ -50,6 +51,7 @@ PPP_IPV6 = 0x0057
 PPP_MPLS = 0x0281
 AF_INET = 2
 AF_INET6 = (24, 28, 30)  # NetBSD/OpenBSD, FreeBSD, macOS
+IPV4_MAPPED_WORD = np.frombuffer(b"\x00\x00\xff\xff", np.uint32)[0]  # bytes 8-11 of ::ffff:a.b.c.d
 
 # IPv6 extension headers that are skipped to reach the transport header.
 IPV6_EXTENSIONS = (0, 43, 44, 51, 60, 135)  # hop-by-hop, routing, fragment, AH, dest, mobility
@@ -83,42 +85,50 @@ def _link_layer(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
     n = len(start)
     pos = np.zeros(n, np.int64)
     et = np.zeros(n, np.int64)
+    only = int(lt[0]) if n and lt.min() == lt.max() else None  # most captures: one link type
+    present = {only} if only is not None else set(np.unique(lt).tolist())
+    everything = np.arange(n)
 
-    def group(mask: np.ndarray, min_len: int) -> np.ndarray:
-        return np.flatnonzero(mask & (caplen >= min_len))
+    def group(types: tuple[int, ...], min_len: int) -> np.ndarray:
+        if present.isdisjoint(types):
+            return everything[:0]
+        ok = caplen >= min_len
+        if only is None:
+            ok &= np.isin(lt, types)
+        return np.flatnonzero(ok)
 
-    s = group(lt == 1, 14)  # Ethernet II
+    s = group((1,), 14)  # Ethernet II
     et[s] = u16be(data, start[s] + 12)
     pos[s] = start[s] + 14
-    s = group(lt == 113, 16)  # Linux SLL: protocol at 14
+    s = group((113,), 16)  # Linux SLL: protocol at 14
     et[s] = u16be(data, start[s] + 14)
     pos[s] = start[s] + 16
-    s = group(lt == 276, 20)  # Linux SLL2: protocol first
+    s = group((276,), 20)  # Linux SLL2: protocol first
     et[s] = u16be(data, start[s])
     pos[s] = start[s] + 20
-    s = group(np.isin(lt, (12, 14, 101, 228, 229)), 1)  # raw IP: version nibble decides
+    s = group(RAW_IP, 1)  # raw IP: version nibble decides
     pos[s] = start[s]
     et[s] = _ethertype_from_version(data, start[s])
     s4 = s[lt[s] == 229]
     et[s4[et[s4] != ETHERTYPE_IPV6]] = 0
     s6 = s[lt[s] == 228]
     et[s6[et[s6] != ETHERTYPE_IPV4]] = 0
-    s = group((lt == 0) | (lt == 108), 4)  # BSD NULL / LOOP: address family, either order
+    s = group((0, 108), 4)  # BSD NULL / LOOP: address family, either order
     le, be = u32le(data, start[s]), u32be(data, start[s])
     family = np.where(np.isin(le, (AF_INET, *AF_INET6)), le, be)
     et[s] = np.where(
         family == AF_INET, ETHERTYPE_IPV4, np.where(np.isin(family, AF_INET6), ETHERTYPE_IPV6, 0)
     )
     pos[s] = start[s] + 4
-    s = group((lt == 9) | (lt == 50), 2)  # PPP, with or without HDLC address/control
+    s = group((9, 50), 2)  # PPP, with or without HDLC address/control
     hdlc = (u8(data, start[s]) == 0xFF) & (u8(data, start[s] + 1) == 0x03)
     head = start[s] + np.where(hdlc, 2, 0)
     et[s] = _ethertype_from_ppp(u16be(data, head))
     pos[s] = head + 2
-    s = group(lt == 104, 4)  # Cisco HDLC: address, control, ethertype
+    s = group((104,), 4)  # Cisco HDLC: address, control, ethertype
     et[s] = u16be(data, start[s] + 2)
     pos[s] = start[s] + 4
-    s = group(lt == 239, 8)
+    s = group((239,), 8)
     if len(s):
         _nflog(data, s, start, start + caplen, pos, et)
     return pos, et
@@ -188,24 +198,40 @@ Fragments = tuple[np.ndarray, np.ndarray, np.ndarray]  # (index, is first fragme
 def parse_packets(batch: PacketBatch) -> ParsedPackets:
     """Parse link, IP and TCP/UDP headers of every packet in ``batch`` at once.
 
-    Large batches are parsed in slices of :data:`PARSE_SLICE` packets, then put together;
-    fragments find their first fragment across the whole batch.
+    Large batches are parsed in slices of :data:`PARSE_SLICE` packets, each written into
+    its part of the batch's arrays; fragments find their first fragment across the whole
+    batch.
     """
     n = len(batch)
-    starts = range(0, n, PARSE_SLICE)
-    parts = [_parse(_slice(batch, lo, lo + PARSE_SLICE)) for lo in starts]
+    parsed = ParsedPackets(
+        batch=batch,
+        ip_version=np.zeros(n, np.uint8),
+        l3_offset=np.full(n, -1, np.int64),
+        l3_caplen=np.zeros(n, np.int32),
+        protocol=np.zeros(n, np.uint8),
+        src_ip=np.zeros((n, 16), np.uint8),
+        dst_ip=np.zeros((n, 16), np.uint8),
+        src_port=np.zeros(n, np.uint16),
+        dst_port=np.zeros(n, np.uint16),
+        ip_len=np.zeros(n, np.int32),
+        header_len=np.zeros(n, np.int32),
+        payload_len=np.zeros(n, np.int32),
+        tcp_flags=np.zeros(n, np.uint8),
+        tcp_window=np.zeros(n, np.int32),
+        tcp_seq=np.zeros(n, np.uint32),
+        fragment=np.zeros(n, bool),
+    )
+    names = [f.name for f in fields(ParsedPackets) if f.name != "batch"]
+    parts = []
+    for lo in range(0, n, PARSE_SLICE):
+        hi = min(lo + PARSE_SLICE, n)
+        part = ParsedPackets(batch=batch, **{k: getattr(parsed, k)[lo:hi] for k in names})
+        index, first, ident = _parse(_slice(batch, lo, hi), part)
+        parts.append((index + lo, first, ident))
     if len(parts) == 1:
-        parsed, fragments = parts[0]
-        parsed.batch = batch
+        fragments = parts[0]
     else:
-        names = [f.name for f in fields(ParsedPackets) if f.name != "batch"]
-        parsed = ParsedPackets(
-            batch=batch, **{k: np.concatenate([getattr(p, k) for p, _ in parts]) for k in names}
-        )
-        index = np.concatenate([f[0] + lo for lo, (_, f) in zip(starts, parts, strict=True)])
-        first = np.concatenate([f[1] for _, f in parts])
-        ident = np.concatenate([f[2] for _, f in parts])
-        fragments = (index, first, ident)
+        fragments = tuple(np.concatenate(f) for f in zip(*parts, strict=True))
     _fragment_ports(parsed, *fragments)
     return parsed
 
@@ -225,22 +251,22 @@ def _slice(batch: PacketBatch, lo: int, hi: int) -> PacketBatch:
     )
 
 
-def _parse(batch: PacketBatch) -> tuple[ParsedPackets, Fragments]:
-    """Headers of every packet, and its fragments (index, is first fragment, ident)."""
+def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
+    """Headers of every packet into ``out`` (zeros, ``l3_offset`` -1); its fragments."""
     n = len(batch)
     data = batch.data
-    end = batch.offset.astype(np.int64) + batch.caplen.astype(np.int64)
+    end = batch.offset.astype(np.int64) + batch.caplen
     pos, et = _link_layer(batch)
     _encapsulations(data, pos, et, end)
 
-    version = np.zeros(n, np.uint8)
-    l3 = np.full(n, -1, np.int64)
-    protocol = np.zeros(n, np.uint8)
-    src_ip = np.zeros((n, 16), np.uint8)
-    dst_ip = np.zeros((n, 16), np.uint8)
+    version = out.ip_version
+    l3 = out.l3_offset
+    protocol = out.protocol
+    src_ip = out.src_ip
+    dst_ip = out.dst_ip
     ip_len = np.zeros(n, np.int64)
     l4 = np.zeros(n, np.int64)
-    fragment = np.zeros(n, bool)
+    fragment = out.fragment
 
     first_byte = u8(data, pos)
     # IPv4 -------------------------------------------------------------------------------
@@ -253,10 +279,10 @@ def _parse(batch: PacketBatch) -> tuple[ParsedPackets, Fragments]:
     total = u16be(data, p + 2)
     ip_len[s] = np.where(total == 0, end[s] - p, total)  # 0: TCP segmentation offload
     protocol[s] = u8(data, p + 9)
-    src_ip[s, 10:12] = 0xFF
-    dst_ip[s, 10:12] = 0xFF
-    src_ip[s, 12:] = rows(data, p + 12, 4)
-    dst_ip[s, 12:] = rows(data, p + 16, 4)
+    src_words, dst_words = src_ip.view(np.uint32), dst_ip.view(np.uint32)  # (n, 4)
+    src_words[s, 2] = dst_words[s, 2] = IPV4_MAPPED_WORD
+    src_words[s, 3] = raw32(data, p + 12)
+    dst_words[s, 3] = raw32(data, p + 16)
     l4[s] = p + ihl
     flags_offset = u16be(data, p + 6)
     fragment[s] = (flags_offset & 0x1FFF) != 0
@@ -307,11 +333,8 @@ def _parse(batch: PacketBatch) -> tuple[ParsedPackets, Fragments]:
     # transport bytes present: captured, and inside the IP packet by its length field
     avail = np.minimum(end[ip], l3[ip] + ip_len[ip]) - l4[ip]
     transport = ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & ~fragment[ip]
-    src_port = np.zeros(n, np.uint16)
-    dst_port = np.zeros(n, np.uint16)
-    tcp_flags = np.zeros(n, np.uint8)
-    tcp_window = np.zeros(n, np.int32)
-    tcp_seq = np.zeros(n, np.uint32)
+    src_port, dst_port = out.src_port, out.dst_port
+    tcp_flags, tcp_window, tcp_seq = out.tcp_flags, out.tcp_window, out.tcp_seq
     t = ip[transport & (avail >= 4)]
     src_port[t] = u16be(data, l4[t])
     dst_port[t] = u16be(data, l4[t] + 2)
@@ -333,26 +356,11 @@ def _parse(batch: PacketBatch) -> tuple[ParsedPackets, Fragments]:
     payload_len = np.zeros(n, np.int64)
     payload_len[ip] = np.maximum(ip_len[ip] - header_len[ip], 0)
 
-    parsed = ParsedPackets(
-        batch=batch,
-        ip_version=version,
-        l3_offset=l3,
-        l3_caplen=np.where(version != 0, end - l3, 0).astype(np.int32),
-        protocol=protocol,
-        src_ip=src_ip,
-        dst_ip=dst_ip,
-        src_port=src_port,
-        dst_port=dst_port,
-        ip_len=ip_len.astype(np.int32),
-        header_len=header_len.astype(np.int32),
-        payload_len=payload_len.astype(np.int32),
-        tcp_flags=tcp_flags,
-        tcp_window=tcp_window,
-        tcp_seq=tcp_seq,
-        fragment=fragment,
-    )
-    fragments = (np.concatenate(frag_idx), np.concatenate(frag_first), np.concatenate(frag_id))
-    return parsed, fragments
+    out.l3_caplen[:] = np.where(version != 0, end - l3, 0)
+    out.ip_len[:] = ip_len
+    out.header_len[:] = header_len
+    out.payload_len[:] = payload_len
+    return np.concatenate(frag_idx), np.concatenate(frag_first), np.concatenate(frag_id)
 
 
 def _fragment_ports(
