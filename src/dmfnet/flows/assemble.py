@@ -50,6 +50,7 @@ keeps them open for the 120 s idle timeout.
 
 from __future__ import annotations
 
+import functools
 import gc
 import socket
 from collections.abc import Iterable, Iterator
@@ -66,12 +67,12 @@ from dmfnet.flows.anonymise import (
     transport_offsets,
 )
 from dmfnet.flows.config import FlowConfig
-from dmfnet.flows.snippets import SnippetStore, gather_windows, place_pieces, reserve_zeros
+from dmfnet.flows.snippets import SnippetStore, place_pieces, reserve_zeros, zero_windows
 
 FlowChunk = dict[str, np.ndarray]
 """Ended flows: every column of :mod:`dmfnet.flows.schema` plus ``filter_reason``."""
 
-TCP, UDP = 6, 17
+TCP, UDP, ICMPV6 = 6, 17, 58
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 DNS_PORT, LLMNR_PORT = 53, 5355
 
@@ -315,6 +316,21 @@ def _split_loop(
             seen_rst |= bool(rst[i])
             seen_lo |= bool(fin_lo[i])
             seen_hi |= bool(fin_hi[i])
+
+
+@functools.cache
+def _header_field_runs(
+    ip_version: int, protocol: int, l4_offset: int
+) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+    """Sorted offsets of the header fields to zero, and their runs of adjacent bytes
+    (first offset, length): e.g. IPv4's checksum and addresses are one run of 10 bytes."""
+    cols = header_field_offsets(
+        np.array([ip_version]), np.array([protocol]), np.array([l4_offset])
+    )[0]
+    cols = np.sort(cols[cols >= 0])
+    first = np.flatnonzero(np.diff(cols, prepend=-2) != 1)
+    length = np.diff(first, append=len(cols))
+    return cols, tuple(zip(cols[first].tolist(), length.tolist(), strict=True))
 
 
 def _ip_strings(hi: np.ndarray, lo: np.ndarray, ipv: np.ndarray) -> np.ndarray:
@@ -723,25 +739,6 @@ class FlowAssembler:
         if not len(kept):
             return
         anonymise = cfg.anonymise
-        ipv, proto = parsed.ip_version[p], parsed.protocol[p]
-        prepare = None
-        if anonymise:
-            l4 = transport_offsets(data, l3[kept], cap[kept], ipv[kept], proto[kept])
-
-            def prepare(which: np.ndarray, win: np.ndarray, width: int) -> None:
-                k = kept[which]
-                self._zero_header_fields(
-                    win,
-                    ipv[k],
-                    proto[k],
-                    l4[which],
-                    header_avail[k],
-                    need[k],
-                    rows[k],
-                    fh_off[k],
-                    fh_n[k],
-                )
-
         values = {
             "slot": rows[kept],
             "rank": r[kept],
@@ -754,9 +751,21 @@ class FlowAssembler:
             "payload_head_n": ph_n[kept],
         }
         start = np.full(len(p), -1, dtype=np.int64)
-        start[kept] = self._snippets.add(data, l3[kept], need[kept], values, prepare)
+        start[kept] = self._snippets.add(data, l3[kept], need[kept], values)
         if not anonymise:
             return
+        ipv, proto = parsed.ip_version[p[kept]], parsed.protocol[p[kept]]
+        self._zero_header_fields(
+            start[kept],
+            ipv,
+            proto,
+            transport_offsets(data, l3[kept], cap[kept], ipv, proto),
+            header_avail[kept],
+            need[kept],
+            rows[kept],
+            fh_off[kept],
+            fh_n[kept],
+        )
 
         # TLS server names and certificates, in payload coordinates of each packet. Only
         # packets with payload bytes in a byte column matter (they are a prefix of the flow).
@@ -772,7 +781,7 @@ class FlowAssembler:
 
     def _zero_header_fields(
         self,
-        win: np.ndarray,
+        start: np.ndarray,
         ip_version: np.ndarray,
         protocol: np.ndarray,
         l4_offset: np.ndarray,
@@ -782,45 +791,48 @@ class FlowAssembler:
         head_at: np.ndarray,
         head_n: np.ndarray,
     ) -> None:
-        """Zero addresses, ports and checksums in snippet windows that start with an IP header.
+        """Zero addresses, ports and checksums in stored snippets (each starts with an IP header).
 
         A field inside the packet's header is zeroed in the snippet (so in every column); a
         field past it (the ICMPv6 checksum: its header length counts no transport header)
-        is zeroed in ``flow_head`` only, as the payload columns carry it as it is. Rows are
-        grouped by (version, protocol, transport offset): a few groups, zeroed column-wise.
+        is zeroed in ``flow_head`` only, as the payload columns carry it as it is. Snippets
+        are grouped by (version, protocol, transport offset): a few groups, each zeroed
+        with one index over all its snippets and fields.
         """
-        if not len(win):
+        if not len(start):
             return
-        width = win.shape[1]
-        code = ip_version.astype(np.int64) << 24 | protocol.astype(np.int64) << 16 | l4_offset
-        groups, which = np.unique(code, return_inverse=True)
-        which = which.reshape(-1)
-        for g, c in enumerate(groups.tolist()):
-            cols = header_field_offsets(
-                np.array([c >> 24]), np.array([(c >> 16) & 0xFF]), np.array([c & 0xFFFF])
-            )[0]
-            cols = cols[(cols >= 0) & (cols < width)]
+        buffer = self._snippets.buffer
+        stored = np.minimum(header, need)  # header bytes the snippet holds
+        # Only TCP, UDP and ICMPv6 have transport fields to zero: other protocols group
+        # with the protocol and transport offset left out.
+        fields_l4 = (protocol == TCP) | (protocol == UDP) | (protocol == ICMPV6)
+        code = ip_version.astype(np.int64) << 24 | np.where(
+            fields_l4, protocol.astype(np.int64) << 16 | l4_offset, 0
+        )
+        groups = np.unique(code).tolist()
+        for c in groups:
+            cols, runs = _header_field_runs(c >> 24, (c >> 16) & 0xFF, c & 0xFFFF)
             if not len(cols):
                 continue
-            members = np.flatnonzero(which == g) if len(groups) > 1 else np.arange(len(win))
-            plain = header[members] > cols.max()
-            fast = members[plain]
-            if len(fast):
-                win[np.ix_(fast, cols)] = 0
-            odd = members[~plain]
-            if not len(odd):
+            members = np.flatnonzero(code == c) if len(groups) > 1 else np.arange(len(start))
+            m_start, m_stored, m_header = start[members], stored[members], header[members]
+            for first, n in runs:  # one window write per run of adjacent fields
+                whole = m_stored >= first + n
+                zero_windows(buffer, m_start[whole] + first, n)
+                part = np.flatnonzero(~whole & (m_stored > first))
+                if len(part):  # a header cut short inside the run: its stored bytes only
+                    run = first + np.arange(n)
+                    at = m_start[part, None] + run
+                    buffer[at[run < m_stored[part, None]]] = 0
+            if cols[-1] < m_header.min():
                 continue
-            # Fields past the header: kept in the snippet (zero only padding beyond it).
-            past = cols[None, :] >= header[odd, None]
-            zero = ~past | (cols[None, :] >= need[odd, None])
-            r_idx, c_idx = np.nonzero(zero)
-            win[odd[r_idx], cols[c_idx]] = 0
-            in_head = past & (cols[None, :] < head_n[odd, None])
+            # Fields past the header: kept in the snippet, zeroed in flow_head only.
+            in_head = (cols >= m_header[:, None]) & (cols < head_n[members, None])
             r_idx, c_idx = np.nonzero(in_head)
             if len(r_idx):
-                self._head_zero_slot = np.append(self._head_zero_slot, slot[odd[r_idx]])
+                self._head_zero_slot = np.append(self._head_zero_slot, slot[members[r_idx]])
                 self._head_zero_at = np.append(
-                    self._head_zero_at, head_at[odd[r_idx]] + cols[c_idx]
+                    self._head_zero_at, head_at[members[r_idx]] + cols[c_idx]
                 )
 
     @staticmethod
@@ -953,29 +965,33 @@ class FlowAssembler:
         row = sn["row"] - lo
         start, rank = sn["start"], sn["rank"].astype(np.int64)
 
+        # Every piece is placed exactly (nothing after it) and pieces do not overlap, so all
+        # of a column's pieces are placed at once: a packet's header and payload in its row
+        # of ``bytes``, and each flow's pieces back to back in its heads. Both heads are rows
+        # of one array (flow_head rows first).
         by_packet = np.zeros((n * cfg.n_packets, lh + lp), dtype=np.uint8)
-        ib = np.flatnonzero(rank < cfg.n_packets)
-        at = row[ib] * cfg.n_packets + rank[ib]
-        by_packet[at, :lh] = gather_windows(buf, start[ib], sn["bytes_header"][ib], lh)
-        by_packet[at, lh:] = gather_windows(
-            buf, start[ib] + sn["header"][ib], sn["bytes_payload"][ib], lp
+        packet_at = (row * cfg.n_packets + rank) * (lh + lp)  # (bytes_* are 0 from rank N on)
+        place_pieces(
+            by_packet.reshape(-1),
+            np.concatenate([packet_at, packet_at]),
+            np.repeat(np.array([0, lh], dtype=np.int64), len(row)),
+            buf,
+            np.concatenate([start, start + sn["header"]]),
+            np.concatenate([sn["bytes_header"], sn["bytes_payload"]]),
+            lh + lp,
         )
-
-        # Heads: each flow's pieces back to back, placed in rounds by the packet's rank
-        # (one piece per row and round, in offset order). Both heads are rows of one
-        # array (flow_head rows first), so a round places both at once.
         heads = np.zeros((2, n, head), dtype=np.uint8)
         flow_head, payload_head = heads[0], heads[1]
-        flat_heads, flat_fh = heads.reshape(-1), flow_head.reshape(-1)
-        count = np.concatenate([sn["flow_head_n"], sn["payload_head_n"]]).astype(np.int64)
-        at = np.concatenate([sn["flow_head_at"], sn["payload_head_at"]]).astype(np.int64)
-        src_at = np.concatenate([start, start + sn["header"]])
-        row_at = np.concatenate([row, row + n]) * head
-        both_rank = np.concatenate([rank, rank])
-        in_head = count > 0
-        for j in np.unique(rank[in_head[: len(rank)] | in_head[len(rank) :]]).tolist():
-            sel = np.flatnonzero((both_rank == j) & in_head)
-            place_pieces(flat_heads, row_at[sel], at[sel], buf, src_at[sel], count[sel], head)
+        flat_fh = flow_head.reshape(-1)
+        place_pieces(
+            heads.reshape(-1),
+            np.concatenate([row, row + n]) * head,
+            np.concatenate([sn["flow_head_at"], sn["payload_head_at"]]),
+            buf,
+            np.concatenate([start, start + sn["header"]]),
+            np.concatenate([sn["flow_head_n"], sn["payload_head_n"]]),
+            head,
+        )
         za, zb = np.searchsorted(snippets["zero_row"], [lo, hi])
         if zb > za:
             zero_row = snippets["zero_row"][za:zb] - lo
