@@ -65,6 +65,14 @@ PROTO_TCP = 6
 PROTO_UDP = 17
 
 
+def _among(values: np.ndarray, choices: tuple[int, ...]) -> np.ndarray:
+    """``np.isin`` for a few constants, without its sorting and set-up costs."""
+    found = values == choices[0]
+    for choice in choices[1:]:
+        found |= values == choice
+    return found
+
+
 def _ethertype_from_ppp(proto: np.ndarray) -> np.ndarray:
     et = np.where(proto == PPP_IPV4, ETHERTYPE_IPV4, np.where(proto == PPP_IPV6, ETHERTYPE_IPV6, 0))
     et[proto == PPP_MPLS] = ETHERTYPE_MPLS[0]
@@ -94,7 +102,7 @@ def _link_layer(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
             return everything[:0]
         ok = caplen >= min_len
         if only is None:
-            ok &= np.isin(lt, types)
+            ok &= _among(lt, types)
         return np.flatnonzero(ok)
 
     s = group((1,), 14)  # Ethernet II
@@ -115,9 +123,9 @@ def _link_layer(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
     et[s6[et[s6] != ETHERTYPE_IPV4]] = 0
     s = group((0, 108), 4)  # BSD NULL / LOOP: address family, either order
     le, be = u32le(data, start[s]), u32be(data, start[s])
-    family = np.where(np.isin(le, (AF_INET, *AF_INET6)), le, be)
+    family = np.where(_among(le, (AF_INET, *AF_INET6)), le, be)
     et[s] = np.where(
-        family == AF_INET, ETHERTYPE_IPV4, np.where(np.isin(family, AF_INET6), ETHERTYPE_IPV6, 0)
+        family == AF_INET, ETHERTYPE_IPV4, np.where(_among(family, AF_INET6), ETHERTYPE_IPV6, 0)
     )
     pos[s] = start[s] + 4
     s = group((9, 50), 2)  # PPP, with or without HDLC address/control
@@ -162,7 +170,7 @@ def _nflog(
 def _encapsulations(data: np.ndarray, pos: np.ndarray, et: np.ndarray, end: np.ndarray) -> None:
     """Skip VLAN tags, PPPoE session headers and MPLS stacks in place."""
     for _ in range(MAX_VLAN_TAGS):
-        s = np.flatnonzero(np.isin(et, VLAN_TPIDS))
+        s = np.flatnonzero(_among(et, VLAN_TPIDS))
         if not len(s):
             break
         short = pos[s] + 4 > end[s]
@@ -177,7 +185,7 @@ def _encapsulations(data: np.ndarray, pos: np.ndarray, et: np.ndarray, end: np.n
         s = s[ok]
         et[s] = _ethertype_from_ppp(u16be(data, pos[s] + 6))
         pos[s] += 8
-    active = np.flatnonzero(np.isin(et, ETHERTYPE_MPLS))
+    active = np.flatnonzero(_among(et, ETHERTYPE_MPLS))
     et[active] = 0
     for _ in range(MAX_MPLS_LABELS):
         active = active[pos[active] + 4 <= end[active]]
@@ -305,7 +313,7 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     active = np.arange(len(s))
     for _ in range(MAX_IPV6_EXTENSIONS):
         inside = cur[active] + 8 <= np.minimum(end[s[active]], p[active] + ip_len[s[active]])
-        active = active[np.isin(nh[active], IPV6_EXTENSIONS) & inside]
+        active = active[_among(nh[active], IPV6_EXTENSIONS) & inside]
         if not len(active):
             break
         c = cur[active]

@@ -364,19 +364,19 @@ class _PcapWalker(_Walker):
                     break
         else:
             early[live] = True
-        in_path = np.zeros(n_heads, bool)
         early_at, land_at = early.tolist(), land.tolist()
+        path = [0]
         i = 0
-        while True:
-            in_path[i] = True
-            if early_at[i] or land_at[i] < 0:
-                break
+        while not early_at[i] and land_at[i] >= 0:
             i = land_at[i]
+            path.append(i)
+        in_path = np.zeros(n_heads, bool)
+        in_path[path] = True
         at = np.concatenate(steps)
         chain = np.concatenate(chains)
-        kept = in_path[chain]
-        at, chain = at[kept], chain[kept]
-        return at[np.argsort(chain, kind="stable")], int(cur[i])  # by chain, then step
+        kept = np.flatnonzero(in_path[chain])
+        order = kept[np.argsort(chain[kept], kind="stable")]  # by chain, then step
+        return at[order], int(cur[i])
 
     def _guesses(self, data: np.ndarray, pos: int, starts: np.ndarray, stop: int) -> np.ndarray:
         """First plausible record header in :data:`CHASE_WINDOW` bytes from each start.
