@@ -490,8 +490,14 @@ class FlowAssembler:
         self._clock = max(self._clock, float(np.median(ts)))
         self._latest = max(self._latest, float(ts.max()))
 
+        # The packets in key-hash order, file order kept within a hash: one plain sort of
+        # the hash's high bits with the packet index in the low bits (no stable argsort).
+        bits = max(m.bit_length(), 1)
+        high = ~np.uint64((1 << bits) - 1)
+        packed = np.sort((h & high) | np.arange(m, dtype=np.uint64))
+        by_hash = (packed & ~high).astype(np.int64)
         # The open flows whose key hash some packet of the batch has.
-        queries = np.sort(h)  # sorted queries: each search starts where the last ended
+        queries = h[by_hash]  # sorted queries: each search starts where the last ended
         lo = np.searchsorted(self._index_h, queries, "left")
         hi = np.searchsorted(self._index_h, queries, "right")
         hit = hi > lo
@@ -512,7 +518,7 @@ class FlowAssembler:
         # Items: those open flows (as summaries) first, then the batch's packets, grouped by
         # key with file order kept inside each key.
         item_keys = {k: np.concatenate([op[k], v.astype(op[k].dtype)]) for k, v in keys.items()}
-        order, same = self._group_by_key(item_keys)
+        order, same = self._group_by_key(item_keys, fc, by_hash, packed & high, high)
         nitems = len(order)
         is_pkt = order >= fc
         pi = np.where(is_pkt, order - fc, 0)  # packet index (valid where is_pkt)
@@ -652,17 +658,39 @@ class FlowAssembler:
         self.stats.peak_open_flows = max(self.stats.peak_open_flows, len(self._index_slot))
         return emissions
 
-    def _group_by_key(self, item_keys: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Stable order grouping equal keys; ``same[i]``: item i+1 has item i's key."""
+    def _group_by_key(
+        self,
+        item_keys: dict[str, np.ndarray],
+        fc: int,
+        by_hash: np.ndarray,
+        packet_high: np.ndarray,
+        high: np.uint64,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stable order grouping equal keys; ``same[i]``: item i+1 has item i's key.
+
+        The items are ``fc`` open flows (in index order, so sorted by hash) and then the
+        packets, ``by_hash`` their order by the high bits of the hash (``packet_high``,
+        sorted). Merging the two sorted runs (open flows first on equal high bits) is the
+        stable order by the high bits; the keys of neighbours are then checked exactly.
+        """
         h = item_keys["h"]
-        order = np.argsort(h, kind="stable")
-        hs = h[order]
+        m = len(by_hash)
+        open_high = h[:fc] & high
+        open_at = np.searchsorted(packet_high, open_high, "left") + np.arange(fc)
+        packet_at = np.searchsorted(open_high, packet_high, "right") + np.arange(m)
+        order = np.empty(fc + m, dtype=np.int64)
+        order[open_at] = np.arange(fc)
+        order[packet_at] = by_hash + fc
+        hs = np.empty(fc + m, dtype=np.uint64)
+        hs[open_at] = open_high
+        hs[packet_at] = packet_high
         same = hs[1:] == hs[:-1]
         dup = np.flatnonzero(same)
         exact = np.ones(len(dup), dtype=bool)
+        first, second = order[dup], order[dup + 1]
         for k in _KEY_FIELDS[1:]:
-            v = item_keys[k][order]
-            exact &= v[dup] == v[dup + 1]
+            v = item_keys[k]
+            exact &= v[first] == v[second]
         if exact.all():
             return order, same
         # A hash collision (never seen in practice): sort by the full key instead.
