@@ -62,13 +62,6 @@ def u32le(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return (u16le(data, pos + 2) << 16) | u16le(data, pos)
 
 
-def raw32(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """The 4 bytes at ``pos`` as uint32 in native order (to store, not to compute with)."""
-    if _inside(data, pos, 4):
-        return _view(data, "=u4", 4)[pos]
-    return rows(data, pos, 4).view(np.uint32).ravel()
-
-
 def u16(data: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
     """16-bit values in the given byte order."""
     return u16be(data, pos) if big_endian else u16le(data, pos)

@@ -18,7 +18,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from dmfnet.capture.fields import raw32, rows, u8, u16be, u16le, u32be, u32le
+from dmfnet.capture.fields import rows, u8, u16be, u16le, u32be, u32le
 from dmfnet.capture.packets import PacketBatch, ParsedPackets
 
 # Link types whose packets are parsed; packets of others stay non-IP.
@@ -284,31 +284,35 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     p = pos[s]
     version[s] = 4
     l3[s] = p
-    total = u16be(data, p + 2)
+    head = rows(data, p, 20)  # (m, 20): the header without options, one gather
+    half = head.view(">u2")  # (m, 10) network-order 16-bit fields
+    total = half[:, 1].astype(np.int64)
     ip_len[s] = np.where(total == 0, end[s] - p, total)  # 0: TCP segmentation offload
-    protocol[s] = u8(data, p + 9)
+    protocol[s] = head[:, 9]
     src_words, dst_words = src_ip.view(np.uint32), dst_ip.view(np.uint32)  # (n, 4)
     src_words[s, 2] = dst_words[s, 2] = IPV4_MAPPED_WORD
-    src_words[s, 3] = raw32(data, p + 12)
-    dst_words[s, 3] = raw32(data, p + 16)
+    quad = head.view(np.uint32)  # (m, 5) raw 4-byte groups, stored as they are
+    src_words[s, 3] = quad[:, 3]
+    dst_words[s, 3] = quad[:, 4]
     l4[s] = p + ihl
-    flags_offset = u16be(data, p + 6)
+    flags_offset = half[:, 3].astype(np.int64)
     fragment[s] = (flags_offset & 0x1FFF) != 0
     in4 = (flags_offset & 0x3FFF) != 0  # more fragments, or an offset
     frag_idx = [s[in4]]
     frag_first = [(flags_offset[in4] & 0x1FFF) == 0]
-    frag_id = [u16be(data, p[in4] + 4)]
+    frag_id = [half[in4, 2].astype(np.int64)]
 
     # IPv6 -------------------------------------------------------------------------------
     s = np.flatnonzero((et == ETHERTYPE_IPV6) & (pos + 40 <= end) & (first_byte >> 4 == 6))
     p = pos[s]
     version[s] = 6
     l3[s] = p
-    plen = u16be(data, p + 4)
+    head = rows(data, p, 40)  # (m, 40): the fixed header, one gather
+    plen = head.view(">u2")[:, 2].astype(np.int64)
     ip_len[s] = np.where(plen == 0, end[s] - p, 40 + plen)  # 0: jumbogram
-    src_ip[s] = rows(data, p + 8, 16)
-    dst_ip[s] = rows(data, p + 24, 16)
-    nh = u8(data, p + 6)
+    src_ip[s] = head[:, 8:24]
+    dst_ip[s] = head[:, 24:40]
+    nh = head[:, 6].astype(np.int64)
     cur = p + 40
     active = np.arange(len(s))
     for _ in range(MAX_IPV6_EXTENSIONS):
@@ -343,20 +347,25 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     transport = ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & ~fragment[ip]
     src_port, dst_port = out.src_port, out.dst_port
     tcp_flags, tcp_window, tcp_seq = out.tcp_flags, out.tcp_window, out.tcp_seq
-    t = ip[transport & (avail >= 4)]
-    src_port[t] = u16be(data, l4[t])
-    dst_port[t] = u16be(data, l4[t] + 2)
+    has_ports = transport & (avail >= 4)
+    t = ip[has_ports]
+    head = rows(data, l4[t], 16)  # (m, 16): ports and the TCP fields, one gather
+    half = head.view(">u2")  # (m, 8)
+    src_port[t] = half[:, 0]
+    dst_port[t] = half[:, 1]
     is_tcp = (proto == PROTO_TCP) & transport
-    t = ip[is_tcp & (avail >= 8)]
-    tcp_seq[t] = u32be(data, l4[t] + 4)
-    t = ip[is_tcp & (avail >= 14)]
-    offset_byte = u8(data, l4[t] + 12)
-    tcp_flags[t] = u8(data, l4[t] + 13)
-    t16 = ip[is_tcp & (avail >= 16)]
-    tcp_window[t16] = u16be(data, l4[t16] + 14)
+    tcp_in_t, avail_in_t = is_tcp[has_ports], avail[has_ports]  # a field counts if captured
+    k = tcp_in_t & (avail_in_t >= 8)
+    tcp_seq[t[k]] = head.view(">u4")[k, 1]
+    k = tcp_in_t & (avail_in_t >= 14)
+    offset_byte = head[k, 12].astype(np.int64)
+    tcp_flags[t[k]] = head[k, 13]
+    t14 = t[k]
+    k = tcp_in_t & (avail_in_t >= 16)
+    tcp_window[t[k]] = half[k, 7]
     transport_len = np.zeros(n, np.int64)
     transport_len[ip[is_tcp]] = 20  # when the data offset is not captured or is invalid
-    transport_len[t] = np.where(offset_byte >> 4 >= 5, (offset_byte >> 4) * 4, 20)
+    transport_len[t14] = np.where(offset_byte >> 4 >= 5, (offset_byte >> 4) * 4, 20)
     transport_len[ip[(proto == PROTO_UDP) & transport]] = 8
 
     header_len = np.zeros(n, np.int64)
