@@ -276,15 +276,17 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     l4 = np.zeros(n, np.int64)
     fragment = out.fragment
 
-    first_byte = u8(data, pos)
     # IPv4 -------------------------------------------------------------------------------
-    s = np.flatnonzero((et == ETHERTYPE_IPV4) & (pos + 20 <= end) & (first_byte >> 4 == 4))
-    ihl = (first_byte[s] & 0x0F) * 4
-    s, ihl = s[ihl >= 20], ihl[ihl >= 20]
+    s = np.flatnonzero((et == ETHERTYPE_IPV4) & (pos + 20 <= end))
+    head = rows(data, pos[s], 20)  # (m, 20): the header without options, one gather
+    first_byte = head[:, 0].astype(np.int64)
+    ihl = (first_byte & 0x0F) * 4
+    ok = (first_byte >> 4 == 4) & (ihl >= 20)
+    if not ok.all():
+        s, ihl, head = s[ok], ihl[ok], head[ok]
     p = pos[s]
     version[s] = 4
     l3[s] = p
-    head = rows(data, p, 20)  # (m, 20): the header without options, one gather
     half = head.view(">u2")  # (m, 10) network-order 16-bit fields
     total = half[:, 1].astype(np.int64)
     ip_len[s] = np.where(total == 0, end[s] - p, total)  # 0: TCP segmentation offload
@@ -303,11 +305,14 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     frag_id = [half[in4, 2].astype(np.int64)]
 
     # IPv6 -------------------------------------------------------------------------------
-    s = np.flatnonzero((et == ETHERTYPE_IPV6) & (pos + 40 <= end) & (first_byte >> 4 == 6))
+    s = np.flatnonzero((et == ETHERTYPE_IPV6) & (pos + 40 <= end))
+    head = rows(data, pos[s], 40)  # (m, 40): the fixed header, one gather
+    ok = head[:, 0] >> 4 == 6
+    if not ok.all():
+        s, head = s[ok], head[ok]
     p = pos[s]
     version[s] = 6
     l3[s] = p
-    head = rows(data, p, 40)  # (m, 40): the fixed header, one gather
     plen = head.view(">u2")[:, 2].astype(np.int64)
     ip_len[s] = np.where(plen == 0, end[s] - p, 40 + plen)  # 0: jumbogram
     src_ip[s] = head[:, 8:24]
