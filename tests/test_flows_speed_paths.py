@@ -3,10 +3,14 @@ at once, header fields zeroed in runs (also when a capture cuts a header short).
 
 from __future__ import annotations
 
+import struct
+import tracemalloc
+
 import numpy as np
 
 from dmfnet.capture import read_packets
 from dmfnet.flows import FlowConfig, assemble_flows
+from dmfnet.flows import assemble as assemble_module
 from dmfnet.flows.snippets import place_pieces
 from dmfnet.problems import ProblemLog
 from pcapbuild import LINKTYPE_RAW, Record, ip, tcp, write_pcap
@@ -95,3 +99,41 @@ def test_icmpv6_checksum_is_zeroed_in_flow_head_only(tmp_path):
     row = cols["bytes"][0].tobytes()
     assert row[:80] == bytes(expected[:40]).ljust(80, b"\0")
     assert row[80:320] == message.ljust(240, b"\0")
+
+
+def test_tls_stream_segment_far_behind_the_stream_is_left_out(tmp_path, monkeypatch):
+    # Small slices: the stream starts in one slice, a segment 5000 bytes behind its start
+    # (2**32 - 5000 ahead, modulo 2**32) comes in a later one and must not be copied.
+    monkeypatch.setattr(assemble_module, "SLICE_PACKETS", 2)
+    host = b"far-behind.example.net"
+    sni = struct.pack("!HBH", len(host) + 3, 0, len(host)) + host
+    exts = struct.pack("!HH", 0, len(sni)) + sni
+    body = b"\x03\x03" + b"\x11" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    body += struct.pack("!H", len(exts)) + exts
+    message = bytes([1]) + len(body).to_bytes(3, "big") + body
+    hello = struct.pack("!BHH", 22, 0x0301, len(message)) + message
+    split = hello.index(host) + 5  # inside the host name
+    c, s = ("10.0.0.1", 40000), ("10.0.0.2", 443)
+    seq = 1001
+    payloads = [(hello[:split], seq), (hello[split:], seq + split), (b"late" * 8, seq - 5000)]
+    recs = [
+        Record(T0, ip(c[0], s[0], 6, tcp(c[1], s[1], b"", seq=1000, flags="S"))),
+        Record(T0 + 1, ip(s[0], c[0], 6, tcp(s[1], c[1], b"", seq=5000, flags="SA"))),
+        Record(T0 + 2, ip(c[0], s[0], 6, tcp(c[1], s[1], b"", seq=seq, flags="A"))),
+    ] + [
+        Record(T0 + 3 + i, ip(c[0], s[0], 6, tcp(c[1], s[1], data, seq=q, flags="PA")))
+        for i, (data, q) in enumerate(payloads)
+    ]
+    tracemalloc.start()
+    try:
+        cols = _flow(tmp_path, recs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20  # the stream was not grown to the far segment
+    expected = bytearray(hello)
+    at = hello.index(host)
+    expected[at : at + len(host)] = bytes(len(host))
+    head = bytes(expected) + b"late" * 8
+    assert cols["payload_head"][0].tobytes() == head.ljust(1024, b"\0")
+    assert host[:5] not in cols["flow_head"][0].tobytes()

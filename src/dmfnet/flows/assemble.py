@@ -905,47 +905,60 @@ class FlowAssembler:
             state[undecided] = np.where(ok, _TLS_YES, _TLS_NO)
             st["tls_c2s"][gflow[gc2s]] = state[gc2s]
             st["tls_s2c"][gflow[~gc2s]] = state[~gc2s]
-        bounds = np.append(firsts, len(cand))
-        seq = parsed.tcp_seq[p].astype(np.int64)
-        out_p: list[int] = []
-        out_a: list[int] = []
-        out_b: list[int] = []
-        # Python values once (scalar access to numpy arrays is slow in the loop below).
-        group_slot = st["slot"][gflow].tolist()
-        group_c2s = gc2s.tolist()
-        bounds_list = bounds.tolist()
-        cand_list, seq_list = cand.tolist(), seq[cand].tolist()
-        at_list, avail_list = payload_at[cand].tolist(), payload_avail[cand].tolist()
-        view = memoryview(data)
-        for g in np.flatnonzero(state == _TLS_YES).tolist():
-            a, b = bounds_list[g], bounds_list[g + 1]
-            key = (group_slot[g], group_c2s[g])
-            seqs = seq_list[a:b]
+        # The packets of the TLS streams, stream by stream (file order within a stream).
+        yes = np.flatnonzero(state == _TLS_YES)
+        lengths = np.append(firsts, len(cand))[yes + 1] - firsts[yes]
+        first = np.cumsum(lengths) - lengths
+        stream_of = np.repeat(np.arange(len(yes)), lengths)
+        pk = cand[_ranges(firsts[yes], lengths)]
+        seq = parsed.tcp_seq[p[pk]].astype(np.int64)
+        # A new stream starts at its lowest sequence number (modulo 2**32, seen from its
+        # first packet): a retransmission or reordering may come first.
+        rel = (seq - seq[first][stream_of] + 2**31) % 2**32 - 2**31
+        new_base = (
+            ((seq[first] + np.minimum.reduceat(rel, first)) % 2**32).tolist() if len(pk) else []
+        )
+        keys = list(zip(st["slot"][gflow[yes]].tolist(), gc2s[yes].tolist(), strict=True))
+        streams = []
+        for key, base in zip(keys, new_base, strict=True):
             stream = self._tls.get(key)
             if stream is None:
-                first = seqs[0]
-                low = min(((s - first + 2**31) % 2**32) - 2**31 for s in seqs)
-                stream = ((first + low) % 2**32, bytearray())
-                self._tls[key] = stream
-            base, buf = stream
-            spans = []
-            for i, s, at, k in zip(
-                cand_list[a:b], seqs, at_list[a:b], avail_list[a:b], strict=True
-            ):
-                pos = (s - base) % 2**32
-                spans.append((i, pos, k))
-                if pos >= _TLS_STREAM_LIMIT:
-                    continue
-                k = min(k, _TLS_STREAM_LIMIT - pos)
-                if len(buf) < pos + k:
-                    buf.extend(bytes(pos + k - len(buf)))
-                buf[pos : pos + k] = view[at : at + k]
+                stream = self._tls[key] = (base, bytearray())
+            streams.append(stream)
+        base = np.array([stream[0] for stream in streams], dtype=np.int64)
+        pos = (seq - base[stream_of]) % 2**32  # in the stream
+        avail = payload_avail[pk]
+        copied = np.where(pos < _TLS_STREAM_LIMIT, np.minimum(avail, _TLS_STREAM_LIMIT - pos), 0)
+        end = np.where(copied > 0, pos + copied, 0)  # bytes of the stream known after them
+        end = np.maximum.reduceat(end, first).tolist() if len(pk) else []
+        # Python values once (scalar access to numpy arrays is slow in the loop below).
+        pos_list, at_list, copied_list = pos.tolist(), payload_at[pk].tolist(), copied.tolist()
+        view = memoryview(data)
+        range_stream: list[int] = []
+        range_a: list[int] = []
+        range_b: list[int] = []
+        for j, ((_, buf), a, n, stream_end) in enumerate(
+            zip(streams, first.tolist(), lengths.tolist(), end, strict=True)
+        ):
+            if len(buf) < stream_end:
+                buf.extend(bytes(stream_end - len(buf)))
+            for i in range(a, a + n):  # in file order: a later copy of a byte wins
+                k = copied_list[i]
+                if k:
+                    at, q = at_list[i], pos_list[i]
+                    buf[q : q + k] = view[at : at + k]
             for za, zb in tls_zero_ranges(buf):
-                for i, pos, k in spans:
-                    if za < pos + k and zb > pos:
-                        out_p.append(i)
-                        out_a.append(za - pos)
-                        out_b.append(zb - pos)
+                range_stream.append(j)
+                range_a.append(za)
+                range_b.append(zb)
+        # Each range, against every packet of its stream (in stream coordinates).
+        za, zb = np.array(range_a, dtype=np.int64), np.array(range_b, dtype=np.int64)
+        rs = np.array(range_stream, dtype=np.int64)
+        idx = _ranges(first[rs], lengths[rs])
+        za, zb = np.repeat(za, lengths[rs]), np.repeat(zb, lengths[rs])
+        hit = (za < pos[idx] + avail[idx]) & (zb > pos[idx])
+        idx, za, zb = idx[hit], za[hit], zb[hit]
+        out = (pk[idx], za - pos[idx], zb - pos[idx])
         # Streams of flows whose later packets cannot reach a byte column are forgotten.
         cfg = self.config
         head = cfg.head_bytes
@@ -954,10 +967,9 @@ class FlowAssembler:
             & (st["flow_head_fill"] >= head)
             & (st["payload_head_fill"] >= head)
         )
-        for g in np.flatnonzero((state == _TLS_YES) & done[gflow]).tolist():
-            self._tls.pop((int(st["slot"][gflow[g]]), bool(gc2s[g])), None)
-        return (np.array(out_p, dtype=np.int64), np.array(out_a, dtype=np.int64),
-                np.array(out_b, dtype=np.int64))  # fmt: skip
+        for j in np.flatnonzero(done[gflow[yes]]).tolist():
+            self._tls.pop(keys[j], None)
+        return out
 
     # ------------------------------------------------------------------ output
     def _take_snippets(self, slots: np.ndarray) -> dict[str, np.ndarray]:
