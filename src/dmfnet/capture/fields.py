@@ -76,6 +76,12 @@ def rows(data: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     """``(len(pos), width)`` uint8 array of the bytes ``data[p : p + width]`` for each ``p``."""
     if _inside(data, pos, width):
         return np.ndarray((len(data) - width + 1, width), np.uint8, data, 0, (1, 1))[pos]
-    idx = pos[:, None] + np.arange(width, dtype=np.int64)
+    out = np.empty((len(pos), width), np.uint8)
+    whole = (pos >= 0) & (pos <= len(data) - width)
+    if whole.any():
+        out[whole] = rows(data, pos[whole], width)
+    edge = ~whole  # byte by byte, clamped
+    idx = pos[edge][:, None] + np.arange(width, dtype=np.int64)
     np.clip(idx, 0, len(data) - 1, out=idx)
-    return data[idx]
+    out[edge] = data[idx]
+    return out

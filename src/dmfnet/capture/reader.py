@@ -325,45 +325,50 @@ class _PcapWalker(_Walker):
         starts = np.arange(pos + CHASE_SEGMENT, stop, CHASE_SEGMENT, dtype=np.int64)
         heads = np.concatenate((np.array([pos], np.int64), self._guesses(data, pos, starts, stop)))
         n_heads = len(heads)
-        bound = np.append(heads[1:], limit)  # where each chain next checks where it is
         land = np.full(n_heads, -1, np.int64)  # the head each chain landed on
         early = np.zeros(n_heads, bool)  # stopped before landing or reaching the limit
-        cur = heads.copy()
-        live = np.arange(n_heads)
+        cur = heads.copy()  # where each chain stopped
+        at = heads.copy()  # the live chains: where they are,
+        ids = np.arange(n_heads)  # which they are,
+        bound = np.append(heads[1:], limit)  # and where they next check where they are
         words = self._words(data)
         steps: list[np.ndarray] = []
         chains: list[np.ndarray] = []
         one = np.uint32(1)
         below = np.uint32(self.max_caplen)
         for _ in range(CHASE_SEGMENT // 16):
-            at = cur[live]
             caplen = words[at + 8]
-            nxt = at + hs + caplen
+            nxt = at + caplen
+            nxt += hs
             # an empty record stops a chain too (runs of zero bytes would make long false
             # chains); like every stop, the walk one by one then takes over
-            good = (caplen - one < below) & (nxt <= last_head)  # the next header fits too
-            if not good.all():
-                early[live[~good]] = True
-                live, at, nxt = live[good], at[good], nxt[good]
+            if caplen.min() == 0 or caplen.max() > below or nxt.max() > last_head:
+                good = (caplen - one < below) & (nxt <= last_head)  # the next header fits
+                early[ids[~good]] = True
+                cur[ids[~good]] = at[~good]
+                ids, at, nxt, bound = ids[good], at[good], nxt[good], bound[good]
+                if not len(ids):
+                    break
             steps.append(at)
-            chains.append(live)
-            cur[live] = nxt
-            cross = nxt >= bound[live]
+            chains.append(ids)
+            cross = nxt >= bound
             if cross.any():
-                crossing, there = live[cross], nxt[cross]
+                crossing, there = ids[cross], nxt[cross]
+                cur[crossing] = there
                 k = np.searchsorted(heads, there)
                 head = heads[np.minimum(k, n_heads - 1)]
                 landed = head == there
                 land[crossing[landed]] = k[landed]
-                going = ~landed & (there < limit)
-                bound[crossing[going]] = np.where(k < n_heads, head, limit)[going]
+                bound[cross] = np.where(k < n_heads, head, limit)
                 keep = ~cross
-                keep[cross] = going
-                live = live[keep]
-                if not len(live):
+                keep[cross] = ~landed & (there < limit)
+                ids, nxt, bound = ids[keep], nxt[keep], bound[keep]
+                if not len(ids):
                     break
+            at = nxt
         else:
-            early[live] = True
+            early[ids] = True
+            cur[ids] = at
         early_at, land_at = early.tolist(), land.tolist()
         path = [0]
         i = 0
@@ -374,6 +379,8 @@ class _PcapWalker(_Walker):
         in_path[path] = True
         at = np.concatenate(steps)
         chain = np.concatenate(chains)
+        if n_heads <= 1 << 16:
+            chain = chain.astype(np.uint16)  # sorted by radix
         kept = np.flatnonzero(in_path[chain])
         order = kept[np.argsort(chain[kept], kind="stable")]  # by chain, then step
         return at[order], int(cur[i])
