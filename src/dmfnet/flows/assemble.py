@@ -163,6 +163,15 @@ def _key_hash(
         return _mix64(a * k + b + _mix64(c))
 
 
+def _address_words(addresses: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """16-byte addresses ``(n, 16)`` of packets ``which`` as two big-endian words ``(k, 2)``.
+
+    Each address is gathered as one 16-byte item (a 2-D gather copies byte by byte).
+    """
+    items = np.ascontiguousarray(addresses).view("V16").reshape(-1)
+    return items[which].view(">u8").reshape(-1, 2).astype(np.uint64)
+
+
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + n)`` for each pair, vectorised."""
     total = int(lengths.sum())
@@ -471,8 +480,8 @@ class FlowAssembler:
         has_ports = (proto == TCP) | (proto == UDP)
         sport = np.where(has_ports, parsed.src_port[use], 0).astype(np.int64)
         dport = np.where(has_ports, parsed.dst_port[use], 0).astype(np.int64)
-        src = np.ascontiguousarray(parsed.src_ip[use]).view(">u8").astype(np.uint64)
-        dst = np.ascontiguousarray(parsed.dst_ip[use]).view(">u8").astype(np.uint64)
+        src = _address_words(parsed.src_ip, use)
+        dst = _address_words(parsed.dst_ip, use)
         s_hi, s_lo, d_hi, d_lo = src[:, 0], src[:, 1], dst[:, 0], dst[:, 1]
         src_is_lo = (s_hi < d_hi) | (
             (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sport <= dport)))
@@ -1078,9 +1087,11 @@ class FlowAssembler:
             out: FlowChunk = {}
             for name in schema.SEQUENCE_COLUMNS:
                 if name not in _BYTE_COLUMNS:
+                    # Each row as one item of a void dtype: one memcpy a row, not a loop.
                     column = self._pool.arrays[name]
-                    out[name] = column[rows]
-                    column[rows] = 0  # while the rows are in the cache
+                    row_items = column.view(f"V{column.strides[0]}").reshape(-1)
+                    out[name] = row_items[rows].view(column.dtype).reshape(len(rows), -1)
+                    row_items[rows] = np.zeros(1, row_items.dtype)  # while in the cache
             self._pool.release(rows)
             out.update(self._byte_columns(snippets, buffer, lo, hi))
             yield self._flow_columns(out, {k: v[lo:hi] for k, v in st.items()}, reason[lo:hi])
@@ -1095,8 +1106,12 @@ class FlowAssembler:
         client_lo = st["client_is_lo"]
         lo_port = (st["ports"] >> 16).astype(np.int32)
         hi_port = (st["ports"] & 0xFFFF).astype(np.int32)
-        lo_ip = _ip_strings(st["lo_hi"], st["lo_lo"], st["ipv"])
-        hi_ip = _ip_strings(st["hi_hi"], st["hi_lo"], st["ipv"])
+        both = _ip_strings(
+            np.concatenate([st["lo_hi"], st["hi_hi"]]),
+            np.concatenate([st["lo_lo"], st["hi_lo"]]),
+            np.concatenate([st["ipv"], st["ipv"]]),
+        )  # each distinct address formatted once
+        lo_ip, hi_ip = both[:n], both[n:]
         proto = st["proto"]
         packets = st["packets"]
         out["capture"] = np.full(n, self.capture, dtype=object)
