@@ -74,8 +74,9 @@ def u32(data: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
 
 def rows(data: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     """``(len(pos), width)`` uint8 array of the bytes ``data[p : p + width]`` for each ``p``."""
-    if _inside(data, pos, width):
-        return np.ndarray((len(data) - width + 1, width), np.uint8, data, 0, (1, 1))[pos]
+    if _inside(data, pos, width):  # gathered as opaque items: twice as fast as 2-D rows
+        items = np.ndarray((len(data) - width + 1,), f"V{width}", data, 0, (1,))[pos]
+        return items.view(np.uint8).reshape(len(pos), width)
     out = np.empty((len(pos), width), np.uint8)
     whole = (pos >= 0) & (pos <= len(data) - width)
     if whole.any():

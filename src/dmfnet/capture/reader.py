@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dmfnet.capture.fields import rows as header_rows
 from dmfnet.capture.fields import u16, u32
 from dmfnet.capture.packets import PacketBatch, ParsedPackets
 from dmfnet.capture.parse import SUPPORTED_LINKTYPES, parse_packets
@@ -436,7 +437,7 @@ class _PcapWalker(_Walker):
         pos = found
         # Every found record's 16 header bytes are in the buffer: one gather of 16-byte rows
         # read as four 32-bit words (four times faster than four word gathers).
-        rows = np.ndarray((len(data) - 15, 16), np.uint8, buffer=data, strides=(1, 1))[pos]
+        rows = header_rows(data, pos, 16)
         words = rows.view(">u4" if self.big_endian else "<u4").astype(np.int64).T.copy()
         sec, frac, caplen, wirelen = words
         if truncated_caplen >= 0:
