@@ -446,6 +446,8 @@ class FlowAssembler:
     def _emit_open(self, which: np.ndarray, default_reason: int) -> Iterator[FlowChunk]:
         """Emit the open flows at index positions ``which`` (bool) and drop them from the index."""
         slots = self._index_slot[which]
+        # In first-packet order (the order of the output), each column gathered once.
+        slots = slots[np.argsort(self._pool.arrays["first_index"][slots], kind="stable")]
         st = {name: self._pool.arrays[name][slots] for name in _STATE_DTYPES}
         tcp = st["proto"] == TCP
         closed = tcp & (st["rst"] | (st["fin_lo"] & st["fin_hi"]))
@@ -455,7 +457,7 @@ class FlowAssembler:
         reason = np.where(closed, np.where(st["rst"], END_RST, END_FIN), reason)
         self._index_h = self._index_h[~which]
         self._index_slot = self._index_slot[~which]
-        return self._emit(st, reason.astype(np.int8))
+        return self._emit(st, reason.astype(np.int8), in_order=True)
 
     # ------------------------------------------------------------------ batch
     def _push(self, parsed: ParsedPackets) -> list[Iterator[FlowChunk]]:
@@ -507,6 +509,7 @@ class FlowAssembler:
         by_hash = (packed & ~high).astype(np.int64)
         # The open flows whose key hash some packet of the batch has.
         queries = h[by_hash]  # sorted queries: each search starts where the last ended
+        queries = queries[np.r_[True, queries[1:] != queries[:-1]]]  # a key's packets: once
         lo = np.searchsorted(self._index_h, queries, "left")
         hi = np.searchsorted(self._index_h, queries, "right")
         hit = hi > lo
@@ -659,7 +662,7 @@ class FlowAssembler:
 
         emissions = []
         if ended.any():
-            emissions.append(self._emit({k: v[ended] for k, v in st.items()}, reason[ended]))
+            emissions.append(self._emit(st, reason, np.flatnonzero(ended)))
         # Open flows without packets in this batch whose idle timeout has passed.
         expired = self._clock - pool["last"][self._index_slot] > cfg.idle_timeout
         if expired.any():
@@ -734,13 +737,18 @@ class FlowAssembler:
         rows = st["slot"][f]
         direction = np.where(c2s[early], 1, -1).astype(np.int8)
         ip_len = parsed.ip_len[p].astype(np.int64)
-        pool["lengths"][rows, r] = ip_len * direction if cfg.signed_lengths else ip_len
-        pool["directions"][rows, r] = direction
+        cell = rows * cfg.m_packets + r  # (row, rank) in the flattened columns
+
+        def put(name: str, values: np.ndarray) -> None:
+            pool[name].reshape(-1)[cell] = values
+
+        put("lengths", ip_len * direction if cfg.signed_lengths else ip_len)
+        put("directions", direction)
         prev = np.maximum(early - 1, 0)
-        pool["iat"][rows, r] = np.where(local[early] > 0, ts_i[early] - ts_i[prev], 0.0)
-        pool["payload_lengths"][rows, r] = parsed.payload_len[p]
-        pool["tcp_windows"][rows, r] = parsed.tcp_window[p]
-        pool["tcp_flags"][rows, r] = parsed.tcp_flags[p]
+        put("iat", np.where(local[early] > 0, ts_i[early] - ts_i[prev], 0.0))
+        put("payload_lengths", parsed.payload_len[p])
+        put("tcp_windows", parsed.tcp_window[p])
+        put("tcp_flags", parsed.tcp_flags[p])
 
         l3 = parsed.l3_offset[p].astype(np.int64)
         cap = np.maximum(parsed.l3_caplen[p].astype(np.int64), 0)
@@ -990,7 +998,7 @@ class FlowAssembler:
         idx, row = store.take(row_of_slot)
         by_row = np.argsort(row, kind="stable")
         idx = idx[by_row]
-        sn = {name: arr[idx] for name, arr in store.fields.items()}
+        sn = {name: arr[idx] for name, arr in store.fields.items() if name not in ("slot", "width")}
         sn["row"] = row[by_row]
         zr = row_of_slot[self._head_zero_slot]
         done = zr >= 0
@@ -1051,17 +1059,29 @@ class FlowAssembler:
             "payload_head": payload_head,
         }
 
-    def _emit(self, st: dict[str, np.ndarray], reason: np.ndarray) -> Iterator[FlowChunk]:
+    def _emit(
+        self,
+        st: dict[str, np.ndarray],
+        reason: np.ndarray,
+        which: np.ndarray | None = None,
+        in_order: bool = False,
+    ) -> Iterator[FlowChunk]:
         """Output chunks (at most ``EMIT_ROWS`` flows each) of ended flows; frees their rows.
+
+        The flows are those at ``which`` in ``st`` (all when None), put in first-packet
+        order unless ``in_order`` says they are.
 
         The flows leave the open-flow state now; their chunks are laid out as they are taken,
         from pool rows (released once read) and snippets that stay as they are until the
         next slice (which starts with the snippet buffer's compaction). Small chunks keep every temporary small enough for the allocator to
         reuse its memory: writing fresh pages costs more than laying out the columns.
         """
-        order = np.argsort(st["first_index"], kind="stable")
-        st = {k: v[order] for k, v in st.items()}
-        reason = reason[order]
+        if not in_order:
+            first = st["first_index"] if which is None else st["first_index"][which]
+            order = np.argsort(first, kind="stable")
+            order = order if which is None else which[order]
+            st = {k: v[order] for k, v in st.items()}
+            reason = reason[order]
         slots = st["slot"]
         snippets = self._take_snippets(slots)
         buffer = self._snippets.buffer
