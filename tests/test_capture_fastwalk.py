@@ -25,6 +25,7 @@ def small_chase(monkeypatch):
     monkeypatch.setattr(reader, "CHASE_WINDOW", 256)
     monkeypatch.setattr(reader, "CHASE_MIN_BYTES", 1024)
     monkeypatch.setattr(reader, "CHASE_BURST", 8)
+    monkeypatch.setattr(reader, "CHASE_YIELD", 1)
 
 
 def fake_header(rng: random.Random, sec: int) -> bytes:
@@ -68,9 +69,9 @@ def read(path, chase: bool, monkeypatch, **kw):
     original = reader._PcapWalker._chase
 
     def counting(self, data, pos, limit):
-        got, nxt = original(self, data, pos, limit)
+        got, nxt, steps = original(self, data, pos, limit)
         chased.append(len(got))
-        return got, nxt
+        return got, nxt, steps
 
     monkeypatch.setattr(reader._PcapWalker, "_chase", counting)
     problems = ProblemLog()
@@ -233,3 +234,43 @@ def test_modified_pcap(tmp_path, monkeypatch):
     n, problems, chased = same_as_one_by_one(path, monkeypatch)
     assert n == 1200 and problems == []
     assert chased > 800
+
+
+def test_lengths_that_defeat_the_guesses(tmp_path, monkeypatch):
+    """Empty records everywhere: chains stop at once; the walk backs off, same records."""
+    monkeypatch.setattr(reader, "CHASE_YIELD", 16)
+    recs = records(400, seed=12)
+    image = bytearray()
+    for r in recs:
+        image += pcap_bytes([r])[24:] + pcap_bytes([Record(r.ts_ns, b"")])[24:]
+    path = write_bytes(tmp_path / "empty.pcap", pcap_bytes([])[:24] + bytes(image))
+    n, problems, _ = same_as_one_by_one(path, monkeypatch)
+    assert n == 800 and problems == []
+
+
+def test_chase_backs_off_when_unproductive(tmp_path, monkeypatch):
+    """Every record empty: each chase finds nothing, so it is tried ever more rarely."""
+    monkeypatch.setattr(reader, "CHASE_YIELD", 16)
+    tried = []
+    original = reader._PcapWalker._chase
+
+    def counting(self, data, pos, limit):
+        tried.append(pos)
+        return original(self, data, pos, limit)
+
+    monkeypatch.setattr(reader._PcapWalker, "_chase", counting)
+    image = pcap_bytes([Record(T0 * 10**9 + i, b"") for i in range(20_000)])
+    path = write_bytes(tmp_path / "all-empty.pcap", image)
+    problems = ProblemLog()
+    n = sum(len(b) for b in read_packets(path, problems))
+    assert n == 20_000 and not problems.problems
+    assert len(tried) < 20
+
+
+def test_zero_original_lengths(tmp_path, monkeypatch):
+    """Some writers leave the original length 0: the guesses do not rely on it."""
+    recs = [Record(r.ts_ns, r.data, wirelen=0) for r in records(1500, seed=13)]
+    path = write_bytes(tmp_path / "wire0.pcap", pcap_bytes(recs))
+    n, problems, chased = same_as_one_by_one(path, monkeypatch)
+    assert n == 1500 and problems == []
+    assert chased > 1000

@@ -42,6 +42,7 @@ CHASE_SEGMENT = 16 << 10  # bytes per record chain followed at once by the vecto
 CHASE_WINDOW = 1024  # bytes searched for a record header at each segment's start
 CHASE_MIN_BYTES = 1 << 20  # regions smaller than this are walked one record at a time
 CHASE_BURST = 64  # records walked one by one after a chase stops before it is tried again
+CHASE_YIELD = 16  # records per chase step below which the chase backs off (see walk)
 
 PCAP_MAGICS = {  # magic as read little-endian -> (big endian, nanosecond, record header size)
     0xA1B2C3D4: (False, False, 16),
@@ -192,13 +193,16 @@ class _PcapWalker(_Walker):
                 self.resynchronised(pos)
                 continue
             if self.chase and limit - pos >= CHASE_MIN_BYTES:
-                got, pos = self._chase(data, pos, limit)
+                got, pos, steps = self._chase(data, pos, limit)
                 if len(got):
                     if found:
                         chased.append(np.array(found, np.int64))
                         found.clear()
                     chased.append(got)
-                burst = CHASE_BURST if len(got) >= CHASE_BURST else min(2 * burst, 1 << 16)
+                # a chase that found few records per step (few true heads: odd lengths,
+                # a corrupt stretch) costs more than the walk one by one: back off
+                productive = len(got) >= max(CHASE_YIELD * steps, CHASE_BURST)
+                burst = CHASE_BURST if productive else min(2 * burst, 1 << 20)
                 if pos >= limit:
                     break
             stop = len(found) + burst if self.chase else -1
@@ -303,7 +307,7 @@ class _PcapWalker(_Walker):
                     return q, False  # its successor is not in this chunk yet
             pos = stop
 
-    def _chase(self, data: np.ndarray, pos: int, limit: int) -> tuple[np.ndarray, int]:
+    def _chase(self, data: np.ndarray, pos: int, limit: int) -> tuple[np.ndarray, int, int]:
         """Records from ``pos`` on, found by following many record chains at once.
 
         The region ``[pos, limit)`` is cut into segments of :data:`CHASE_SEGMENT` bytes; in
@@ -314,15 +318,16 @@ class _PcapWalker(_Walker):
         a head it lands on is a true record and that head's chain is true too; the records
         returned are those of the chains linked that way from ``pos``. The chase stops at a
         record the walk must look at closely (a length past the limits or the buffer, an
-        empty record) or where a chain runs too long; it returns the records and the
-        position the walk goes on from. A wrong guess costs steps, never a wrong record.
+        empty record) or where a chain runs too long; it returns the records, the position
+        the walk goes on from and the steps taken. A wrong guess costs steps, never a wrong
+        record.
         """
         end = len(data)
         hs = self.header_size
         last_head = end - hs  # chains stop before a header that does not fit in the buffer
         stop = min(limit, last_head)
         if pos >= stop:
-            return np.zeros(0, np.int64), pos
+            return np.zeros(0, np.int64), pos, 0
         starts = np.arange(pos + CHASE_SEGMENT, stop, CHASE_SEGMENT, dtype=np.int64)
         heads = np.concatenate((np.array([pos], np.int64), self._guesses(data, pos, starts, stop)))
         n_heads = len(heads)
@@ -370,6 +375,8 @@ class _PcapWalker(_Walker):
         else:
             early[ids] = True
             cur[ids] = at
+        if not steps:  # every chain stopped at once, the first at ``pos``
+            return np.zeros(0, np.int64), pos, 1
         early_at, land_at = early.tolist(), land.tolist()
         path = [0]
         i = 0
@@ -384,7 +391,7 @@ class _PcapWalker(_Walker):
             chain = chain.astype(np.uint16)  # sorted by radix
         kept = np.flatnonzero(in_path[chain])
         order = kept[np.argsort(chain[kept], kind="stable")]  # by chain, then step
-        return at[order], int(cur[i])
+        return at[order], int(cur[i]), len(steps)
 
     def _guesses(self, data: np.ndarray, pos: int, starts: np.ndarray, stop: int) -> np.ndarray:
         """First plausible record header in :data:`CHASE_WINDOW` bytes from each start.
@@ -416,7 +423,7 @@ class _PcapWalker(_Walker):
         segment, cand = segment[inside], cand[inside]
         words = self._words(data)
         frac, caplen, wirelen = words[cand + 4], words[cand + 8], words[cand + 12]
-        ok = (caplen > 0) & (caplen <= self.max_caplen) & (caplen <= wirelen)
+        ok = (caplen > 0) & (caplen <= self.max_caplen)  # wirelen 0 happens: not compared
         ok &= (wirelen <= MAX_CAPLEN) & (frac < self.frac_limit)
         segment, cand = segment[ok], cand[ok]
         first_of_segment = np.ones(len(segment), bool)
