@@ -274,3 +274,16 @@ def test_zero_original_lengths(tmp_path, monkeypatch):
     n, problems, chased = same_as_one_by_one(path, monkeypatch)
     assert n == 1500 and problems == []
     assert chased > 1000
+
+
+def test_no_plausible_headers(tmp_path, monkeypatch):
+    """Fractions of a second out of range in every record: no guesses, the walk one by one."""
+    monkeypatch.setattr(reader, "CHASE_YIELD", 16)
+    rng = random.Random(14)
+    parts = [pcap_bytes([])]
+    for _ in range(2000):
+        data = rng.randbytes(rng.randrange(40, 300))
+        parts.append(struct.pack("<IIII", T0, 2_000_000, len(data), len(data)) + data)
+    path = write_bytes(tmp_path / "frac.pcap", b"".join(parts))
+    n, problems, chased = same_as_one_by_one(path, monkeypatch)
+    assert n == 2000 and problems == [] and chased == 0

@@ -202,7 +202,7 @@ class _PcapWalker(_Walker):
                 # a chase that found few records per step (few true heads: odd lengths,
                 # a corrupt stretch) costs more than the walk one by one: back off
                 productive = len(got) >= max(CHASE_YIELD * steps, CHASE_BURST)
-                burst = CHASE_BURST if productive else min(2 * burst, 1 << 20)
+                burst = CHASE_BURST if productive else min(8 * burst, 1 << 20)
                 if pos >= limit:
                     break
             stop = len(found) + burst if self.chase else -1
@@ -331,6 +331,8 @@ class _PcapWalker(_Walker):
         starts = np.arange(pos + CHASE_SEGMENT, stop, CHASE_SEGMENT, dtype=np.int64)
         heads = np.concatenate((np.array([pos], np.int64), self._guesses(data, pos, starts, stop)))
         n_heads = len(heads)
+        if n_heads * 8 < len(starts):  # few plausible headers: the chains would crawl
+            return np.zeros(0, np.int64), pos, 1
         land = np.full(n_heads, -1, np.int64)  # the head each chain landed on
         early = np.zeros(n_heads, bool)  # stopped before landing or reaching the limit
         cur = heads.copy()  # where each chain stopped
