@@ -345,21 +345,22 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     l4[s] = cur
 
     # TCP / UDP --------------------------------------------------------------------------
-    ip = np.flatnonzero(version != 0)
-    proto = protocol[ip]
+    # Whole-slice arithmetic (values of non-IP packets are computed, then masked out): it
+    # is cheaper than gathering and scattering the IP packets, nearly all of them.
+    is_ip = version != 0
     # transport bytes present: captured, and inside the IP packet by its length field
-    avail = np.minimum(end[ip], l3[ip] + ip_len[ip]) - l4[ip]
-    transport = ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & ~fragment[ip]
+    avail = np.minimum(end, l3 + ip_len) - l4
+    is_tcp = (protocol == PROTO_TCP) & is_ip & ~fragment
+    is_udp = (protocol == PROTO_UDP) & is_ip & ~fragment
     src_port, dst_port = out.src_port, out.dst_port
     tcp_flags, tcp_window, tcp_seq = out.tcp_flags, out.tcp_window, out.tcp_seq
-    has_ports = transport & (avail >= 4)
-    t = ip[has_ports]
+    has_ports = (is_tcp | is_udp) & (avail >= 4)
+    t = np.flatnonzero(has_ports)
     head = rows(data, l4[t], 16)  # (m, 16): ports and the TCP fields, one gather
     half = head.view(">u2")  # (m, 8)
     src_port[t] = half[:, 0]
     dst_port[t] = half[:, 1]
-    is_tcp = (proto == PROTO_TCP) & transport
-    tcp_in_t, avail_in_t = is_tcp[has_ports], avail[has_ports]  # a field counts if captured
+    tcp_in_t, avail_in_t = is_tcp[t], avail[t]  # a field counts if captured
     k = tcp_in_t & (avail_in_t >= 8)
     tcp_seq[t[k]] = head.view(">u4")[k, 1]
     k = tcp_in_t & (avail_in_t >= 14)
@@ -368,17 +369,13 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     t14 = t[k]
     k = tcp_in_t & (avail_in_t >= 16)
     tcp_window[t[k]] = half[k, 7]
-    transport_len = np.zeros(n, np.int64)
-    transport_len[ip[is_tcp]] = 20  # when the data offset is not captured or is invalid
+    # TCP: 20 when the data offset is not captured or is invalid
+    transport_len = np.where(is_tcp, 20, np.where(is_udp, 8, 0))
     transport_len[t14] = np.where(offset_byte >> 4 >= 5, (offset_byte >> 4) * 4, 20)
-    transport_len[ip[(proto == PROTO_UDP) & transport]] = 8
+    header_len = np.where(is_ip, l4 - l3 + transport_len, 0)
+    payload_len = np.where(is_ip, np.maximum(ip_len - header_len, 0), 0)
 
-    header_len = np.zeros(n, np.int64)
-    header_len[ip] = l4[ip] - l3[ip] + transport_len[ip]
-    payload_len = np.zeros(n, np.int64)
-    payload_len[ip] = np.maximum(ip_len[ip] - header_len[ip], 0)
-
-    out.l3_caplen[:] = np.where(version != 0, end - l3, 0)
+    out.l3_caplen[:] = np.where(is_ip, end - l3, 0)
     out.ip_len[:] = ip_len
     out.header_len[:] = header_len
     out.payload_len[:] = payload_len
