@@ -5,9 +5,12 @@ memory-mapped and walked in place; gzip files are decompressed in bounded chunks
 cut by a chunk boundary is carried over to the next chunk), so memory stays bounded however
 large the capture is.
 
-The walk over records is the only per-record Python loop: it follows the length fields to
-collect record positions, and everything else (header fields, timestamps, link types) is
-decoded with numpy over the whole chunk, then :func:`parse_packets` parses the packets.
+The walk over records follows the length fields to collect record positions. In pcap it
+follows thousands of record chains at once with numpy (see ``_PcapWalker._chase``) and
+goes one record at a time in Python only around what needs a closer look (a corrupt or
+truncated record, a chunk's end) and in pcapng. Everything else (header fields,
+timestamps, link types) is decoded with numpy over the whole chunk, then
+:func:`parse_packets` parses the packets.
 
 Bad data never raises: a truncated last record, a corrupt length, an unknown link type, a
 file that is not a capture, an empty or unreadable file each become a :class:`Problem`
@@ -174,6 +177,8 @@ class _PcapWalker(_Walker):
 
         With ``final`` false the buffer is a chunk of a stream: the walk stops before a
         record that is not complete in it (the caller carries it over to the next chunk).
+        Stretches of whole, sane records are found by :meth:`_chase`; the loop one record
+        at a time below (the reference: ``chase = False`` runs only it) handles the rest.
         """
         end = len(data)
         hs = self.header_size
