@@ -124,9 +124,10 @@ class _Walker:
 
     def check_linktypes(self, recs: _Records) -> None:
         """Report each interface whose link type cannot be parsed, once, at its first packet."""
-        if not len(recs.linktype):
+        lt = recs.linktype
+        if not len(lt) or (lt.min() == lt.max() and int(lt[0]) in SUPPORTED_LINKTYPES):
             return
-        bad = ~np.isin(recs.linktype, list(SUPPORTED_LINKTYPES))
+        bad = ~np.isin(lt, list(SUPPORTED_LINKTYPES))
         if not bad.any():
             return
         for iface in np.unique(recs.interface[bad]).tolist():
@@ -452,8 +453,8 @@ class _PcapWalker(_Walker):
         # Every found record's 16 header bytes are in the buffer: one gather of 16-byte rows
         # read as four 32-bit words (four times faster than four word gathers).
         rows = header_rows(data, pos, 16)
-        words = rows.view(">u4" if self.big_endian else "<u4").astype(np.int64).T.copy()
-        sec, frac, caplen, wirelen = words
+        words = rows.view(">u4" if self.big_endian else "<u4")  # (n, 4)
+        sec, frac, caplen, wirelen = (words[:, i].astype(np.int64) for i in range(4))
         if truncated_caplen >= 0:
             caplen[-1] = truncated_caplen
         ts_ns = sec * NS + (frac if self.nanosecond else frac * 1000)
