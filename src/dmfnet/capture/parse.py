@@ -198,7 +198,7 @@ def _encapsulations(data: np.ndarray, pos: np.ndarray, et: np.ndarray, end: np.n
         active = active[~bottom]
 
 
-PARSE_SLICE = 32768  # packets parsed together (smaller temporaries, kinder to the caches)
+PARSE_SLICE = 16384  # packets parsed together (smaller temporaries, kinder to the caches)
 
 Fragments = tuple[np.ndarray, np.ndarray, np.ndarray]  # (index, is first fragment, ident)
 
