@@ -160,3 +160,29 @@ def test_strings_round_trip_whatever_their_characters(tmp_path):
     assert ds["client_ip"].tolist() == ["2001:db8::1"] * 6
     assert ds.labels.tolist() == ["Вконтакте"] * 6
     assert pq.read_table(next(tmp_path.glob("*.parquet"))).column("capture").type == pa.string()
+
+
+def test_background_writer_writes_the_same_parts(tmp_path):
+    chunks = [(synthetic_flows(40, seed=s), f"class{s % 2}") for s in range(5)]
+    kw = dict(row_group_rows=32, part_rows=90)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "bg").mkdir()
+    plain = _write(tmp_path / "plain", chunks, **kw)
+    ahead = _write(tmp_path / "bg", chunks, background=True, **kw)
+    assert [p.name for p in plain] == [p.name for p in ahead]
+    a, b = load_dataset(tmp_path / "plain"), load_dataset(tmp_path / "bg")
+    assert a.labels.tolist() == b.labels.tolist()
+    for name in a.columns:
+        assert np.array_equal(a[name], b[name]), name
+    for x, y in zip(plain, ahead, strict=True):
+        assert (
+            pq.ParquetFile(x).metadata.num_row_groups == pq.ParquetFile(y).metadata.num_row_groups
+        )
+
+
+def test_background_write_error_is_raised_not_lost(tmp_path):
+    writer = PartWriter(tmp_path / "missing", 0, row_group_rows=8, background=True)
+    with pytest.raises(OSError):
+        for s in range(4):
+            writer.write(synthetic_flows(10, seed=s), "x")
+        writer.close()

@@ -51,7 +51,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="captures processed in parallel (default: all cores; 1 = in this process)",
+        help="cores to use (default: all): captures are processed in parallel, and with "
+        "a core to spare a capture is read one chunk ahead in a thread (1 = one core)",
     )
     p.add_argument(
         "--max-flows-per-class",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,7 +182,9 @@ class PartWriter:
 
     Flows are buffered up to a row group and written as they come, so memory stays
     bounded whatever the capture size; a new part file starts every ``part_rows`` flows.
-    Nothing is created for a capture without flows.
+    Nothing is created for a capture without flows. With ``background`` a thread encodes
+    and writes each full row group while the caller goes on (one row group in flight at
+    most); a write error is raised by the next ``write`` or by ``close``.
     """
 
     def __init__(
@@ -191,6 +194,7 @@ class PartWriter:
         *,
         row_group_rows: int = ROW_GROUP_ROWS,
         part_rows: int = PART_ROWS,
+        background: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.index = index
@@ -202,6 +206,10 @@ class PartWriter:
         self._part_rows = 0
         self._buffer: list[pa.Table] = []
         self._buffered = 0
+        self._thread: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+        if background:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="dmfnet-write")
 
     def write(self, flows: Mapping[str, np.ndarray], labels: np.ndarray | str) -> None:
         """Append flows (already filtered) with their labels."""
@@ -221,6 +229,19 @@ class PartWriter:
             raise ValueError("flow chunks of one capture differ in sequence widths")
         table = pa.concat_tables(self._buffer)
         self._buffer, self._buffered = [], 0
+        self._wait()
+        if self._thread is None:
+            self._write_out(table)
+        else:
+            self._pending = self._thread.submit(self._write_out, table)
+
+    def _wait(self) -> None:
+        """Wait for the row group in flight; raise its error, if any."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _write_out(self, table: pa.Table) -> None:
         start = 0
         while start < table.num_rows:
             if self._writer is None or self._part_rows >= self.part_rows:
@@ -241,10 +262,16 @@ class PartWriter:
 
     def close(self) -> list[Path]:
         """Flush what is buffered and close; returns the part files written."""
-        self._flush()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        try:
+            self._flush()
+            self._wait()
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)
+                self._thread = None
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         return self.paths
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmfnet import __version__
+from dmfnet.background import run_ahead
 from dmfnet.capture import read_packets
 from dmfnet.data.card import class_warnings, format_summary, warning_lines, write_card
 from dmfnet.data.dataset import (
@@ -182,11 +183,16 @@ _WORKER: dict = {}
 
 
 def _init_worker(
-    labeller: Labeller, config: FlowConfig, keep_unlabelled: bool, out: str, queue
+    labeller: Labeller, config: FlowConfig, keep_unlabelled: bool, out: str, ahead: bool, queue
 ) -> None:
     """Runs once in each worker process: what every capture task needs."""
     _WORKER.update(
-        labeller=labeller, config=config, keep_unlabelled=keep_unlabelled, out=out, queue=queue
+        labeller=labeller,
+        config=config,
+        keep_unlabelled=keep_unlabelled,
+        out=out,
+        ahead=ahead,
+        queue=queue,
     )
 
 
@@ -201,6 +207,7 @@ def _worker_task(index: int, path: str, size: int) -> CaptureResult:
         config=_WORKER["config"],
         keep_unlabelled=_WORKER["keep_unlabelled"],
         progress=queue.put if queue is not None else None,
+        ahead=_WORKER["ahead"],
     )
 
 
@@ -257,6 +264,7 @@ def prepare_capture(
     config: FlowConfig,
     keep_unlabelled: bool = False,
     progress: Callable[[int], None] | None = None,
+    ahead: bool = False,
 ) -> CaptureResult:
     """Stream one capture into part files of ``out``; never raises for bad input.
 
@@ -266,9 +274,10 @@ def prepare_capture(
     path = str(path)
     result = CaptureResult(index=index, path=path, size=size)
     relay = _ProgressRelay(progress, size)
-    writer = PartWriter(out, index)
+    writer = PartWriter(out, index, background=ahead)
     try:
         packets = _count_packets(read_packets(path, result.problems, progress=relay), result)
+        packets = run_ahead(packets, depth=1 if ahead else 0, name="dmfnet-read")
         flows = assemble_flows(packets, config, capture=path)
         for chunk in flows:
             _add_chunk(chunk, path, labeller, keep_unlabelled, writer, result)
@@ -307,8 +316,10 @@ def _add_chunk(
     kept = reasons == ""
     named = np.where(labels == "", UNLABELLED, labels)
     if not kept.all():
-        for reason, label in zip(reasons[~kept].tolist(), named[~kept].tolist(), strict=True):
-            result.removed.setdefault(reason, Counter())[label] += 1
+        pairs = np.stack([reasons[~kept], named[~kept].astype(str)], axis=1)
+        found, counts = np.unique(pairs, axis=0, return_counts=True)
+        for (reason, label), count in zip(found.tolist(), counts.tolist(), strict=True):
+            result.removed.setdefault(reason, Counter())[label] += count
     unlabelled = kept & (labels == "")
     result.unlabelled += int(unlabelled.sum())
     if keep_unlabelled:
@@ -492,8 +503,10 @@ def prepare(
     """Turn captures (files or folders) into a labelled Parquet flow dataset in ``out``.
 
     ``labels``: ``"folder"`` (parent folder name), ``"file"`` (file name without part
-    suffix) or the path of a CSV of flows. ``workers``: processes (default: all cores;
-    1 runs in this process). Warnings go to stderr unless ``warn`` is off. Raises
+    suffix) or the path of a CSV of flows. ``workers``: cores to use (default: all);
+    captures go to ``min(workers, captures)`` processes (one runs in this process), and
+    a process with a second core to spare reads its capture one chunk ahead in a thread.
+    Warnings go to stderr unless ``warn`` is off. Raises
     :class:`PrepareError` when nothing could be read or kept (the card is still written),
     or when ``out`` holds files and ``force`` is off.
     """
@@ -529,11 +542,14 @@ def prepare(
         except OSError:
             sizes.append(0)
     tasks = [(i, str(p), s) for i, (p, s) in enumerate(zip(captures, sizes, strict=True))]
-    n_workers = min(workers or os.cpu_count() or 1, len(tasks))
+    cores = workers or os.cpu_count() or 1
+    n_workers = min(cores, len(tasks))
+    # A core to spare for each worker: reading runs one chunk ahead in a thread.
+    ahead = cores >= 2 * n_workers
 
     pool = None
     if n_workers > 1:
-        pool = _WorkerPool(n_workers, (labeller, config, keep_unlabelled, str(out)))
+        pool = _WorkerPool(n_workers, (labeller, config, keep_unlabelled, str(out), ahead))
     bar = byte_progress(sum(sizes), "prepare", enabled=progress)
     try:
         if pool is not None:
@@ -549,6 +565,7 @@ def prepare(
                     config=config,
                     keep_unlabelled=keep_unlabelled,
                     progress=bar.update,
+                    ahead=ahead,
                 )
                 for i, p, s in tasks
             ]
