@@ -8,7 +8,8 @@ capture are shortened to an hour); nothing else is touched (checksums are left s
 neither tool checks them). Then, in the same run, it times as subprocesses, with wall time,
 CPU time and peak RSS and anonymous RSS of each:
 
-- ``dmfnet prepare FILE -o OUT --workers 1`` on the capture;
+- ``dmfnet prepare FILE -o OUT --workers 1`` on the capture (one core), and the same with
+  the default ``--workers`` (all cores: the capture is read one chunk ahead in a thread);
 - ``benchmarks/dpkt_reference.py`` on the same capture (the same job written with dpkt);
 - ``dmfnet prepare`` on two half-size captures with ``--workers 1`` and ``--workers 2``
   (the parallel speed-up);
@@ -517,7 +518,11 @@ def markdown_table(runs: list[Run]) -> str:
     ]
     for run in runs:
         workers = (
-            run.command[run.command.index("--workers") + 1] if "--workers" in run.command else "1"
+            run.command[run.command.index("--workers") + 1]
+            if "--workers" in run.command
+            else f"default ({os.cpu_count()} cores)"
+            if "prepare" in run.command
+            else "1"
         )
         size = " + ".join(f"{c.bytes / 1e6:.0f} MB" for c in run.captures)
         if not _ok(run):
@@ -556,6 +561,12 @@ def summary_lines(runs: dict[str, Run]) -> list[str]:
             f"- speed ratio dmfnet / dpkt: {ref.wall_s / prep.wall_s:.1f}x by wall time, "
             f"{ref.cpu_s / prep.cpu_s:.1f}x by CPU time (target >= 10x); "
             f"flows written: dmfnet {prep.flows}, dpkt {ref.flows}"
+        )
+    default = runs.get("dmfnet prepare, default workers")
+    if default and ref and _ok(default) and _ok(ref):
+        lines.append(
+            f"- with the default --workers (all {os.cpu_count()} cores) on the one capture: "
+            f"{default.mb_per_s:.1f} MB/s, {ref.wall_s / default.wall_s:.1f}x dpkt by wall time"
         )
     one, two = runs.get("dmfnet prepare, halves"), runs.get("dmfnet prepare, halves, 2 workers")
     if one and two and _ok(one) and _ok(two):
@@ -659,7 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-prepare", action="store_true", help="time only the dpkt reference")
     parser.add_argument("--skip-dpkt", action="store_true", help="do not time the dpkt reference")
     parser.add_argument(
-        "--skip-workers", action="store_true", help="no --workers 2 run on two halves"
+        "--skip-workers",
+        action="store_true",
+        help="no --workers 2 run on two halves, no default-workers run",
     )
     parser.add_argument("--skip-double", action="store_true", help="no run on a 2x size capture")
     parser.add_argument(
@@ -697,6 +710,10 @@ def main(argv: list[str] | None = None) -> int:
             out = workdir / "out-prepare"
             cmd = dmfnet + ["prepare", main_capture[0].path, "-o", str(out), "--workers", "1"]
             jobs.append((Run("dmfnet prepare", cmd, main_capture), out))
+            if (os.cpu_count() or 1) > 1 and not args.skip_workers:
+                out = workdir / "out-prepare-default"
+                cmd = dmfnet + ["prepare", main_capture[0].path, "-o", str(out)]
+                jobs.append((Run("dmfnet prepare, default workers", cmd, main_capture), out))
         if not args.skip_dpkt:
             out = workdir / "out-dpkt.parquet"
             cmd = [
