@@ -853,8 +853,10 @@ def _read_mapped(
     pos = walker.file_header_size
     done = 0
     released = 0
+    step = min(chunk, max(chunk >> 4, 1 << 20))  # small first chunks: the next stage starts soon
     while pos < size:
-        recs, new = walker.walk(mm, data, pos, min(size, pos + chunk), True)
+        recs, new = walker.walk(mm, data, pos, min(size, pos + step), True)
+        step = min(chunk, 2 * step)
         progress(new - done)
         done = new
         pos = max(new, pos + 1) if new <= pos else new
