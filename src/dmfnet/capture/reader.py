@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dmfnet.capture.fields import rows as header_rows
-from dmfnet.capture.fields import u16, u32
+from dmfnet.capture.fields import u32
 from dmfnet.capture.packets import PacketBatch, ParsedPackets
 from dmfnet.capture.parse import SUPPORTED_LINKTYPES, parse_packets
 from dmfnet.problems import ProblemLog
@@ -90,6 +90,41 @@ class _Records:
 def _empty_records() -> _Records:
     z = np.zeros(0, np.int64)
     return _Records(z, z, z, z, z, z, z)
+
+
+def _words(data: np.ndarray, big_endian: bool) -> np.ndarray:
+    """32-bit words of the given byte order at every byte offset of ``data``."""
+    return np.ndarray((max(len(data) - 3, 0),), ">u4" if big_endian else "<u4", data, 0, (1,))
+
+
+def _linked(
+    steps: list[np.ndarray],
+    chains: list[np.ndarray],
+    early: np.ndarray,
+    land: np.ndarray,
+    cur: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """Records of the chains linked from chain 0, in file order, and where the walk goes on.
+
+    ``steps[k]``/``chains[k]``: the positions and chain numbers of the live chains at step
+    ``k``; ``land``: the head each chain landed on (-1: none); ``early``: the chain stopped
+    before landing or reaching the limit; ``cur``: where each chain stopped.
+    """
+    early_at, land_at = early.tolist(), land.tolist()
+    path = [0]
+    i = 0
+    while not early_at[i] and land_at[i] >= 0:
+        i = land_at[i]
+        path.append(i)
+    in_path = np.zeros(len(early_at), bool)
+    in_path[path] = True
+    at = np.concatenate(steps)
+    chain = np.concatenate(chains)
+    if len(early_at) <= 1 << 16:
+        chain = chain.astype(np.uint16)  # sorted by radix
+    kept = np.flatnonzero(in_path[chain])
+    order = kept[np.argsort(chain[kept], kind="stable")]  # by chain, then step
+    return at[order], int(cur[i])
 
 
 @dataclass
@@ -345,7 +380,7 @@ class _PcapWalker(_Walker):
         at = heads.copy()  # the live chains: where they are,
         ids = np.arange(n_heads)  # which they are,
         bound = np.append(heads[1:], limit)  # and where they next check where they are
-        words = self._words(data)
+        words = _words(data, self.big_endian)
         steps: list[np.ndarray] = []
         chains: list[np.ndarray] = []
         one = np.uint32(1)
@@ -385,21 +420,8 @@ class _PcapWalker(_Walker):
             cur[ids] = at
         if not steps:  # every chain stopped at once, the first at ``pos``
             return np.zeros(0, np.int64), pos, 1
-        early_at, land_at = early.tolist(), land.tolist()
-        path = [0]
-        i = 0
-        while not early_at[i] and land_at[i] >= 0:
-            i = land_at[i]
-            path.append(i)
-        in_path = np.zeros(n_heads, bool)
-        in_path[path] = True
-        at = np.concatenate(steps)
-        chain = np.concatenate(chains)
-        if n_heads <= 1 << 16:
-            chain = chain.astype(np.uint16)  # sorted by radix
-        kept = np.flatnonzero(in_path[chain])
-        order = kept[np.argsort(chain[kept], kind="stable")]  # by chain, then step
-        return at[order], int(cur[i]), len(steps)
+        found, nxt = _linked(steps, chains, early, land, cur)
+        return found, nxt, len(steps)
 
     def _guesses(self, data: np.ndarray, pos: int, starts: np.ndarray, stop: int) -> np.ndarray:
         """First plausible record header in :data:`CHASE_WINDOW` bytes from each start.
@@ -429,7 +451,7 @@ class _PcapWalker(_Walker):
         cand = starts[segment] + hit % width
         inside = cand < stop
         segment, cand = segment[inside], cand[inside]
-        words = self._words(data)
+        words = _words(data, self.big_endian)
         frac, caplen, wirelen = words[cand + 4], words[cand + 8], words[cand + 12]
         ok = (caplen > 0) & (caplen <= self.max_caplen)  # wirelen 0 happens: not compared
         ok &= (wirelen <= MAX_CAPLEN) & (frac < self.frac_limit)
@@ -437,12 +459,6 @@ class _PcapWalker(_Walker):
         first_of_segment = np.ones(len(segment), bool)
         first_of_segment[1:] = segment[1:] != segment[:-1]
         return cand[first_of_segment]
-
-    def _words(self, data: np.ndarray) -> np.ndarray:
-        """32-bit words of the file's byte order at every byte offset of ``data``."""
-        return np.ndarray(
-            (max(len(data) - 3, 0),), ">u4" if self.big_endian else "<u4", data, 0, (1,)
-        )
 
     def _decode(
         self, data: np.ndarray, found: np.ndarray | None, truncated_caplen: int
@@ -482,6 +498,7 @@ class _PcapngWalker(_Walker):
     """
 
     file_header_size = 0
+    chase = True  # follow EPB chains with numpy (False: one by one; tests compare both)
 
     def __init__(self, name: str, problems: ProblemLog) -> None:
         super().__init__(name, problems)
@@ -505,9 +522,12 @@ class _PcapngWalker(_Walker):
         position is then beyond the chunk's end.
         """
         end = len(data)
-        found: list[int] = []
+        chased: list[np.ndarray] = []  # blocks found by the chain chase, in file order
+        found: list[int] = []  # blocks found one by one since the last chase
         append = found.append
         truncated = False
+        burst = CHASE_BURST  # blocks walked one by one before the chase is tried again
+        walked = burst  # blocks walked one by one since the chase was last tried
         while pos < limit:
             if self.resyncing:
                 nxt, confirmed = self._resync(buf, data, pos, final)
@@ -516,9 +536,28 @@ class _PcapngWalker(_Walker):
                     break
                 self.resynchronised(pos)
                 continue
-            try:  # fast path: whole, consistent enhanced packet blocks
+            chasing = self.chase and limit - pos >= CHASE_MIN_BYTES
+            if chasing and walked >= burst and self._whole_epb(data, pos):
+                got, pos, steps = self._chase(data, pos, limit)
+                if len(got):
+                    if found:
+                        chased.append(np.array(found, np.int64))
+                        found.clear()
+                    chased.append(got)
+                if steps:  # few blocks per step (other blocks, a corrupt stretch): back off
+                    productive = len(got) >= max(CHASE_YIELD * steps, CHASE_BURST)
+                    burst = CHASE_BURST if productive else min(8 * burst, 1 << 20)
+                walked = 0
+                if pos >= limit:
+                    break
+                chasing = limit - pos >= CHASE_MIN_BYTES
+            # one by one until the chase is due (none when it is due but no EPB is at pos)
+            remaining = max(burst - walked, 0) if chasing else -1
+            quota = len(found) + remaining if chasing else -1
+            start = len(found)
+            try:  # whole, consistent enhanced packet blocks (what the chase follows)
                 head, tail = self._u32x2, self._u32
-                while pos < limit:
+                while pos < limit and len(found) != quota:
                     btype, blen = head(buf, pos)
                     nxt = pos + blen
                     if btype != PCAPNG_EPB or blen & 3 or nxt > end or blen < 32:
@@ -529,6 +568,10 @@ class _PcapngWalker(_Walker):
                     pos = nxt
             except struct.error:  # the block header runs past the buffer's end
                 pass
+            taken = len(found) - start
+            walked += taken + 1
+            if chasing and taken == remaining > 0:
+                continue  # the chase is due (the block at pos is looked at after it)
             if pos >= limit:
                 break
             if pos + 12 > end:
@@ -538,7 +581,7 @@ class _PcapngWalker(_Walker):
                 break
             btype = self._u32(buf, pos)[0]
             if btype == PCAPNG_SHB:
-                if found:
+                if found or chased:
                     break  # the records so far belong to the previous section
                 order = struct.unpack_from("<I", buf, pos + 8)[0]
                 if order not in (PCAPNG_BYTE_ORDER, 0x4D3C2B1A):
@@ -577,7 +620,130 @@ class _PcapngWalker(_Walker):
             elif btype == PCAPNG_IDB:
                 self._interface(buf, pos, blen)
             pos += blen
-        return self._decode(data, found, truncated), pos
+        if found:
+            chased.append(np.array(found, np.int64))
+        blocks = np.concatenate(chased) if len(chased) > 1 else chased[0] if chased else None
+        return self._decode(data, blocks, truncated), pos
+
+    def _chase(self, data: np.ndarray, pos: int, limit: int) -> tuple[np.ndarray, int, int]:
+        """Enhanced packet blocks from ``pos`` on, found by following many block chains at once.
+
+        As in :meth:`_PcapWalker._chase`: one chain per head (``pos`` and the first
+        plausible EPB in each later segment) follows the block lengths, all chains a step at
+        a time, and the blocks returned are those of the chains linked from ``pos`` by
+        landing exactly on a head. A chain stops where the walk one by one would stop taking
+        blocks as they come: a block that is not an EPB, a length below 32 or not a multiple
+        of 4, a block past the buffer, a trailing length that differs. Returns the blocks,
+        the position the walk goes on from and the steps taken.
+        """
+        end = len(data)
+        stop = min(limit, end - 8)  # chains stop before a block header that may not fit
+        if pos >= stop:
+            return np.zeros(0, np.int64), pos, 0
+        starts = np.arange(pos + CHASE_SEGMENT, stop, CHASE_SEGMENT, dtype=np.int64)
+        heads = np.concatenate((np.array([pos], np.int64), self._guesses(data, starts, stop)))
+        n_heads = len(heads)
+        if n_heads * 8 < len(starts):  # few plausible blocks: the chains would crawl
+            return np.zeros(0, np.int64), pos, 1
+        land = np.full(n_heads, -1, np.int64)  # the head each chain landed on
+        early = np.zeros(n_heads, bool)  # stopped before landing or reaching the limit
+        cur = heads.copy()  # where each chain stopped
+        at = heads.copy()  # the live chains: where they are,
+        ids = np.arange(n_heads)  # which they are,
+        bound = np.append(heads[1:], stop)  # and where they next check where they are
+        be = self.big_endian
+        words = _words(data, be)
+        # block type and length read as one 64-bit word: the type and the length's low two
+        # bits are compared at once
+        pairs = np.ndarray((end - 7,), ">u8" if be else "<u8", data, 0, (1,))
+        if be:
+            low, want, length_shift = np.uint64(0xFFFFFFFF00000003), np.uint64(6 << 32), 0
+        else:
+            low, want, length_shift = np.uint64(0x3FFFFFFFF), np.uint64(PCAPNG_EPB), 32
+        ones = np.uint64(0xFFFFFFFF)
+        steps: list[np.ndarray] = []
+        chains: list[np.ndarray] = []
+        for _ in range(CHASE_SEGMENT // 32):
+            pair = pairs[at]
+            blen = ((pair >> np.uint64(length_shift)) & ones).view(np.int64)
+            nxt = at + blen
+            good = (pair & low) == want
+            good &= blen >= 32
+            good &= nxt <= end
+            good &= words[np.minimum(nxt, end) - 4] == blen
+            if not good.all():
+                bad = ~good
+                early[ids[bad]] = True
+                cur[ids[bad]] = at[bad]
+                ids, at, nxt, bound = ids[good], at[good], nxt[good], bound[good]
+                if not len(ids):
+                    break
+            steps.append(at)
+            chains.append(ids)
+            cross = nxt >= bound
+            if cross.any():
+                crossing, there = ids[cross], nxt[cross]
+                cur[crossing] = there
+                k = np.searchsorted(heads, there)
+                head = heads[np.minimum(k, n_heads - 1)]
+                landed = head == there
+                land[crossing[landed]] = k[landed]
+                bound[cross] = np.where(k < n_heads, head, stop)
+                keep = ~cross
+                keep[cross] = ~landed & (there < stop)
+                ids, nxt, bound = ids[keep], nxt[keep], bound[keep]
+                if not len(ids):
+                    break
+            at = nxt
+        else:
+            early[ids] = True
+            cur[ids] = at
+        if not steps:  # every chain stopped at once, the first at ``pos``
+            return np.zeros(0, np.int64), pos, 1
+        found, nxt = _linked(steps, chains, early, land, cur)
+        return found, nxt, len(steps)
+
+    def _whole_epb(self, data: np.ndarray, pos: int) -> bool:
+        """Whether the walk one by one takes the block at ``pos`` as it comes (an EPB)."""
+        btype, blen = self._u32x2(data, pos)
+        nxt = pos + blen
+        if btype != PCAPNG_EPB or blen & 3 or nxt > len(data) or blen < 32:
+            return False
+        return self._u32(data, nxt - 4)[0] == blen
+
+    def _guesses(self, data: np.ndarray, starts: np.ndarray, stop: int) -> np.ndarray:
+        """First plausible EPB in :data:`CHASE_WINDOW` bytes from each start.
+
+        Looked for 4 bytes apart (every block of a chain lies a multiple of 4 from its
+        start): the EPB type, a length of at least 32 and a multiple of 4, the same length
+        at the block's end. A wrong guess costs time, never a wrong block.
+        """
+        if not len(starts):
+            return starts
+        end = len(data)
+        words = _words(data, self.big_endian)
+        width = min(CHASE_WINDOW, CHASE_SEGMENT) // 4
+        n = len(starts)
+        if int(starts[-1]) + 4 * width > len(words):  # the last window is cut by the end
+            n -= 1
+            if not n:
+                return starts[:0]
+        grid = np.lib.stride_tricks.as_strided(
+            words[int(starts[0]) :], shape=(n, width), strides=(CHASE_SEGMENT, 4), writeable=False
+        )
+        hit = np.flatnonzero(grid == PCAPNG_EPB)
+        segment = hit // width
+        cand = starts[segment] + 4 * (hit % width)
+        inside = cand < stop
+        segment, cand = segment[inside], cand[inside]
+        blen = words[cand + 4].astype(np.int64)
+        ok = (blen >= 32) & (blen % 4 == 0) & (cand + blen <= end)
+        segment, cand, blen = segment[ok], cand[ok], blen[ok]
+        ok = words[cand + blen - 4] == blen
+        segment, cand = segment[ok], cand[ok]
+        first_of_segment = np.ones(len(segment), bool)
+        first_of_segment[1:] = segment[1:] != segment[:-1]
+        return cand[first_of_segment]
 
     def _interface(self, buf: bytes | mmap.mmap, pos: int, blen: int) -> None:
         bo = ">" if self.big_endian else "<"
@@ -631,15 +797,24 @@ class _PcapngWalker(_Walker):
                 return q, True
             pos += 4 * count
 
-    def _decode(self, data: np.ndarray, found: list[int], truncated: bool) -> _Records:
-        if not found:
+    def _decode(self, data: np.ndarray, found: np.ndarray | None, truncated: bool) -> _Records:
+        if found is None:
             return _empty_records()
         be = self.big_endian
-        pos = np.array(found, np.int64)
-        btype = u32(data, pos, be)
-        simple = btype == PCAPNG_SPB
-        local = np.where(btype == PCAPNG_PB, u16(data, pos + 8, be), u32(data, pos + 8, be))
-        local[simple] = 0
+        pos = found
+        # The 28 bytes from each block's start (an SPB's are partly packet bytes, not used)
+        # in one gather of rows, read as seven 32-bit words.
+        rows = header_rows(data, pos, 28)
+        words = rows.view(">u4" if be else "<u4")  # (n, 7)
+        btype = words[:, 0]
+        if btype.min() == btype.max() == PCAPNG_EPB:  # the common case: only EPBs
+            simple = None
+            local = words[:, 2].astype(np.int64)
+        else:
+            simple = btype == PCAPNG_SPB
+            pb_local = rows[:, 8:10].copy().view(">u2" if be else "<u2")[:, 0]
+            local = np.where(btype == PCAPNG_PB, pb_local, words[:, 2]).astype(np.int64)
+            local[simple] = 0
         n_local = len(self.interfaces) - self.section_base
         known = local < n_local
         if not known.all():
@@ -647,24 +822,29 @@ class _PcapngWalker(_Walker):
                 self.report(int(pos[i]), f"packet of undefined interface {int(local[i])} skipped")
             if truncated and not known[-1]:
                 truncated = False
-            pos, btype, simple, local = pos[known], btype[known], simple[known], local[known]
+            pos, words, local = pos[known], words[known], local[known]
+            if simple is not None:
+                simple = simple[known]
             if not len(pos):
                 return _empty_records()
         n = len(pos)
-        iface = self.section_base + local
-        blen = u32(data, pos + 4, be)
-        units = (u32(data, pos + 12, be) << 32) | u32(data, pos + 16, be)
-        caplen = u32(data, pos + 20, be)
-        wirelen = u32(data, pos + 24, be)
+        iface = local + self.section_base if self.section_base else local
+        blen = words[:, 1].astype(np.int64)
+        units = (words[:, 3].astype(np.int64) << 32) | words[:, 4]
+        caplen = words[:, 5].astype(np.int64)
+        wirelen = words[:, 6].astype(np.int64)
         start = pos + 28
         room = blen - 32
-        wirelen[simple] = u32(data, pos[simple] + 8, be)
-        start[simple] = pos[simple] + 12
-        room[simple] = blen[simple] - 16
-        caplen[simple] = wirelen[simple]
+        if simple is not None and simple.any():
+            wirelen[simple] = words[simple, 2]
+            start[simple] = pos[simple] + 12
+            room[simple] = blen[simple] - 16
+            caplen[simple] = wirelen[simple]
+        else:
+            simple = None
         if truncated:
             room[-1] = len(data) - start[-1]
-        if simple.any():  # an SPB holds min(original length, snap length) bytes
+        if simple is not None:  # an SPB holds min(original length, snap length) bytes
             snaplen = np.array([i.snaplen for i in self.interfaces], np.int64)[iface]
             cut = simple & (snaplen > 0)
             caplen[cut] = np.minimum(caplen[cut], snaplen[cut])
@@ -680,12 +860,15 @@ class _PcapngWalker(_Walker):
                 )
             caplen = np.minimum(caplen, np.maximum(room, 0))
         ts_ns = self._timestamps(units, iface, pos)
-        if simple.any():  # no timestamp: the previous packet's
+        if simple is not None:  # no timestamp: the previous packet's
             last = np.maximum.accumulate(np.where(simple, -1, np.arange(n)))
             previous = self.last_ts_ns if self.last_ts_ns is not None else 0
             ts_ns = np.where(last >= 0, ts_ns[np.maximum(last, 0)], previous)
         self.last_ts_ns = int(ts_ns[-1])
-        linktype = np.array([i.linktype for i in self.interfaces], np.int64)[iface]
+        if iface.min() == iface.max():
+            linktype = np.full(n, self.interfaces[int(iface[0])].linktype, np.int64)
+        else:
+            linktype = np.array([i.linktype for i in self.interfaces], np.int64)[iface]
         return _Records(
             offset=start,
             caplen=caplen,
@@ -702,9 +885,10 @@ class _PcapngWalker(_Walker):
         A time past what int64 nanoseconds hold (the year 2262) comes from a broken
         writer: it is reported once and set to 0.
         """
-        ts_ns = np.zeros(len(units), np.int64)
-        for i in np.unique(iface).tolist():
-            sel = iface == i
+        one = int(iface[0]) if iface.min() == iface.max() else None
+        ts_ns = np.zeros(len(units), np.int64) if one is None else None
+        for i in np.unique(iface).tolist() if one is None else [one]:
+            sel = iface == i if one is None else slice(None)
             u = units[sel]
             resol = self.interfaces[i].tsresol
             if resol & 0x80:  # 2^-k seconds
@@ -724,7 +908,11 @@ class _PcapngWalker(_Walker):
                     self.bad_time_reported = True
                     first = int(pos[sel][np.flatnonzero(bogus)[0]])
                     self.report(first, f"timestamp out of range on interface {i} (set to 0)")
-            ts_ns[sel] = ns + self.interfaces[i].tsoffset * NS
+            if self.interfaces[i].tsoffset:
+                ns += self.interfaces[i].tsoffset * NS
+            if one is not None:
+                return ns
+            ts_ns[sel] = ns
         return ts_ns
 
 
