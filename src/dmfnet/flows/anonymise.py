@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dmfnet.flows.snippets import place_pieces
+
 TLS_CHANGE_CIPHER_SPEC = 20
 TLS_HANDSHAKE = 22
 TLS_CLIENT_HELLO = 1
@@ -220,3 +222,218 @@ def _handshake_ranges(
             for a, b in _client_hello_names(hs, body, body + msg_len):
                 _map_handshake_range(a, b, pieces, ranges)
         h = body + msg_len
+
+
+_MANY_STEPS = 48  # steps of one vectorised walk; streams still walking then go one by one
+
+
+def _u16(flat: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return flat[at].astype(np.int64) << 8 | flat[at + 1]
+
+
+def tls_zero_ranges_many(
+    flat: np.ndarray, start: np.ndarray, length: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`tls_zero_ranges` of many streams at once: (stream, start, end) arrays.
+
+    Stream ``j`` is ``flat[start[j] : start[j] + length[j]]``. The walks (records, then the
+    handshake messages of each run of handshake records, then ClientHello extensions and
+    server names) advance every stream one step at a time with numpy, like a pointer chase:
+    most streams have a few records and messages. A stream still walking after
+    ``_MANY_STEPS`` steps of any walk is walked by :func:`tls_zero_ranges` instead. The
+    ranges cover the same bytes as :func:`tls_zero_ranges` (possibly split differently, in
+    another order, with empty ranges left out).
+    """
+    flat = np.concatenate([flat, np.zeros(8, dtype=np.uint8)])  # reads a few bytes past
+    start = start.astype(np.int64)
+    length = length.astype(np.int64)
+    empty = np.empty(0, dtype=np.int64)
+    slow = np.zeros(len(start), dtype=bool)
+
+    # Records: each stream's position, whether a ChangeCipherSpec came, whether the last
+    # record was a handshake record (so that the next one continues its run).
+    pos = np.zeros(len(start), dtype=np.int64)
+    after = np.zeros(len(start), dtype=bool)
+    in_run = np.zeros(len(start), dtype=bool)
+    run_of = np.full(len(start), -1, dtype=np.int64)
+    rec_run, rec_body, rec_len, run_stream, run_after = [], [], [], [], []
+    runs = 0
+    live = np.flatnonzero(length >= 5)
+    for _ in range(_MANY_STEPS):
+        if not len(live):
+            break
+        p = pos[live]
+        at = start[live] + np.minimum(p, length[live])
+        ok = (p + 5 <= length[live]) & (flat[at + 1] == 3)
+        kind = flat[at]
+        ccs = ok & (kind == TLS_CHANGE_CIPHER_SPEC)
+        hs = ok & (kind == TLS_HANDSHAKE)
+        new = live[hs & ~in_run[live]]
+        run_of[new] = runs + np.arange(len(new))
+        runs += len(new)
+        run_stream.append(new)
+        run_after.append(after[new])
+        size = _u16(flat, at + 3)
+        rec_run.append(run_of[live[hs]])
+        rec_body.append(p[hs] + 5)
+        rec_len.append(size[hs])
+        in_run[live] = hs
+        after[live[ccs]] = True
+        step = ccs | hs
+        pos[live[step]] = p[step] + 5 + size[step]
+        live = live[step & (pos[live] + 5 <= length[live])]
+    slow[live] = True
+
+    run_stream_a = np.concatenate([empty, *run_stream])
+    run_after_a = np.concatenate([np.empty(0, dtype=bool), *run_after])
+    rec_run_a = np.concatenate([empty, *rec_run])
+    order = np.argsort(rec_run_a, kind="stable")  # records of a run together, in order
+    rec_run_a = rec_run_a[order]
+    rec_body_a = np.concatenate([empty, *rec_body])[order]
+    rec_len_a = np.concatenate([empty, *rec_len])[order]
+    first_rec = np.searchsorted(rec_run_a, np.arange(runs))
+    last_rec = np.append(first_rec[1:], len(rec_run_a)) - 1
+    rstream = run_stream_a[rec_run_a]
+    avail = np.clip(length[rstream] - rec_body_a, 0, rec_len_a)  # body bytes in the stream
+    logical_end = np.cumsum(rec_len_a)
+    total = np.add.reduceat(rec_len_a, first_rec) if runs else empty
+    run_base = logical_end[last_rec] - total if runs else empty
+    logical = logical_end - rec_len_a - run_base[rec_run_a]  # piece start in its run
+    hs_len = np.add.reduceat(avail, first_rec) if runs else empty
+    # Each run's handshake-message stream (its record bodies back to back), all runs in
+    # one buffer: message and extension fields are then read with plain gathers.
+    hs_off = np.cumsum(hs_len) - hs_len
+    hs_flat = np.zeros(int(hs_len.sum()) + 8, dtype=np.uint8)
+    place_pieces(hs_flat, hs_off[rec_run_a] + logical, np.zeros(len(avail), np.int64), flat,
+                 start[rstream] + rec_body_a, avail, 1 << 62)  # fmt: skip
+    last = len(hs_flat) - 1
+
+    def hs_byte(run: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Byte ``x`` of each run's handshake stream (any byte when ``x >= hs_len``)."""
+        return hs_flat[np.minimum(hs_off[run] + x, last)].astype(np.int64)
+
+    def hs_u16(run: np.ndarray, x: np.ndarray) -> np.ndarray:
+        at = np.minimum(hs_off[run] + x, last - 1)
+        return hs_flat[at].astype(np.int64) << 8 | hs_flat[at + 1]
+
+    # Runs after a ChangeCipherSpec are read only when they look like plain handshakes.
+    r = np.arange(runs)
+    keep = np.ones(runs, dtype=bool)
+    if run_after_a.any():
+        a = np.flatnonzero(run_after_a)
+        b0, b4 = hs_byte(a, np.zeros(len(a), np.int64)), hs_byte(a, np.full(len(a), 4))
+        msg_len = hs_byte(a, np.ones(len(a), np.int64)) << 16 | hs_u16(a, np.full(len(a), 2))
+        plain = (hs_len[a] >= 4) & (
+            (b0 == TLS_CLIENT_HELLO) | (b0 == TLS_SERVER_HELLO) | (b0 == TLS_CERTIFICATE)
+        )
+        plain &= (msg_len + 4 <= total[a]) & ((hs_len[a] < 6) | (b4 == 3))
+        keep[a] = plain
+
+    # Handshake messages of each run: certificates, ClientHellos.
+    found_run, found_a, found_b = [], [], []  # handshake-stream ranges to zero
+    hello_run, hello_body, hello_end = [], [], []
+    h = np.zeros(runs, dtype=np.int64)
+    live = r[keep & (hs_len >= 4)]
+    for _ in range(_MANY_STEPS):
+        if not len(live):
+            break
+        hl = h[live]
+        msg_type = hs_byte(live, hl)
+        msg_len = hs_byte(live, hl + 1) << 16 | hs_u16(live, hl + 2)
+        body = hl + 4
+        cert = msg_type == TLS_CERTIFICATE
+        found_run.append(live[cert])
+        found_a.append(body[cert])
+        found_b.append(body[cert] + msg_len[cert])
+        hello = msg_type == TLS_CLIENT_HELLO
+        hello_run.append(live[hello])
+        hello_body.append(body[hello])
+        hello_end.append(body[hello] + msg_len[hello])
+        h[live] = body + msg_len
+        live = live[h[live] + 4 <= hs_len[live]]
+    slow[run_stream_a[live]] = True
+
+    # ClientHellos: skip the fixed part and the variable-length lists, then the extensions.
+    cr = np.concatenate([empty, *hello_run])
+    end = np.minimum(np.concatenate([empty, *hello_end]), hs_len[cr])
+    p = np.concatenate([empty, *hello_body]) + 34
+    ok = p + 1 <= end
+    p[ok] += 1 + hs_byte(cr[ok], p[ok])
+    ok &= p + 2 <= end
+    p[ok] += 2 + hs_u16(cr[ok], p[ok])
+    ok &= p + 1 <= end
+    p[ok] += 1 + hs_byte(cr[ok], p[ok])
+    ok &= p + 2 <= end
+    cr, p, end = cr[ok], p[ok], end[ok]
+    ext_end = np.minimum(end, p + 2 + hs_u16(cr, p))
+    p = p + 2
+    sni_run, sni_q, sni_end = [], [], []
+    live = np.flatnonzero(p + 4 <= ext_end)
+    for _ in range(_MANY_STEPS):
+        if not len(live):
+            break
+        lr, lp = cr[live], p[live]
+        ext_type = hs_u16(lr, lp)
+        ext_len = hs_u16(lr, lp + 2)
+        sni = ext_type == TLS_SNI_EXTENSION
+        sni_run.append(lr[sni])
+        sni_q.append(lp[sni] + 6)
+        sni_end.append(np.minimum(lp[sni] + 4 + ext_len[sni], hs_len[lr[sni]]))
+        p[live] = lp + 4 + ext_len
+        live = live[p[live] + 4 <= ext_end[live]]
+    slow[run_stream_a[cr[live]]] = True
+    sr = np.concatenate([empty, *sni_run])
+    q = np.concatenate([empty, *sni_q])
+    q_end = np.concatenate([empty, *sni_end])
+    live = np.flatnonzero(q + 3 <= q_end)
+    for _ in range(_MANY_STEPS):
+        if not len(live):
+            break
+        lr, lq = sr[live], q[live]
+        name_len = hs_u16(lr, lq + 1)
+        found_run.append(lr)
+        found_a.append(lq + 3)
+        found_b.append(lq + 3 + name_len)
+        q[live] = lq + 3 + name_len
+        live = live[q[live] + 3 <= q_end[live]]
+    slow[run_stream_a[sr[live]]] = True
+
+    # Handshake-stream ranges to stream ranges: the part in each record body of the run,
+    # and past the run's last record, contiguously on.
+    fr = np.concatenate([empty, *found_run])
+    fa = np.concatenate([empty, *found_a])
+    fb = np.concatenate([empty, *found_b])
+    npieces = last_rec[fr] - first_rec[fr] + 1
+    k = np.arange(int(npieces.sum()), dtype=np.int64)
+    k += np.repeat(first_rec[fr] - (np.cumsum(npieces) - npieces), npieces)
+    er, ea, eb = np.repeat(fr, npieces), np.repeat(fa, npieces), np.repeat(fb, npieces)
+    lo = np.maximum(ea, logical[k])
+    hi = np.minimum(eb, logical[k] + rec_len_a[k])
+    inside = lo < hi
+    k, er, lo, hi = k[inside], er[inside], lo[inside], hi[inside]
+    out_stream = [run_stream_a[er]]
+    out_a = [rec_body_a[k] + lo - logical[k]]
+    out_b = [rec_body_a[k] + hi - logical[k]]
+    past = fb > total[fr]
+    fr, fa, fb = fr[past], fa[past], fb[past]
+    s_end = rec_body_a[last_rec[fr]] + rec_len_a[last_rec[fr]]
+    lo = np.maximum(fa, total[fr])
+    out_stream.append(run_stream_a[fr])
+    out_a.append(s_end + lo - total[fr])
+    out_b.append(s_end + fb - total[fr])
+
+    stream = np.concatenate(out_stream)
+    za, zb = np.concatenate(out_a), np.concatenate(out_b)
+    fast = ~slow[stream]
+    stream, za, zb = [stream[fast]], [za[fast]], [zb[fast]]
+    for j in np.flatnonzero(slow).tolist():
+        s = int(start[j])
+        for a, b in tls_zero_ranges(flat[s : s + int(length[j])].tobytes()):
+            stream.append(np.array([j]))
+            za.append(np.array([a]))
+            zb.append(np.array([b]))
+    return (
+        np.concatenate(stream).astype(np.int64),
+        np.concatenate(za).astype(np.int64),
+        np.concatenate(zb).astype(np.int64),
+    )

@@ -63,7 +63,7 @@ from dmfnet.flows import schema
 from dmfnet.flows.anonymise import (
     header_field_offsets,
     looks_like_tls,
-    tls_zero_ranges,
+    tls_zero_ranges_many,
     transport_offsets,
 )
 from dmfnet.flows.config import FlowConfig
@@ -402,7 +402,7 @@ class FlowAssembler:
         self._index_slot = np.empty(0, dtype=np.int64)
         self._clock = -np.inf
         self._latest = -np.inf  # latest timestamp seen: ends the capture's last flows
-        self._tls: dict[tuple[int, bool], tuple[int, bytearray]] = {}
+        self._tls: dict[tuple[int, bool], tuple[int, bytes]] = {}
         # Early packets' bytes of the open flows; header fields to zero in ``flow_head``
         # only (they lie past the packet's header, e.g. the ICMPv6 checksum): row, position.
         self._snippets = SnippetStore()
@@ -936,47 +936,53 @@ class FlowAssembler:
             ((seq[first] + np.minimum.reduceat(rel, first)) % 2**32).tolist() if len(pk) else []
         )
         keys = list(zip(st["slot"][gflow[yes]].tolist(), gc2s[yes].tolist(), strict=True))
-        streams = []
-        for key, base in zip(keys, new_base, strict=True):
-            stream = self._tls.get(key)
-            if stream is None:
-                stream = self._tls[key] = (base, bytearray())
-            streams.append(stream)
-        base = np.array([stream[0] for stream in streams], dtype=np.int64)
+        streams = [self._tls.get(key) for key in keys]  # (base, bytes so far) or None
+        base_list = [
+            b if known is None else known[0] for known, b in zip(streams, new_base, strict=True)
+        ]
+        old = [b"" if known is None else known[1] for known in streams]
+        base = np.array(base_list, dtype=np.int64)
         pos = (seq - base[stream_of]) % 2**32  # in the stream
         avail = payload_avail[pk]
         copied = np.where(pos < _TLS_STREAM_LIMIT, np.minimum(avail, _TLS_STREAM_LIMIT - pos), 0)
         end = np.where(copied > 0, pos + copied, 0)  # bytes of the stream known after them
         end = np.maximum.reduceat(end, first).tolist() if len(pk) else []
-        # Python values once (scalar access to numpy arrays is slow in the loop below).
-        pos_list, at_list, copied_list = pos.tolist(), payload_at[pk].tolist(), copied.tolist()
-        view = memoryview(data)
-        range_stream: list[int] = []
-        range_a: list[int] = []
-        range_b: list[int] = []
-        for j, ((_, buf), a, n, stream_end) in enumerate(
-            zip(streams, first.tolist(), lengths.tolist(), end, strict=True)
-        ):
-            if len(buf) < stream_end:
-                buf.extend(bytes(stream_end - len(buf)))
-            for i in range(a, a + n):  # in file order: a later copy of a byte wins
-                k = copied_list[i]
-                if k:
-                    at, q = at_list[i], pos_list[i]
-                    buf[q : q + k] = view[at : at + k]
-            for za, zb in tls_zero_ranges(buf):
-                range_stream.append(j)
-                range_a.append(za)
-                range_b.append(zb)
-        # Each range, against every packet of its stream (in stream coordinates).
-        za, zb = np.array(range_a, dtype=np.int64), np.array(range_b, dtype=np.int64)
-        rs = np.array(range_stream, dtype=np.int64)
-        idx = _ranges(first[rs], lengths[rs])
-        za, zb = np.repeat(za, lengths[rs]), np.repeat(zb, lengths[rs])
-        hit = (za < pos[idx] + avail[idx]) & (zb > pos[idx])
-        idx, za, zb = idx[hit], za[hit], zb[hit]
-        out = (pk[idx], za - pos[idx], zb - pos[idx])
-        # Streams of flows whose later packets cannot reach a byte column are forgotten.
+        # All streams rebuilt in one flat buffer: each starts with what earlier slices saw
+        # (zeros up to this slice's furthest byte), then its segments are copied in. A
+        # stream whose segments overlap (retransmissions) takes them one by one in file
+        # order (a later copy of a byte wins); the others all at once.
+        size = np.maximum(np.array([len(b) for b in old], dtype=np.int64), end)
+        at = np.cumsum(size) - size
+        joined = b"".join(old)
+        flat = np.zeros(int(size.sum()), dtype=np.uint8)
+        if joined:
+            old_len = np.array([len(b) for b in old], dtype=np.int64)
+            has = np.flatnonzero(old_len)
+            src = np.frombuffer(joined, dtype=np.uint8)  # read only
+            src_at = np.cumsum(old_len) - old_len
+            place_pieces(flat, at[has], np.zeros(len(has), np.int64), src, src_at[has],
+                         old_len[has], _BIG)  # fmt: skip
+        seg = np.flatnonzero(copied > 0)
+        by_pos = seg[np.lexsort((pos[seg], stream_of[seg]))]
+        same = stream_of[by_pos[1:]] == stream_of[by_pos[:-1]]
+        overlap = same & (pos[by_pos[1:]] < pos[by_pos[:-1]] + copied[by_pos[:-1]])
+        one_by_one = np.zeros(len(yes), dtype=bool)
+        one_by_one[stream_of[by_pos[1:][overlap]]] = True
+        bulk = seg[~one_by_one[stream_of[seg]]]
+        place_pieces(flat, at[stream_of[bulk]] + pos[bulk], np.zeros(len(bulk), np.int64), data,
+                     payload_at[pk[bulk]], copied[bulk], _BIG)  # fmt: skip
+        if one_by_one.any():
+            view, flat_view = memoryview(data), memoryview(flat)
+            for i in seg[one_by_one[stream_of[seg]]].tolist():  # file order within a stream
+                k, q, src_at = (
+                    int(copied[i]),
+                    int(at[stream_of[i]] + pos[i]),
+                    int(payload_at[pk[i]]),
+                )
+                flat_view[q : q + k] = view[src_at : src_at + k]
+        rs, za, zb = tls_zero_ranges_many(flat, at, size)
+        # What each stream holds now, for the next slices; streams of flows whose later
+        # packets cannot reach a byte column are forgotten.
         cfg = self.config
         head = cfg.head_bytes
         done = (st["packets"] >= cfg.m_packets) | (
@@ -984,8 +990,24 @@ class FlowAssembler:
             & (st["flow_head_fill"] >= head)
             & (st["payload_head_fill"] >= head)
         )
-        for j in np.flatnonzero(done[gflow[yes]]).tolist():
-            self._tls.pop(keys[j], None)
+        done = done[gflow[yes]].tolist()
+        flat_bytes = flat.tobytes()
+        self._tls.update(
+            (key, (b, flat_bytes[a : a + n]))
+            for key, b, a, n, gone in zip(
+                keys, base_list, at.tolist(), size.tolist(), done, strict=True
+            )
+            if not gone
+        )
+        for key, known, gone in zip(keys, streams, done, strict=True):
+            if gone and known is not None:
+                del self._tls[key]
+        # Each range, against every packet of its stream (in stream coordinates).
+        idx = _ranges(first[rs], lengths[rs])
+        za, zb = np.repeat(za, lengths[rs]), np.repeat(zb, lengths[rs])
+        hit = (za < pos[idx] + avail[idx]) & (zb > pos[idx])
+        idx, za, zb = idx[hit], za[hit], zb[hit]
+        out = (pk[idx], za - pos[idx], zb - pos[idx])
         return out
 
     # ------------------------------------------------------------------ output
