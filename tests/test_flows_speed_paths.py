@@ -246,3 +246,28 @@ def test_tls_stream_rebuild_out_of_order_and_retransmitted_with_other_bytes(tmp_
     zeroed[at : at + len(host)] = bytes(len(host))
     expected = bad + b"".join(zeroed[a:b] for a, b in pieces[1:])
     assert cols["payload_head"][0].tobytes() == expected.ljust(1024, b"\0")[:1024]
+
+
+def test_address_texts_kept_across_chunks_match_the_socket_module(monkeypatch):
+    import socket
+
+    monkeypatch.setattr(assemble_module, "_ADDRESS_TEXTS", 300)  # started afresh at times
+    rng = np.random.default_rng(3)
+    text = assemble_module._AddressText()
+    pool = rng.integers(0, 2**32, 500, dtype=np.uint64)
+    pool[:3] = [0, 2**32 - 1, 0x0A000001]
+    for _ in range(8):
+        n = int(rng.integers(0, 400))
+        lo = rng.choice(pool, n)
+        hi = np.where(rng.random(n) < 0.1, rng.integers(1, 2**63, n, dtype=np.uint64), 0)
+        ipv = np.where(hi == 0, 4, 6).astype(np.uint8)
+        lo = np.where(ipv == 6, rng.integers(0, 2**63, n, dtype=np.uint64), lo).astype(np.uint64)
+        expected = [
+            socket.inet_ntoa(int(b).to_bytes(4, "big"))
+            if v == 4
+            else socket.inet_ntop(
+                socket.AF_INET6, int(a).to_bytes(8, "big") + int(b).to_bytes(8, "big")
+            )
+            for a, b, v in zip(hi.tolist(), lo.tolist(), ipv.tolist(), strict=True)
+        ]
+        assert text(hi.astype(np.uint64), lo, ipv).tolist() == expected

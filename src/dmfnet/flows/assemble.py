@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -86,6 +87,7 @@ _MAX_VECTOR_ROUNDS = 64  # reopenings of one key per batch resolved vectorised, 
 _BIG = np.iinfo(np.int64).max
 SLICE_PACKETS = 1 << 16  # packets assembled at once: bounds temporaries and chunk size
 EMIT_ROWS = 1 << 12  # flows per output chunk at most
+_ADDRESS_TEXTS = 1 << 16  # IPv4 address texts kept for later chunks at most
 # First size of the row pool (it doubles as needed). Its pages are made only when written,
 # so a small capture pays for the rows it uses, and a large one copies nothing to grow.
 _POOL_START_ROWS = 1 << 19
@@ -342,23 +344,59 @@ def _header_field_runs(
     return cols, tuple(zip(cols[first].tolist(), length.tolist(), strict=True))
 
 
-def _ip_strings(hi: np.ndarray, lo: np.ndarray, ipv: np.ndarray) -> np.ndarray:
-    """Text form of 16-byte addresses (IPv4 as dotted quad), formatting each distinct one once."""
-    out = np.empty(len(hi), dtype=object)
-    v4 = (ipv == 4) & (hi == 0)
-    if v4.any():
-        uniq, inverse = np.unique(lo[v4] & np.uint64(0xFFFFFFFF), return_inverse=True)
-        packed = uniq.astype(">u4").tobytes()
-        text = [socket.inet_ntoa(packed[i : i + 4]) for i in range(0, len(packed), 4)]
-        out[v4] = np.array(text, dtype=object)[inverse.reshape(-1)]
-    other = ~v4
-    if other.any():
-        pair = np.stack([hi[other], lo[other]], axis=1)
-        uniq, inverse = np.unique(pair, axis=0, return_inverse=True)
-        raw = uniq.astype(">u8").tobytes()
-        text = [socket.inet_ntop(socket.AF_INET6, raw[i : i + 16]) for i in range(0, len(raw), 16)]
-        out[other] = np.array(text, dtype=object)[inverse.reshape(-1)]
-    return out
+_OCTET = np.array([str(i) for i in range(256)], dtype=object)
+_OCTET_DOT = np.array([f"{i}." for i in range(256)], dtype=object)
+
+
+class _AddressText:
+    """Text form of 16-byte addresses (IPv4 as dotted quad), each distinct one formatted once.
+
+    IPv4 texts are kept from chunk to chunk (sorted by address, up to ``_ADDRESS_TEXTS``
+    of them, then started afresh): a capture's flows mostly share a few addresses.
+    """
+
+    def __init__(self) -> None:
+        self.v4 = np.empty(0, dtype=np.uint32)
+        self.v4_text = np.empty(0, dtype=object)
+
+    def __call__(self, hi: np.ndarray, lo: np.ndarray, ipv: np.ndarray) -> np.ndarray:
+        out = np.empty(len(hi), dtype=object)
+        v4 = (ipv == 4) & (hi == 0)
+        if v4.any():
+            address = (lo[v4] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+            order = np.argsort(address)  # distinct addresses, sorted: searched in order
+            address = address[order]
+            distinct = np.ones(len(address), dtype=bool)
+            distinct[1:] = address[1:] != address[:-1]
+            inverse = np.empty(len(address), dtype=np.int64)
+            inverse[order] = np.cumsum(distinct) - 1
+            address = address[distinct]
+            at = np.searchsorted(self.v4, address)
+            known = np.zeros(len(address), dtype=bool)
+            if len(self.v4):
+                known = self.v4[np.minimum(at, len(self.v4) - 1)] == address
+            if not known.all():
+                new = address[~known]
+                if len(self.v4) + len(new) > _ADDRESS_TEXTS:  # afresh, with this chunk's
+                    self.v4, self.v4_text, new = self.v4[:0], self.v4_text[:0], address
+                octet = new.astype(">u4").view(np.uint8).reshape(-1, 4)
+                text = _OCTET_DOT[octet[:, 0]] + _OCTET_DOT[octet[:, 1]]  # "a." + "b."...
+                text += _OCTET_DOT[octet[:, 2]] + _OCTET[octet[:, 3]]
+                where = np.searchsorted(self.v4, new)
+                self.v4 = np.insert(self.v4, where, new)
+                self.v4_text = np.insert(self.v4_text, where, text)
+                at = np.searchsorted(self.v4, address)
+            out[v4] = self.v4_text[at][inverse]
+        other = ~v4
+        if other.any():
+            pair = np.stack([hi[other], lo[other]], axis=1)
+            uniq, inverse = np.unique(pair, axis=0, return_inverse=True)
+            raw = uniq.astype(">u8").tobytes()
+            text = [
+                socket.inet_ntop(socket.AF_INET6, raw[i : i + 16]) for i in range(0, len(raw), 16)
+            ]
+            out[other] = np.array(text, dtype=object)[inverse.reshape(-1)]
+        return out
 
 
 def _slice(parsed: ParsedPackets, lo: int, hi: int) -> ParsedPackets:
@@ -406,6 +444,7 @@ class FlowAssembler:
         # Early packets' bytes of the open flows; header fields to zero in ``flow_head``
         # only (they lie past the packet's header, e.g. the ICMPv6 checksum): row, position.
         self._snippets = SnippetStore()
+        self._address_text = _AddressText()
         self._head_zero_slot = np.empty(0, dtype=np.int64)
         self._head_zero_at = np.empty(0, dtype=np.int64)
 
@@ -1109,9 +1148,10 @@ class FlowAssembler:
         buffer = self._snippets.buffer
         if self._tls:
             tls_rows = np.flatnonzero((st["tls_c2s"] == _TLS_YES) | (st["tls_s2c"] == _TLS_YES))
-            for s in slots[tls_rows].tolist():
-                self._tls.pop((s, True), None)
-                self._tls.pop((s, False), None)
+            rows = slots[tls_rows].tolist()
+            gone = set(zip(rows, itertools.repeat(True))) | set(zip(rows, itertools.repeat(False)))
+            for key in self._tls.keys() & gone:
+                del self._tls[key]
         return self._chunks(st, reason, snippets, buffer)
 
     def _chunks(
@@ -1148,7 +1188,7 @@ class FlowAssembler:
         client_lo = st["client_is_lo"]
         lo_port = (st["ports"] >> 16).astype(np.int32)
         hi_port = (st["ports"] & 0xFFFF).astype(np.int32)
-        both = _ip_strings(
+        both = self._address_text(
             np.concatenate([st["lo_hi"], st["hi_hi"]]),
             np.concatenate([st["lo_lo"], st["hi_lo"]]),
             np.concatenate([st["ipv"], st["ipv"]]),
