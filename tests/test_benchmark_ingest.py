@@ -220,3 +220,18 @@ def test_dpkt_only_run_prints_table_and_json(tmp_path, capsys):
     (run,) = json.loads(figures.read_text())["runs"]
     assert run["name"] == "dpkt reference" and run["returncodes"] == [0]
     assert run["captures"][0]["replays"] == 2 and run["flows"] == 4  # TCP and UDP, twice
+
+
+def test_pcapng_conversion_keeps_every_record(tmp_path):
+    sources = [ingest.load_source(p) for p in _sources(tmp_path)]
+    ingest.build_capture(tmp_path / "big.pcap", 5000, sources)
+    out = ingest.convert_to_pcapng(tmp_path / "big.pcap", tmp_path / "big.pcapng")
+    with open(tmp_path / "big.pcapng", "rb") as f:
+        reader = dpkt.pcapng.Reader(f)
+        assert reader.datalink() == 1
+        converted = list(reader)
+    original = _read(tmp_path / "big.pcap")
+    assert out.packets == len(converted) == len(original)
+    assert out.bytes == (tmp_path / "big.pcapng").stat().st_size
+    assert [buf for _, buf in converted] == [buf for _, buf in original]
+    assert [round(ts, 6) for ts, _ in converted] == [round(ts, 6) for ts, _ in original]
