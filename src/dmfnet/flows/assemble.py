@@ -540,12 +540,17 @@ class FlowAssembler:
         self._clock = max(self._clock, float(np.median(ts)))
         self._latest = max(self._latest, float(ts.max()))
 
-        # The packets in key-hash order, file order kept within a hash: one plain sort of
-        # the hash's high bits with the packet index in the low bits (no stable argsort).
+        # The packets in the order of the hash's high bits (those above the bits of a packet
+        # index), file order kept within equal bits: a radix sort, 16 bits a pass (stable
+        # sorts of 16-bit digits are counting sorts).
         bits = max(m.bit_length(), 1)
         high = ~np.uint64((1 << bits) - 1)
-        packed = np.sort((h & high) | np.arange(m, dtype=np.uint64))
-        by_hash = (packed & ~high).astype(np.int64)
+        masked = h & high
+        by_hash = np.arange(m, dtype=np.int64)
+        for shift in range(16 * (bits // 16), 64, 16):
+            digit = (masked[by_hash] >> np.uint64(shift)).astype(np.uint16)
+            by_hash = by_hash[np.argsort(digit, kind="stable")]
+        packet_high = masked[by_hash]
         # The open flows whose key hash some packet of the batch has.
         queries = h[by_hash]  # sorted queries: each search starts where the last ended
         queries = queries[np.r_[True, queries[1:] != queries[:-1]]]  # a key's packets: once
@@ -569,7 +574,7 @@ class FlowAssembler:
         # Items: those open flows (as summaries) first, then the batch's packets, grouped by
         # key with file order kept inside each key.
         item_keys = {k: np.concatenate([op[k], v.astype(op[k].dtype)]) for k, v in keys.items()}
-        order, same = self._group_by_key(item_keys, fc, by_hash, packed & high, high)
+        order, same = self._group_by_key(item_keys, fc, by_hash, packet_high, high)
         nitems = len(order)
         is_pkt = order >= fc
         pi = np.where(is_pkt, order - fc, 0)  # packet index (valid where is_pkt)
