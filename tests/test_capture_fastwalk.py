@@ -287,3 +287,16 @@ def test_no_plausible_headers(tmp_path, monkeypatch):
     path = write_bytes(tmp_path / "frac.pcap", b"".join(parts))
     n, problems, chased = same_as_one_by_one(path, monkeypatch)
     assert n == 2000 and problems == [] and chased == 0
+
+
+def test_every_chain_stops_at_its_first_step(tmp_path, monkeypatch):
+    """One record fills the file and every guess in it runs past the end: all chains stop
+    at once (the first at the start) and the walk one by one takes the record."""
+    rng = random.Random(15)
+    data = bytearray(rng.randbytes(65535))
+    for at in range(0, 65535 - 16, 40):
+        data[at : at + 16] = struct.pack("<IIII", T0, 5, 70_000, 70_000)
+    image = pcap_bytes([Record(T0 * 10**9, bytes(data))], snaplen=65535)
+    path = write_bytes(tmp_path / "one.pcap", image)
+    n, problems, _ = same_as_one_by_one(path, monkeypatch)
+    assert n == 1 and problems == []

@@ -87,8 +87,8 @@ def _ethertype_from_version(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
 def _link_layer(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
     """Position after the link header and the ethertype it announces (0 = unknown)."""
     data = batch.data
-    start = batch.offset.astype(np.int64)
-    caplen = batch.caplen.astype(np.int64)
+    start = batch.offset.astype(np.int64, copy=False)
+    caplen = batch.caplen
     lt = batch.linktype
     n = len(start)
     pos = np.zeros(n, np.int64)
@@ -97,12 +97,15 @@ def _link_layer(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
     present = {only} if only is not None else set(np.unique(lt).tolist())
     everything = np.arange(n)
 
-    def group(types: tuple[int, ...], min_len: int) -> np.ndarray:
+    def group(types: tuple[int, ...], min_len: int) -> np.ndarray | slice:
+        """The packets of these link types long enough for the header (a slice: all)."""
         if present.isdisjoint(types):
             return everything[:0]
         ok = caplen >= min_len
         if only is None:
             ok &= _among(lt, types)
+        elif ok.all():
+            return slice(None)  # no index arrays to gather and scatter with
         return np.flatnonzero(ok)
 
     s = group((1,), 14)  # Ethernet II
@@ -114,7 +117,7 @@ def _link_layer(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
     s = group((276,), 20)  # Linux SLL2: protocol first
     et[s] = u16be(data, start[s])
     pos[s] = start[s] + 20
-    s = group(RAW_IP, 1)  # raw IP: version nibble decides
+    s = everything[group(RAW_IP, 1)]  # raw IP: version nibble decides
     pos[s] = start[s]
     et[s] = _ethertype_from_version(data, start[s])
     s4 = s[lt[s] == 229]
@@ -136,7 +139,7 @@ def _link_layer(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
     s = group((104,), 4)  # Cisco HDLC: address, control, ethertype
     et[s] = u16be(data, start[s] + 2)
     pos[s] = start[s] + 4
-    s = group((239,), 8)
+    s = everything[group((239,), 8)]
     if len(s):
         _nflog(data, s, start, start + caplen, pos, et)
     return pos, et
@@ -292,10 +295,12 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     ip_len[s] = np.where(total == 0, end[s] - p, total)  # 0: TCP segmentation offload
     protocol[s] = head[:, 9]
     src_words, dst_words = src_ip.view(np.uint32), dst_ip.view(np.uint32)  # (n, 4)
-    src_words[s, 2] = dst_words[s, 2] = IPV4_MAPPED_WORD
+    # columns written through 1-D views (a (rows, column) index is slower)
+    src_words[:, 2][s] = IPV4_MAPPED_WORD
+    dst_words[:, 2][s] = IPV4_MAPPED_WORD
     quad = head.view(np.uint32)  # (m, 5) raw 4-byte groups, stored as they are
-    src_words[s, 3] = quad[:, 3]
-    dst_words[s, 3] = quad[:, 4]
+    src_words[:, 3][s] = quad[:, 3]
+    dst_words[:, 3][s] = quad[:, 4]
     l4[s] = p + ihl
     flags_offset = half[:, 3].astype(np.int64)
     fragment[s] = (flags_offset & 0x1FFF) != 0
@@ -355,23 +360,20 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     src_port, dst_port = out.src_port, out.dst_port
     tcp_flags, tcp_window, tcp_seq = out.tcp_flags, out.tcp_window, out.tcp_seq
     has_ports = (is_tcp | is_udp) & (avail >= 4)
-    t = np.flatnonzero(has_ports)
-    head = rows(data, l4[t], 16)  # (m, 16): ports and the TCP fields, one gather
-    half = head.view(">u2")  # (m, 8)
-    src_port[t] = half[:, 0]
-    dst_port[t] = half[:, 1]
-    tcp_in_t, avail_in_t = is_tcp[t], avail[t]  # a field counts if captured
-    k = tcp_in_t & (avail_in_t >= 8)
-    tcp_seq[t[k]] = head.view(">u4")[k, 1]
-    k = tcp_in_t & (avail_in_t >= 14)
-    offset_byte = head[k, 12].astype(np.int64)
-    tcp_flags[t[k]] = head[k, 13]
-    t14 = t[k]
-    k = tcp_in_t & (avail_in_t >= 16)
-    tcp_window[t[k]] = half[k, 7]
+    # one gather of 16 bytes at every packet's transport header (l4 is 0 where there is
+    # none: those rows are read, then masked out), fields stored over the whole slice
+    head = rows(data, l4, 16)  # (n, 16): ports and the TCP fields
+    half = head.view(">u2")  # (n, 8)
+    src_port[:] = np.where(has_ports, half[:, 0], 0)
+    dst_port[:] = np.where(has_ports, half[:, 1], 0)
+    tcp_seq[:] = np.where(is_tcp & (avail >= 8), head.view(">u4")[:, 1], 0)  # if captured
+    k = is_tcp & (avail >= 14)
+    tcp_flags[:] = np.where(k, head[:, 13], 0)
+    tcp_window[:] = np.where(is_tcp & (avail >= 16), half[:, 7], 0)
     # TCP: 20 when the data offset is not captured or is invalid
-    transport_len = np.where(is_tcp, 20, np.where(is_udp, 8, 0))
-    transport_len[t14] = np.where(offset_byte >> 4 >= 5, (offset_byte >> 4) * 4, 20)
+    words = head[:, 12] >> 4
+    tcp_len = np.where(k & (words >= 5), words.astype(np.int64) * 4, 20)
+    transport_len = np.where(is_tcp, tcp_len, np.where(is_udp, 8, 0))
     header_len = np.where(is_ip, l4 - l3 + transport_len, 0)
     payload_len = np.where(is_ip, np.maximum(ip_len - header_len, 0), 0)
 
