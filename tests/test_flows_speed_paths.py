@@ -271,3 +271,17 @@ def test_address_texts_kept_across_chunks_match_the_socket_module(monkeypatch):
             for a, b, v in zip(hi.tolist(), lo.tolist(), ipv.tolist(), strict=True)
         ]
         assert text(hi.astype(np.uint64), lo, ipv).tolist() == expected
+
+
+def test_stable_order_is_the_stable_argsort():
+    rng = np.random.default_rng(5)
+    for high in (1, 300, 1 << 16, 70_000, 1 << 32, 1 << 40):
+        for n in (0, 1, 1000):
+            values = rng.integers(0, high, n, dtype=np.int64)
+            expected = np.argsort(values, kind="stable").tolist()
+            assert assemble_module._stable_order(values).tolist() == expected
+            if high <= 1 << 32:
+                bound = high if n else 0
+                assert assemble_module._stable_order(values, bound).tolist() == expected
+                as_u32 = values.astype(np.uint32)
+                assert assemble_module._stable_order(as_u32, 1 << 32).tolist() == expected
