@@ -14,7 +14,7 @@ import pytest
 
 from dmfnet.capture import read_packets, reader
 from dmfnet.problems import ProblemLog
-from pcapbuild import Record, pcap_bytes, write_bytes
+from pcapbuild import Record, ethernet, ipv4, pcap_bytes, tcp, write_bytes
 
 T0 = 1_700_000_000  # seconds; top byte 0x65
 
@@ -300,3 +300,34 @@ def test_every_chain_stops_at_its_first_step(tmp_path, monkeypatch):
     path = write_bytes(tmp_path / "one.pcap", image)
     n, problems, _ = same_as_one_by_one(path, monkeypatch)
     assert n == 1 and problems == []
+
+
+# The parse reads header rows over whole slices and masks out what is not there.
+
+
+def parsed_all(path):
+    problems = ProblemLog()
+    return [p for p in read_packets(path, problems)], problems
+
+
+def test_ipv4_header_length_below_five_words_is_not_ip(tmp_path):
+    frame = bytearray(ethernet(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1000, 80))))
+    frame[14] = 0x44  # version 4, IHL 4 (16 bytes): invalid
+    good = ethernet(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1000, 80)))
+    image = pcap_bytes([Record(T0 * 10**9, bytes(frame)), Record(T0 * 10**9 + 1, good)])
+    (batch,), _ = parsed_all(write_bytes(tmp_path / "ihl.pcap", image))
+    np.testing.assert_array_equal(batch.ip_version, [0, 4])
+    np.testing.assert_array_equal(batch.l3_offset[:1], [-1])
+    np.testing.assert_array_equal(batch.src_port, [0, 1000])
+
+
+def test_tcp_data_offset_not_captured(tmp_path):
+    """A TCP header cut before its data offset counts 20 bytes, whatever follows it."""
+    frame = ethernet(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1000, 80, options=bytes(12))))
+    cut = 14 + 20 + 10  # ports, sequence number, half the acknowledgement
+    # the next record's header follows the cut; its third byte (0x80) would read as 8 words
+    nxt = Record(0x00800000 * 10**9, frame)
+    image = pcap_bytes([Record(T0 * 10**9, frame[:cut], wirelen=len(frame)), nxt])
+    (batch,), _ = parsed_all(write_bytes(tmp_path / "cut.pcap", image))
+    np.testing.assert_array_equal(batch.header_len, [40, 52])
+    np.testing.assert_array_equal(batch.tcp_flags[:1], [0])

@@ -264,7 +264,6 @@ def _slice(batch: PacketBatch, lo: int, hi: int) -> PacketBatch:
 
 def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     """Headers of every packet into ``out`` (zeros, ``l3_offset`` -1); its fragments."""
-    n = len(batch)
     data = batch.data
     end = batch.offset.astype(np.int64) + batch.caplen
     pos, et = _link_layer(batch)
@@ -275,37 +274,31 @@ def _parse(batch: PacketBatch, out: ParsedPackets) -> Fragments:
     protocol = out.protocol
     src_ip = out.src_ip
     dst_ip = out.dst_ip
-    ip_len = np.zeros(n, np.int64)
-    l4 = np.zeros(n, np.int64)
     fragment = out.fragment
 
     # IPv4 -------------------------------------------------------------------------------
-    s = np.flatnonzero((et == ETHERTYPE_IPV4) & (pos + 20 <= end))
-    head = rows(data, pos[s], 20)  # (m, 20): the header without options, one gather
-    first_byte = head[:, 0].astype(np.int64)
-    ihl = (first_byte & 0x0F) * 4
-    ok = (first_byte >> 4 == 4) & (ihl >= 20)
-    if not ok.all():
-        s, ihl, head = s[ok], ihl[ok], head[ok]
-    p = pos[s]
-    version[s] = 4
-    l3[s] = p
-    half = head.view(">u2")  # (m, 10) network-order 16-bit fields
+    # Read and stored over the whole slice (rows of other packets are read, then masked
+    # out): cheaper than gathering and scattering the IPv4 packets, nearly all of them.
+    head = rows(data, pos, 20)  # (n, 20): the header without options, one gather
+    first_byte = head[:, 0]
+    ihl = (first_byte & 0x0F).astype(np.int64) * 4
+    v4 = (et == ETHERTYPE_IPV4) & (pos + 20 <= end) & (first_byte >> 4 == 4) & (ihl >= 20)
+    version[:] = np.where(v4, 4, 0)
+    l3[:] = np.where(v4, pos, -1)
+    half = head.view(">u2")  # (n, 10) network-order 16-bit fields
     total = half[:, 1].astype(np.int64)
-    ip_len[s] = np.where(total == 0, end[s] - p, total)  # 0: TCP segmentation offload
-    protocol[s] = head[:, 9]
+    ip_len = np.where(v4, np.where(total == 0, end - pos, total), 0)  # 0: TCP segmentation offload
+    protocol[:] = np.where(v4, head[:, 9], 0)
     src_words, dst_words = src_ip.view(np.uint32), dst_ip.view(np.uint32)  # (n, 4)
-    # columns written through 1-D views (a (rows, column) index is slower)
-    src_words[:, 2][s] = IPV4_MAPPED_WORD
-    dst_words[:, 2][s] = IPV4_MAPPED_WORD
-    quad = head.view(np.uint32)  # (m, 5) raw 4-byte groups, stored as they are
-    src_words[:, 3][s] = quad[:, 3]
-    dst_words[:, 3][s] = quad[:, 4]
-    l4[s] = p + ihl
-    flags_offset = half[:, 3].astype(np.int64)
-    fragment[s] = (flags_offset & 0x1FFF) != 0
-    in4 = (flags_offset & 0x3FFF) != 0  # more fragments, or an offset
-    frag_idx = [s[in4]]
+    src_words[:, 2] = dst_words[:, 2] = np.where(v4, IPV4_MAPPED_WORD, 0)
+    quad = head.view(np.uint32)  # (n, 5) raw 4-byte groups, stored as they are
+    src_words[:, 3] = np.where(v4, quad[:, 3], 0)
+    dst_words[:, 3] = np.where(v4, quad[:, 4], 0)
+    l4 = np.where(v4, pos + ihl, 0)
+    flags_offset = half[:, 3]
+    fragment[:] = v4 & ((flags_offset & 0x1FFF) != 0)
+    in4 = v4 & ((flags_offset & 0x3FFF) != 0)  # more fragments, or an offset
+    frag_idx = [np.flatnonzero(in4)]
     frag_first = [(flags_offset[in4] & 0x1FFF) == 0]
     frag_id = [half[in4, 2].astype(np.int64)]
 
