@@ -103,8 +103,10 @@ def _linked(
     early: np.ndarray,
     land: np.ndarray,
     cur: np.ndarray,
-) -> tuple[np.ndarray, int]:
-    """Records of the chains linked from chain 0, in file order, and where the walk goes on.
+    rows: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """Records of the chains linked from chain 0, in file order, where the walk goes on, and
+    the records' ``rows`` (read at each step, as ``steps``) in the same order.
 
     ``steps[k]``/``chains[k]``: the positions and chain numbers of the live chains at step
     ``k``; ``land``: the head each chain landed on (-1: none); ``early``: the chain stopped
@@ -124,7 +126,7 @@ def _linked(
         chain = chain.astype(np.uint16)  # sorted by radix
     kept = np.flatnonzero(in_path[chain])
     order = kept[np.argsort(chain[kept], kind="stable")]  # by chain, then step
-    return at[order], int(cur[i])
+    return at[order], int(cur[i]), None if rows is None else np.concatenate(rows)[order]
 
 
 @dataclass
@@ -221,6 +223,7 @@ class _PcapWalker(_Walker):
         max_caplen = self.max_caplen
         caplen_at = self._caplen_at
         chased: list[np.ndarray] = []  # records found by the chain chase, in file order
+        headers: list[np.ndarray | None] = []  # their 16-byte headers (None: not read yet)
         found: list[int] = []  # records found one by one since the last chase
         append = found.append
         truncated_caplen = -1
@@ -234,12 +237,14 @@ class _PcapWalker(_Walker):
                 self.resynchronised(pos)
                 continue
             if self.chase and limit - pos >= CHASE_MIN_BYTES:
-                got, pos, steps = self._chase(data, pos, limit)
+                got, got_headers, pos, steps = self._chase(data, pos, limit)
                 if len(got):
                     if found:
                         chased.append(np.array(found, np.int64))
+                        headers.append(None)
                         found.clear()
                     chased.append(got)
+                    headers.append(got_headers)
                 # a chase that found few records per step (few true heads: odd lengths,
                 # a corrupt stretch) costs more than the walk one by one: back off
                 productive = len(got) >= max(CHASE_YIELD * steps, CHASE_BURST)
@@ -288,8 +293,16 @@ class _PcapWalker(_Walker):
             pos = nxt
         if found:
             chased.append(np.array(found, np.int64))
-        records = np.concatenate(chased) if len(chased) > 1 else chased[0] if chased else None
-        return self._decode(data, records, truncated_caplen), pos
+            headers.append(None)
+        if not chased:
+            return _empty_records(), pos
+        rows = [
+            header_rows(data, q, 16) if h is None else h
+            for q, h in zip(chased, headers, strict=True)
+        ]
+        records = np.concatenate(chased) if len(chased) > 1 else chased[0]
+        rows = np.concatenate(rows) if len(rows) > 1 else rows[0]
+        return self._decode(records, rows, truncated_caplen), pos
 
     def _believable(self, data: np.ndarray, pos: int, caplen: int, final: bool) -> bool:
         """A record longer than twice the snap length, taken as real if what follows is.
@@ -348,7 +361,9 @@ class _PcapWalker(_Walker):
                     return q, False  # its successor is not in this chunk yet
             pos = stop
 
-    def _chase(self, data: np.ndarray, pos: int, limit: int) -> tuple[np.ndarray, int, int]:
+    def _chase(
+        self, data: np.ndarray, pos: int, limit: int
+    ) -> tuple[np.ndarray, np.ndarray | None, int, int]:
         """Records from ``pos`` on, found by following many record chains at once.
 
         The region ``[pos, limit)`` is cut into segments of :data:`CHASE_SEGMENT` bytes; in
@@ -359,34 +374,40 @@ class _PcapWalker(_Walker):
         a head it lands on is a true record and that head's chain is true too; the records
         returned are those of the chains linked that way from ``pos``. The chase stops at a
         record the walk must look at closely (a length past the limits or the buffer, an
-        empty record) or where a chain runs too long; it returns the records, the position
-        the walk goes on from and the steps taken. A wrong guess costs steps, never a wrong
-        record.
+        empty record) or where a chain runs too long; it returns the records, their
+        headers' first 16 bytes (``(n, 16)``, read by the steps: decoded without a second
+        gather), the position the walk goes on from and the steps taken. A wrong guess
+        costs steps, never a wrong record.
         """
         end = len(data)
         hs = self.header_size
         last_head = end - hs  # chains stop before a header that does not fit in the buffer
         stop = min(limit, last_head)
         if pos >= stop:
-            return np.zeros(0, np.int64), pos, 0
+            return np.zeros(0, np.int64), None, pos, 0
         starts = np.arange(pos + CHASE_SEGMENT, stop, CHASE_SEGMENT, dtype=np.int64)
         heads = np.concatenate((np.array([pos], np.int64), self._guesses(data, pos, starts, stop)))
         n_heads = len(heads)
         if n_heads * 8 < len(starts):  # few plausible headers: the chains would crawl
-            return np.zeros(0, np.int64), pos, 1
+            return np.zeros(0, np.int64), None, pos, 1
         land = np.full(n_heads, -1, np.int64)  # the head each chain landed on
         early = np.zeros(n_heads, bool)  # stopped before landing or reaching the limit
         cur = heads.copy()  # where each chain stopped
         at = heads.copy()  # the live chains: where they are,
         ids = np.arange(n_heads)  # which they are,
         bound = np.append(heads[1:], limit)  # and where they next check where they are
-        words = _words(data, self.big_endian)
+        # each step reads the whole 16-byte record headers (one cache miss, as for the
+        # length alone): the records' fields are decoded from them, not read again
+        items = np.ndarray((end - 15,), "V16", data, 0, (1,))
+        word = ">u4" if self.big_endian else "<u4"
         steps: list[np.ndarray] = []
         chains: list[np.ndarray] = []
+        headers: list[np.ndarray] = []
         one = np.uint32(1)
         below = np.uint32(self.max_caplen)
         for _ in range(CHASE_SEGMENT // 16):
-            caplen = words[at + 8]
+            header = items[at]
+            caplen = header.view(word)[2::4]
             nxt = at + caplen
             nxt += hs
             # an empty record stops a chain too (runs of zero bytes would make long false
@@ -396,10 +417,12 @@ class _PcapWalker(_Walker):
                 early[ids[~good]] = True
                 cur[ids[~good]] = at[~good]
                 ids, at, nxt, bound = ids[good], at[good], nxt[good], bound[good]
+                header = header[good]
                 if not len(ids):
                     break
             steps.append(at)
             chains.append(ids)
+            headers.append(header)
             cross = nxt >= bound
             if cross.any():
                 crossing, there = ids[cross], nxt[cross]
@@ -419,9 +442,9 @@ class _PcapWalker(_Walker):
             early[ids] = True
             cur[ids] = at
         if not steps:  # every chain stopped at once, the first at ``pos``
-            return np.zeros(0, np.int64), pos, 1
-        found, nxt = _linked(steps, chains, early, land, cur)
-        return found, nxt, len(steps)
+            return np.zeros(0, np.int64), None, pos, 1
+        found, nxt, rows = _linked(steps, chains, early, land, cur, headers)
+        return found, rows.view(np.uint8).reshape(-1, 16), nxt, len(steps)
 
     def _guesses(self, data: np.ndarray, pos: int, starts: np.ndarray, stop: int) -> np.ndarray:
         """First plausible record header in :data:`CHASE_WINDOW` bytes from each start.
@@ -460,15 +483,8 @@ class _PcapWalker(_Walker):
         first_of_segment[1:] = segment[1:] != segment[:-1]
         return cand[first_of_segment]
 
-    def _decode(
-        self, data: np.ndarray, found: np.ndarray | None, truncated_caplen: int
-    ) -> _Records:
-        if found is None:
-            return _empty_records()
-        pos = found
-        # Every found record's 16 header bytes are in the buffer: one gather of 16-byte rows
-        # read as four 32-bit words (four times faster than four word gathers).
-        rows = header_rows(data, pos, 16)
+    def _decode(self, pos: np.ndarray, rows: np.ndarray, truncated_caplen: int) -> _Records:
+        """The fields of the records at ``pos`` from their headers' first 16 bytes (``rows``)."""
         words = rows.view(">u4" if self.big_endian else "<u4")  # (n, 4)
         sec, frac, caplen, wirelen = (words[:, i].astype(np.int64) for i in range(4))
         if truncated_caplen >= 0:
@@ -700,7 +716,7 @@ class _PcapngWalker(_Walker):
             cur[ids] = at
         if not steps:  # every chain stopped at once, the first at ``pos``
             return np.zeros(0, np.int64), pos, 1
-        found, nxt = _linked(steps, chains, early, land, cur)
+        found, nxt, _ = _linked(steps, chains, early, land, cur)
         return found, nxt, len(steps)
 
     def _whole_epb(self, data: np.ndarray, pos: int) -> bool:
