@@ -225,6 +225,7 @@ def _handshake_ranges(
 
 
 _MANY_STEPS = 48  # steps of one vectorised walk; streams still walking then go one by one
+_FOUR = np.arange(4)
 
 
 def _u16(flat: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -300,12 +301,18 @@ def tls_zero_ranges_many(
     run_base = logical_end[last_rec] - total if runs else empty
     logical = logical_end - rec_len_a - run_base[rec_run_a]  # piece start in its run
     hs_len = np.add.reduceat(avail, first_rec) if runs else empty
-    # Each run's handshake-message stream (its record bodies back to back), all runs in
-    # one buffer: message and extension fields are then read with plain gathers.
-    hs_off = np.cumsum(hs_len) - hs_len
-    hs_flat = np.zeros(int(hs_len.sum()) + 8, dtype=np.uint8)
-    place_pieces(hs_flat, hs_off[rec_run_a] + logical, np.zeros(len(avail), np.int64), flat,
-                 start[rstream] + rec_body_a, avail, 1 << 62)  # fmt: skip
+    # Each run's handshake-message stream (its record bodies back to back) in one buffer
+    # after the streams: message and extension fields are then read with plain gathers. A
+    # run of one record is read where its body lies in the streams, the others are copied.
+    copy = (last_rec > first_rec)[rec_run_a]
+    copy_len = np.where(last_rec > first_rec, hs_len, 0)
+    hs_off = len(flat) + np.cumsum(copy_len) - copy_len
+    single = last_rec == first_rec
+    hs_off[single] = start[run_stream_a[single]] + rec_body_a[first_rec[single]]
+    hs_flat = np.concatenate([flat, np.zeros(int(copy_len.sum()) + 8, dtype=np.uint8)])
+    place_pieces(hs_flat, hs_off[rec_run_a[copy]] + logical[copy], np.zeros(int(copy.sum()),
+                 np.int64), flat, start[rstream[copy]] + rec_body_a[copy], avail[copy],
+                 1 << 62)  # fmt: skip
     last = len(hs_flat) - 1
 
     def hs_byte(run: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -366,37 +373,45 @@ def tls_zero_ranges_many(
     ok &= p + 2 <= end
     cr, p, end = cr[ok], p[ok], end[ok]
     ext_end = np.minimum(end, p + 2 + hs_u16(cr, p))
-    p = p + 2
-    sni_run, sni_q, sni_end = [], [], []
-    live = np.flatnonzero(p + 4 <= ext_end)
+    # The extension walk in buffer coordinates, on compact arrays of the hellos still
+    # walking (every byte it reads lies before ``ext_end``, inside the run's stream).
+    base = hs_off[cr]
+    at, stop, walking = base + p + 2, base + ext_end, np.arange(len(cr))
+    keep = at + 4 <= stop
+    at, stop, walking = at[keep], stop[keep], walking[keep]
+    sni_at, sni_stop, sni_hello = [], [], []
     for _ in range(_MANY_STEPS):
-        if not len(live):
+        if not len(walking):
             break
-        lr, lp = cr[live], p[live]
-        ext_type = hs_u16(lr, lp)
-        ext_len = hs_u16(lr, lp + 2)
-        sni = ext_type == TLS_SNI_EXTENSION
-        sni_run.append(lr[sni])
-        sni_q.append(lp[sni] + 6)
-        sni_end.append(np.minimum(lp[sni] + 4 + ext_len[sni], hs_len[lr[sni]]))
-        p[live] = lp + 4 + ext_len
-        live = live[p[live] + 4 <= ext_end[live]]
-    slow[run_stream_a[cr[live]]] = True
-    sr = np.concatenate([empty, *sni_run])
-    q = np.concatenate([empty, *sni_q])
-    q_end = np.concatenate([empty, *sni_end])
-    live = np.flatnonzero(q + 3 <= q_end)
+        head = hs_flat[at[:, None] + _FOUR].astype(np.int64)  # (k, 4): type, length
+        ext_len = head[:, 2] << 8 | head[:, 3]
+        sni = np.flatnonzero((head[:, 0] << 8 | head[:, 1]) == TLS_SNI_EXTENSION)
+        if len(sni):
+            which = walking[sni]
+            sni_hello.append(which)
+            sni_at.append(at[sni] + 6)
+            sni_stop.append(np.minimum(at[sni] + 4 + ext_len[sni], base[which] + hs_len[cr[which]]))
+        at = at + 4 + ext_len
+        keep = at + 4 <= stop
+        at, stop, walking = at[keep], stop[keep], walking[keep]
+    slow[run_stream_a[cr[walking]]] = True
+    sh = np.concatenate([empty, *sni_hello])
+    q = np.concatenate([empty, *sni_at])
+    q_stop = np.concatenate([empty, *sni_stop])
+    keep = q + 3 <= q_stop
+    q, q_stop, sh = q[keep], q_stop[keep], sh[keep]
     for _ in range(_MANY_STEPS):
-        if not len(live):
+        if not len(sh):
             break
-        lr, lq = sr[live], q[live]
-        name_len = hs_u16(lr, lq + 1)
-        found_run.append(lr)
-        found_a.append(lq + 3)
-        found_b.append(lq + 3 + name_len)
-        q[live] = lq + 3 + name_len
-        live = live[q[live] + 3 <= q_end[live]]
-    slow[run_stream_a[sr[live]]] = True
+        name_len = hs_flat[q + 1].astype(np.int64) << 8 | hs_flat[q + 2]
+        run = cr[sh]
+        found_run.append(run)
+        found_a.append(q + 3 - hs_off[run])
+        found_b.append(q + 3 + name_len - hs_off[run])
+        q = q + 3 + name_len
+        keep = q + 3 <= q_stop
+        q, q_stop, sh = q[keep], q_stop[keep], sh[keep]
+    slow[run_stream_a[cr[sh]]] = True
 
     # Handshake-stream ranges to stream ranges: the part in each record body of the run,
     # and past the run's last record, contiguously on.
