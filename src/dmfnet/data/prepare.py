@@ -59,6 +59,9 @@ CAPTURE_MAGICS = (
 # reported rather than passed over.
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz")
 PROGRESS_STEP = 1 << 20  # workers report progress every MiB read
+# Parts of fewer flows (about 5 MB) are merged with their neighbours into larger files; a
+# capture with more flows keeps its own part (rewriting it would cost as much as writing).
+SMALL_PART_ROWS = 1024
 PROBLEMS_LISTED = 10_000  # problems listed in full in dataset.json (all are counted)
 
 
@@ -441,18 +444,30 @@ def _sample_per_class(
     return dict(counts), kept_parts
 
 
-def _merge_small_parts(out: Path, parts: list[str], target_rows: int = ROW_GROUP_ROWS) -> list[str]:
+def _merge_small_parts(
+    out: Path,
+    parts: list[str],
+    target_rows: int = ROW_GROUP_ROWS,
+    small_rows: int = SMALL_PART_ROWS,
+) -> list[str]:
     """Merge runs of consecutive small part files (many small captures) into larger ones.
 
     Thousands of tiny Parquet files are slow to open; consecutive parts of fewer than
-    ``target_rows`` flows are rewritten into one file named after the first of them,
-    keeping row order. Large parts are left untouched, so big captures cost nothing.
+    ``small_rows`` flows are rewritten into files of up to ``target_rows`` flows, each
+    named after its first part, keeping row order. Larger parts are left untouched, so
+    big captures cost nothing.
     """
     rows = {p: pq.ParquetFile(out / p).metadata.num_rows for p in parts}
+    limit = min(small_rows, target_rows)
     groups: list[list[str]] = []
     for part in parts:
-        small = rows[part] < target_rows
-        if small and groups and len(groups[-1]) and _group_open(groups[-1], rows, target_rows):
+        small = rows[part] < limit
+        if (
+            small
+            and groups
+            and len(groups[-1])
+            and _group_open(groups[-1], rows, limit, target_rows)
+        ):
             groups[-1].append(part)
         else:
             groups.append([part])
@@ -475,9 +490,9 @@ def _merge_small_parts(out: Path, parts: list[str], target_rows: int = ROW_GROUP
     return merged
 
 
-def _group_open(group: list[str], rows: dict[str, int], target_rows: int) -> bool:
-    """A group still takes small parts: it holds only small parts and has room."""
-    return all(rows[p] < target_rows for p in group) and sum(rows[p] for p in group) < target_rows
+def _group_open(group: list[str], rows: dict[str, int], limit: int, target_rows: int) -> bool:
+    """A group still takes small parts: it holds only parts under ``limit`` and has room."""
+    return all(rows[p] < limit for p in group) and sum(rows[p] for p in group) < target_rows
 
 
 def _describe_labels(labeller: Labeller, keep_unlabelled: bool) -> dict:
