@@ -514,33 +514,49 @@ def _warm(paths: list[Path]) -> None:
                 pass
 
 
-def _execute(run: Run, repeat: int, out: Path | None, log) -> Run:
+def _execute_once(run: Run, out: Path | None, log, repeat: int) -> bool:
+    """Time one more run of ``run``; False when it failed (then it is not run again)."""
     _warm([Path(c.path) for c in run.captures])
-    for i in range(repeat):
-        if out is not None and out.exists():
-            if out.is_dir():
-                shutil.rmtree(out)
-            else:
-                out.unlink()
-        m = measure(run.command)
-        run.measurements.append(m)
-        if m.returncode != 0:
-            tail = (m.stderr.strip().splitlines() or ["(no message)"])[-1]
-            log(f"  {run.name}: exit {m.returncode}: {tail}")
-            return run
-        log(
-            f"  {run.name} [{i + 1}/{repeat}]: {m.wall_s:.2f} s, "
-            f"{run.bytes / 1e6 / m.wall_s:.1f} MB/s, {m.cpu_s:.2f} CPU s, peak RSS "
-            f"{m.tree_rss / 2**20:.0f} MiB, anonymous {m.tree_anon_rss / 2**20:.0f} MiB"
-        )
-    if run.name.startswith("dpkt"):
-        try:
-            run.flows = json.loads(run.measurements[-1].stdout.strip().splitlines()[-1])["kept"]
-        except (ValueError, KeyError, IndexError):
-            run.flows = None
-    elif out is not None:
-        run.flows = _prepared_flows(out)
-    return run
+    if out is not None and out.exists():
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+    m = measure(run.command)
+    run.measurements.append(m)
+    if m.returncode != 0:
+        tail = (m.stderr.strip().splitlines() or ["(no message)"])[-1]
+        log(f"  {run.name}: exit {m.returncode}: {tail}")
+        return False
+    log(
+        f"  {run.name} [{len(run.measurements)}/{repeat}]: {m.wall_s:.2f} s, "
+        f"{run.bytes / 1e6 / m.wall_s:.1f} MB/s, {m.cpu_s:.2f} CPU s, peak RSS "
+        f"{m.tree_rss / 2**20:.0f} MiB, anonymous {m.tree_anon_rss / 2**20:.0f} MiB"
+    )
+    return True
+
+
+def _execute(jobs: list[tuple[Run, Path | None]], repeat: int, log) -> None:
+    """Time every job ``repeat`` times, round by round (job 1, 2, ..., then again), so a
+    slow spell of a shared machine falls on all jobs alike rather than on one."""
+    failed: set[str] = set()
+    for _ in range(repeat):
+        for run, out in jobs:
+            if run.name in failed:
+                continue
+            if not run.measurements:
+                log(f"timing {run.name}: {shlex.join(run.command)}")
+            if not _execute_once(run, out, log, repeat):
+                failed.add(run.name)
+    for run, out in jobs:
+        if run.name.startswith("dpkt"):
+            try:
+                last = run.measurements[-1].stdout.strip().splitlines()[-1]
+                run.flows = json.loads(last)["kept"]
+            except (ValueError, KeyError, IndexError):
+                run.flows = None
+        elif out is not None and run.name not in failed:
+            run.flows = _prepared_flows(out)
 
 
 def _ok(run: Run) -> bool:
@@ -730,7 +746,10 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the captures and outputs (kept; default: temporary under /tmp)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs of each job; the median is reported"
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each job, in rounds over all jobs; the median is reported",
     )
     parser.add_argument("--skip-prepare", action="store_true", help="time only the dpkt reference")
     parser.add_argument("--skip-dpkt", action="store_true", help="do not time the dpkt reference")
@@ -820,11 +839,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(
             [sys.executable, "-c", "import dmfnet.cli, dmfnet.data.prepare"], check=False
         )
-        runs: dict[str, Run] = {}
         load_before = os.getloadavg()[0]
-        for run, out in jobs:
-            log(f"timing {run.name}: {shlex.join(run.command)}")
-            runs[run.name] = _execute(run, args.repeat, out, log)
+        _execute(jobs, args.repeat, log)
+        runs = {run.name: run for run, _ in jobs}
 
         command = shlex.join(
             [
