@@ -1056,7 +1056,7 @@ def _read_mapped(
     batcher = _Batcher(walker)
     pos = walker.file_header_size
     done = 0
-    released = 0
+    released = previous = 0
     step = min(chunk, max(chunk >> 4, 1 << 20))  # small first chunks: the next stage starts soon
     while pos < size:
         recs, new = walker.walk(mm, data, pos, min(size, pos + step), True)
@@ -1064,9 +1064,13 @@ def _read_mapped(
         progress(new - done)
         done = new
         pos = max(new, pos + 1) if new <= pos else new
+        start = int(recs.offset[0]) if len(recs.offset) else pos
         if len(recs.offset):
             yield batcher.batch(data, recs, 0)
-        released = _release(mm, released, int(recs.offset[0]) if len(recs.offset) else pos)
+        # Pages before the previous batch: when a reader thread runs one batch ahead, the
+        # consumer may still be reading the previous batch (re-faulting released pages).
+        released = _release(mm, released, previous)
+        previous = start
     del data
     try:
         mm.close()
