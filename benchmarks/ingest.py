@@ -13,7 +13,8 @@ CPU time and peak RSS and anonymous RSS of each:
 - ``benchmarks/dpkt_reference.py`` on the same capture (the same job written with dpkt);
 - ``dmfnet prepare`` on two half-size captures with ``--workers 1`` and ``--workers 2``
   (the parallel speed-up);
-- ``dmfnet prepare`` on a capture twice the size (memory must not grow with file size);
+- ``dmfnet prepare`` on a capture twice the size (memory must not grow with file size),
+  with one worker and with the default ``--workers``;
 - ``dmfnet prepare`` on the capture's records written as pcapng (``--skip-pcapng``: not);
 
 and prints MB/s (10^6 bytes of capture file per second), MB per CPU second, packets/s,
@@ -652,6 +653,13 @@ def summary_lines(runs: dict[str, Run]) -> list[str]:
             f"{_mib(double.tree_rss)} vs {_mib(prep.tree_rss)} "
             f"({double.tree_rss / prep.tree_rss:.2f}x) (must not grow with file size)"
         )
+    default_double = runs.get("dmfnet prepare, 2x size, default workers")
+    if default and default_double and _ok(default) and _ok(default_double):
+        lines.append(
+            f"- default --workers at 2x file size: peak anonymous RSS "
+            f"{_mib(default_double.anon_rss)} vs {_mib(default.anon_rss)}, peak RSS "
+            f"{_mib(default_double.tree_rss)} vs {_mib(default.tree_rss)}"
+        )
     return lines
 
 
@@ -834,6 +842,11 @@ def main(argv: list[str] | None = None) -> int:
             out = workdir / "out-double"
             cmd = dmfnet + ["prepare", captures["double"][0].path, "-o", str(out), "--workers", "1"]
             jobs.append((Run("dmfnet prepare, 2x size", cmd, captures["double"]), out))
+            if (os.cpu_count() or 1) > 1 and not args.skip_workers:
+                out = workdir / "out-double-default"
+                cmd = dmfnet + ["prepare", captures["double"][0].path, "-o", str(out)]
+                name = "dmfnet prepare, 2x size, default workers"
+                jobs.append((Run(name, cmd, captures["double"]), out))
 
         # Compile every module once (stale .pyc files would be rebuilt inside the first job).
         subprocess.run(
