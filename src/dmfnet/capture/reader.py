@@ -97,6 +97,37 @@ def _words(data: np.ndarray, big_endian: bool) -> np.ndarray:
     return np.ndarray((max(len(data) - 3, 0),), ">u4" if big_endian else "<u4", data, 0, (1,))
 
 
+def _cross(
+    ids: np.ndarray,
+    nxt: np.ndarray,
+    bound: np.ndarray,
+    heads: np.ndarray,
+    limit: int,
+    cur: np.ndarray,
+    land: np.ndarray,
+) -> np.ndarray | None:
+    """Chains whose next record reaches their bound (the next guessed head, or ``limit``).
+
+    A chain that lands exactly on a guessed head links to it (``land``) and stops; one that
+    jumps past it gets the following head as its new bound. ``cur``, ``land`` and ``bound``
+    are updated in place. Returns which live chains go on, or None when none crossed.
+    """
+    cross = nxt >= bound
+    if not cross.any():
+        return None
+    crossing, there = ids[cross], nxt[cross]
+    cur[crossing] = there
+    n_heads = len(heads)
+    k = np.searchsorted(heads, there)
+    head = heads[np.minimum(k, n_heads - 1)]
+    landed = head == there
+    land[crossing[landed]] = k[landed]
+    bound[cross] = np.where(k < n_heads, head, limit)
+    keep = ~cross
+    keep[cross] = ~landed & (there < limit)
+    return keep
+
+
 def _linked(
     steps: list[np.ndarray],
     chains: list[np.ndarray],
@@ -423,17 +454,8 @@ class _PcapWalker(_Walker):
             steps.append(at)
             chains.append(ids)
             headers.append(header)
-            cross = nxt >= bound
-            if cross.any():
-                crossing, there = ids[cross], nxt[cross]
-                cur[crossing] = there
-                k = np.searchsorted(heads, there)
-                head = heads[np.minimum(k, n_heads - 1)]
-                landed = head == there
-                land[crossing[landed]] = k[landed]
-                bound[cross] = np.where(k < n_heads, head, limit)
-                keep = ~cross
-                keep[cross] = ~landed & (there < limit)
+            keep = _cross(ids, nxt, bound, heads, limit, cur, land)
+            if keep is not None:
                 ids, nxt, bound = ids[keep], nxt[keep], bound[keep]
                 if not len(ids):
                     break
@@ -696,17 +718,8 @@ class _PcapngWalker(_Walker):
                     break
             steps.append(at)
             chains.append(ids)
-            cross = nxt >= bound
-            if cross.any():
-                crossing, there = ids[cross], nxt[cross]
-                cur[crossing] = there
-                k = np.searchsorted(heads, there)
-                head = heads[np.minimum(k, n_heads - 1)]
-                landed = head == there
-                land[crossing[landed]] = k[landed]
-                bound[cross] = np.where(k < n_heads, head, stop)
-                keep = ~cross
-                keep[cross] = ~landed & (there < stop)
+            keep = _cross(ids, nxt, bound, heads, stop, cur, land)
+            if keep is not None:
                 ids, nxt, bound = ids[keep], nxt[keep], bound[keep]
                 if not len(ids):
                     break
