@@ -128,6 +128,61 @@ def _cross(
     return keep
 
 
+def _follow(
+    heads: np.ndarray,
+    limit: int,
+    max_steps: int,
+    step: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]],
+) -> tuple[np.ndarray, int, np.ndarray | None, int] | None:
+    """Follow one chain per head, all a step at a time, and link those reached from head 0.
+
+    ``step(at)`` reads the records at ``at`` and returns where each next one starts, which
+    chains may go on (None: all) and a row per record to keep (or None). A chain stops when
+    its step refuses it, when it lands exactly on a later head (the chains are linked there)
+    or at ``limit``; chains still live after ``max_steps`` stop too. Returns the records of
+    the chains linked from head 0 in file order, where the walk goes on, their rows and the
+    steps taken; None when every chain stopped at its first record.
+    """
+    n_heads = len(heads)
+    land = np.full(n_heads, -1, np.int64)  # the head each chain landed on
+    early = np.zeros(n_heads, bool)  # stopped before landing or reaching the limit
+    cur = heads.copy()  # where each chain stopped
+    at = heads.copy()  # the live chains: where they are,
+    ids = np.arange(n_heads)  # which they are,
+    bound = np.append(heads[1:], limit)  # and where they next check where they are
+    steps: list[np.ndarray] = []
+    chains: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    for _ in range(max_steps):
+        nxt, good, row = step(at)
+        if good is not None and not good.all():
+            bad = ~good
+            early[ids[bad]] = True
+            cur[ids[bad]] = at[bad]
+            ids, at, nxt, bound = ids[good], at[good], nxt[good], bound[good]
+            if row is not None:
+                row = row[good]
+            if not len(ids):
+                break
+        steps.append(at)
+        chains.append(ids)
+        if row is not None:
+            rows.append(row)
+        keep = _cross(ids, nxt, bound, heads, limit, cur, land)
+        if keep is not None:
+            ids, nxt, bound = ids[keep], nxt[keep], bound[keep]
+            if not len(ids):
+                break
+        at = nxt
+    else:
+        early[ids] = True
+        cur[ids] = at
+    if not steps:
+        return None
+    found, nxt, kept_rows = _linked(steps, chains, early, land, cur, rows or None)
+    return found, nxt, kept_rows, len(steps)
+
+
 def _linked(
     steps: list[np.ndarray],
     chains: list[np.ndarray],
@@ -421,52 +476,30 @@ class _PcapWalker(_Walker):
         n_heads = len(heads)
         if n_heads * 8 < len(starts):  # few plausible headers: the chains would crawl
             return np.zeros(0, np.int64), None, pos, 1
-        land = np.full(n_heads, -1, np.int64)  # the head each chain landed on
-        early = np.zeros(n_heads, bool)  # stopped before landing or reaching the limit
-        cur = heads.copy()  # where each chain stopped
-        at = heads.copy()  # the live chains: where they are,
-        ids = np.arange(n_heads)  # which they are,
-        bound = np.append(heads[1:], limit)  # and where they next check where they are
         # each step reads the whole 16-byte record headers (one cache miss, as for the
         # length alone): the records' fields are decoded from them, not read again
         items = np.ndarray((end - 15,), "V16", data, 0, (1,))
         word = ">u4" if self.big_endian else "<u4"
-        steps: list[np.ndarray] = []
-        chains: list[np.ndarray] = []
-        headers: list[np.ndarray] = []
         one = np.uint32(1)
         below = np.uint32(self.max_caplen)
-        for _ in range(CHASE_SEGMENT // 16):
+
+        def step(at: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
             header = items[at]
             caplen = header.view(word)[2::4]
             nxt = at + caplen
             nxt += hs
             # an empty record stops a chain too (runs of zero bytes would make long false
             # chains); like every stop, the walk one by one then takes over
+            good = None
             if caplen.min() == 0 or caplen.max() > below or nxt.max() > last_head:
                 good = (caplen - one < below) & (nxt <= last_head)  # the next header fits
-                early[ids[~good]] = True
-                cur[ids[~good]] = at[~good]
-                ids, at, nxt, bound = ids[good], at[good], nxt[good], bound[good]
-                header = header[good]
-                if not len(ids):
-                    break
-            steps.append(at)
-            chains.append(ids)
-            headers.append(header)
-            keep = _cross(ids, nxt, bound, heads, limit, cur, land)
-            if keep is not None:
-                ids, nxt, bound = ids[keep], nxt[keep], bound[keep]
-                if not len(ids):
-                    break
-            at = nxt
-        else:
-            early[ids] = True
-            cur[ids] = at
-        if not steps:  # every chain stopped at once, the first at ``pos``
+            return nxt, good, header
+
+        chased = _follow(heads, limit, CHASE_SEGMENT // 16, step)
+        if chased is None:  # every chain stopped at once, the first at ``pos``
             return np.zeros(0, np.int64), None, pos, 1
-        found, nxt, rows = _linked(steps, chains, early, land, cur, headers)
-        return found, rows.view(np.uint8).reshape(-1, 16), nxt, len(steps)
+        found, nxt, rows, steps = chased
+        return found, rows.view(np.uint8).reshape(-1, 16), nxt, steps
 
     def _guesses(self, data: np.ndarray, pos: int, starts: np.ndarray, stop: int) -> np.ndarray:
         """First plausible record header in :data:`CHASE_WINDOW` bytes from each start.
@@ -683,12 +716,6 @@ class _PcapngWalker(_Walker):
         n_heads = len(heads)
         if n_heads * 8 < len(starts):  # few plausible blocks: the chains would crawl
             return np.zeros(0, np.int64), pos, 1
-        land = np.full(n_heads, -1, np.int64)  # the head each chain landed on
-        early = np.zeros(n_heads, bool)  # stopped before landing or reaching the limit
-        cur = heads.copy()  # where each chain stopped
-        at = heads.copy()  # the live chains: where they are,
-        ids = np.arange(n_heads)  # which they are,
-        bound = np.append(heads[1:], stop)  # and where they next check where they are
         be = self.big_endian
         words = _words(data, be)
         # block type and length read as one 64-bit word: the type and the length's low two
@@ -699,9 +726,8 @@ class _PcapngWalker(_Walker):
         else:
             low, want, length_shift = np.uint64(0x3FFFFFFFF), np.uint64(PCAPNG_EPB), 32
         ones = np.uint64(0xFFFFFFFF)
-        steps: list[np.ndarray] = []
-        chains: list[np.ndarray] = []
-        for _ in range(CHASE_SEGMENT // 32):
+
+        def step(at: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
             pair = pairs[at]
             blen = ((pair >> np.uint64(length_shift)) & ones).view(np.int64)
             nxt = at + blen
@@ -709,28 +735,13 @@ class _PcapngWalker(_Walker):
             good &= blen >= 32
             good &= nxt <= end
             good &= words[np.minimum(nxt, end) - 4] == blen
-            if not good.all():
-                bad = ~good
-                early[ids[bad]] = True
-                cur[ids[bad]] = at[bad]
-                ids, at, nxt, bound = ids[good], at[good], nxt[good], bound[good]
-                if not len(ids):
-                    break
-            steps.append(at)
-            chains.append(ids)
-            keep = _cross(ids, nxt, bound, heads, stop, cur, land)
-            if keep is not None:
-                ids, nxt, bound = ids[keep], nxt[keep], bound[keep]
-                if not len(ids):
-                    break
-            at = nxt
-        else:
-            early[ids] = True
-            cur[ids] = at
-        if not steps:  # every chain stopped at once, the first at ``pos``
+            return nxt, good, None
+
+        chased = _follow(heads, stop, CHASE_SEGMENT // 32, step)
+        if chased is None:  # every chain stopped at once, the first at ``pos``
             return np.zeros(0, np.int64), pos, 1
-        found, nxt, _ = _linked(steps, chains, early, land, cur)
-        return found, nxt, len(steps)
+        found, nxt, _, steps = chased
+        return found, nxt, steps
 
     def _whole_epb(self, data: np.ndarray, pos: int) -> bool:
         """Whether the walk one by one takes the block at ``pos`` as it comes (an EPB)."""
