@@ -15,17 +15,14 @@ import pytest
 from dmfnet.capture import read_packets, reader
 from dmfnet.problems import ProblemLog
 from pcapbuild import Record, ethernet, ipv4, pcap_bytes, tcp, write_bytes
+from walkcheck import read, same_as_one_by_one, shrink_chase
 
 T0 = 1_700_000_000  # seconds; top byte 0x65
 
 
 @pytest.fixture(autouse=True)
 def small_chase(monkeypatch):
-    monkeypatch.setattr(reader, "CHASE_SEGMENT", 512)
-    monkeypatch.setattr(reader, "CHASE_WINDOW", 256)
-    monkeypatch.setattr(reader, "CHASE_MIN_BYTES", 1024)
-    monkeypatch.setattr(reader, "CHASE_BURST", 8)
-    monkeypatch.setattr(reader, "CHASE_YIELD", 1)
+    shrink_chase(monkeypatch)
 
 
 def fake_header(rng: random.Random, sec: int) -> bytes:
@@ -60,57 +57,6 @@ def records(n: int, seed: int, *, start: int = T0, step_ns: int = 7_000_000) -> 
         out.append(Record(ts, payload(rng, size, ts // 10**9)))
         ts += rng.randrange(step_ns)
     return out
-
-
-def read(path, chase: bool, monkeypatch, **kw):
-    """Every batch's record fields and the problems, read with or without the chase."""
-    monkeypatch.setattr(reader._PcapWalker, "chase", chase)
-    chased = []
-    original = reader._PcapWalker._chase
-
-    def counting(self, data, pos, limit):
-        result = original(self, data, pos, limit)  # records, their headers, next, steps
-        chased.append(len(result[0]))
-        return result
-
-    monkeypatch.setattr(reader._PcapWalker, "_chase", counting)
-    problems = ProblemLog()
-    batches = []
-    for parsed in read_packets(path, problems, **kw):
-        b = parsed.batch
-        batches.append(
-            {
-                "file_offset": b.file_offset.copy(),
-                "caplen": b.caplen.copy(),
-                "wirelen": b.wirelen.copy(),
-                "ts_ns": b.ts_ns.copy(),
-                "bytes": [
-                    bytes(b.data[o : o + c]) for o, c in zip(b.offset, b.caplen, strict=True)
-                ],
-                "ip_version": parsed.ip_version.copy(),
-                "src_port": parsed.src_port.copy(),
-            }
-        )
-    listed = [(p.offset, p.reason) for p in problems.problems]
-    return batches, listed, sum(chased)
-
-
-def same_as_one_by_one(path, monkeypatch, **kw):
-    """Read ``path`` both ways, check they agree; return (records, problems, chased)."""
-    fast, fast_problems, chased = read(path, True, monkeypatch, **kw)
-    slow, slow_problems, none = read(path, False, monkeypatch, **kw)
-    assert none == 0
-    assert fast_problems == slow_problems
-    assert len(fast) == len(slow)
-    for f, s in zip(fast, slow, strict=True):
-        assert f.keys() == s.keys()
-        for k in f:
-            if k == "bytes":
-                assert f[k] == s[k]
-            else:
-                np.testing.assert_array_equal(f[k], s[k], err_msg=k)
-    n = sum(len(b["caplen"]) for b in fast)
-    return n, fast_problems, chased
 
 
 def test_fake_headers_in_payloads(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import struct
 import numpy as np
 import pytest
 
+import walkcheck
 from dmfnet.capture import read_packets, reader
 from dmfnet.problems import ProblemLog
 from pcapbuild import (
@@ -25,17 +26,14 @@ from pcapbuild import (
     pcapng_bytes,
     write_bytes,
 )
+from walkcheck import shrink_chase
 
 T0 = 1_700_000_000 * 10**9  # ns
 
 
 @pytest.fixture(autouse=True)
 def small_chase(monkeypatch):
-    monkeypatch.setattr(reader, "CHASE_SEGMENT", 512)
-    monkeypatch.setattr(reader, "CHASE_WINDOW", 256)
-    monkeypatch.setattr(reader, "CHASE_MIN_BYTES", 1024)
-    monkeypatch.setattr(reader, "CHASE_BURST", 8)
-    monkeypatch.setattr(reader, "CHASE_YIELD", 1)
+    shrink_chase(monkeypatch)
 
 
 def fake_block(rng: random.Random) -> bytes:
@@ -79,55 +77,11 @@ def records(n: int, seed: int, *, interfaces: int = 1, blocks: tuple[str, ...] =
 
 
 def read(path, chase: bool, monkeypatch, **kw):
-    """Every batch's record fields and the problems, read with or without the chase."""
-    monkeypatch.setattr(reader._PcapngWalker, "chase", chase)
-    monkeypatch.setattr(reader._PcapWalker, "chase", chase)
-    chased = []
-    original = reader._PcapngWalker._chase
-
-    def counting(self, data, pos, limit):
-        got, nxt, steps = original(self, data, pos, limit)
-        chased.append(len(got))
-        return got, nxt, steps
-
-    monkeypatch.setattr(reader._PcapngWalker, "_chase", counting)
-    problems = ProblemLog()
-    batches = []
-    for parsed in read_packets(path, problems, **kw):
-        b = parsed.batch
-        batches.append(
-            {
-                "file_offset": b.file_offset.copy(),
-                "caplen": b.caplen.copy(),
-                "wirelen": b.wirelen.copy(),
-                "ts_ns": b.ts_ns.copy(),
-                "linktype": b.linktype.copy(),
-                "bytes": [
-                    bytes(b.data[o : o + c]) for o, c in zip(b.offset, b.caplen, strict=True)
-                ],
-                "ip_version": parsed.ip_version.copy(),
-            }
-        )
-    listed = [(p.offset, p.reason) for p in problems.problems]
-    return batches, listed, sum(chased)
+    return walkcheck.read(path, chase, monkeypatch, reader._PcapngWalker, **kw)
 
 
 def same_as_one_by_one(path, monkeypatch, **kw):
-    """Read ``path`` both ways, check they agree; return (records, problems, chased)."""
-    fast, fast_problems, chased = read(path, True, monkeypatch, **kw)
-    slow, slow_problems, none = read(path, False, monkeypatch, **kw)
-    assert none == 0
-    assert fast_problems == slow_problems
-    assert len(fast) == len(slow)
-    for f, s in zip(fast, slow, strict=True):
-        assert f.keys() == s.keys()
-        for k in f:
-            if k == "bytes":
-                assert f[k] == s[k]
-            else:
-                np.testing.assert_array_equal(f[k], s[k], err_msg=k)
-    n = sum(len(b["caplen"]) for b in fast)
-    return n, fast_problems, chased
+    return walkcheck.same_as_one_by_one(path, monkeypatch, reader._PcapngWalker, **kw)
 
 
 def block_starts(image: bytes) -> list[tuple[int, int]]:
