@@ -54,6 +54,19 @@ def _flow(tmp_path, recs):
     return cols
 
 
+def _client_segments(segments: list[tuple[bytes, int]]) -> list[Record]:
+    """A TCP handshake (client ISN 1000), then the client's (data, seq) segments in order."""
+    c, s = ("10.0.0.1", 40000), ("10.0.0.2", 443)
+    return [
+        Record(T0, ip(c[0], s[0], 6, tcp(c[1], s[1], b"", seq=1000, flags="S"))),
+        Record(T0 + 1, ip(s[0], c[0], 6, tcp(s[1], c[1], b"", seq=5000, flags="SA"))),
+        Record(T0 + 2, ip(c[0], s[0], 6, tcp(c[1], s[1], b"", seq=1001, flags="A"))),
+    ] + [
+        Record(T0 + 3 + i, ip(c[0], s[0], 6, tcp(c[1], s[1], data, seq=q, flags="PA")))
+        for i, (data, q) in enumerate(segments)
+    ]
+
+
 def test_header_fields_are_zeroed_where_the_capture_cuts_the_header_short(tmp_path):
     c, s = ("10.1.2.3", 40000), ("10.9.8.7", 8080)
     full = [
@@ -116,17 +129,9 @@ def test_tls_stream_segment_far_behind_the_stream_is_left_out(tmp_path, monkeypa
     message = bytes([1]) + len(body).to_bytes(3, "big") + body
     hello = struct.pack("!BHH", 22, 0x0301, len(message)) + message
     split = hello.index(host) + 5  # inside the host name
-    c, s = ("10.0.0.1", 40000), ("10.0.0.2", 443)
     seq = 1001
     payloads = [(hello[:split], seq), (hello[split:], seq + split), (b"late" * 8, seq - 5000)]
-    recs = [
-        Record(T0, ip(c[0], s[0], 6, tcp(c[1], s[1], b"", seq=1000, flags="S"))),
-        Record(T0 + 1, ip(s[0], c[0], 6, tcp(s[1], c[1], b"", seq=5000, flags="SA"))),
-        Record(T0 + 2, ip(c[0], s[0], 6, tcp(c[1], s[1], b"", seq=seq, flags="A"))),
-    ] + [
-        Record(T0 + 3 + i, ip(c[0], s[0], 6, tcp(c[1], s[1], data, seq=q, flags="PA")))
-        for i, (data, q) in enumerate(payloads)
-    ]
+    recs = _client_segments(payloads)
     tracemalloc.start()
     try:
         cols = _flow(tmp_path, recs)
@@ -232,15 +237,7 @@ def test_tls_stream_rebuild_out_of_order_and_retransmitted_with_other_bytes(tmp_
     seq = 1001
     pieces = [(0, 40), (at + 7, len(hello)), (0, 8), (40, at + 7)]
     segments = [(bad, seq)] + [(hello[a:b], seq + a) for a, b in pieces[1:]]
-    c, s = ("10.0.0.1", 40000), ("10.0.0.2", 443)
-    recs = [
-        Record(T0, ip(c[0], s[0], 6, tcp(c[1], s[1], b"", seq=1000, flags="S"))),
-        Record(T0 + 1, ip(s[0], c[0], 6, tcp(s[1], c[1], b"", seq=5000, flags="SA"))),
-        Record(T0 + 2, ip(c[0], s[0], 6, tcp(c[1], s[1], b"", seq=seq, flags="A"))),
-    ] + [
-        Record(T0 + 3 + i, ip(c[0], s[0], 6, tcp(c[1], s[1], data, seq=q, flags="PA")))
-        for i, (data, q) in enumerate(segments)
-    ]
+    recs = _client_segments(segments)
     cols = _flow(tmp_path, recs)
     zeroed = bytearray(hello)
     zeroed[at : at + len(host)] = bytes(len(host))
