@@ -55,7 +55,8 @@ def test_stopping_early_stops_and_closes_the_producer():
         finally:
             state["closed"] = True
 
-    items = run_ahead(produce(), depth=1)
+    producer = produce()  # still referenced here: only an explicit close runs its finally
+    items = run_ahead(producer, depth=1)
     assert [next(items) for _ in range(3)] == [0, 1, 2]
     items.close()  # returns once the producer thread has ended
     assert state["closed"]
