@@ -309,3 +309,20 @@ def test_prepare_help_explains_every_option(capsys):
         "--force",
     ):
         assert option in text, option
+
+
+def test_parts_over_the_small_size_stay_even_when_a_group_has_room(tmp_path):
+    import pyarrow.parquet as pq
+
+    from dmfnet.data.prepare import _merge_small_parts
+    from test_data_dataset import synthetic_flows
+
+    parts = []
+    for index, rows in enumerate([5, 2, 2, 5, 1]):
+        writer = PartWriter(tmp_path, index)
+        writer.write(synthetic_flows(rows, seed=index), f"c{index}")
+        parts += [p.name for p in writer.close()]
+    merged = _merge_small_parts(tmp_path, parts, target_rows=100, small_rows=3)
+    assert merged == [parts[0], parts[1], parts[3], parts[4]]
+    assert pq.ParquetFile(tmp_path / parts[1]).metadata.num_rows == 4
+    assert pq.ParquetFile(tmp_path / parts[0]).metadata.num_rows == 5
