@@ -326,3 +326,17 @@ def test_parts_over_the_small_size_stay_even_when_a_group_has_room(tmp_path):
     assert merged == [parts[0], parts[1], parts[3], parts[4]]
     assert pq.ParquetFile(tmp_path / parts[1]).metadata.num_rows == 4
     assert pq.ParquetFile(tmp_path / parts[0]).metadata.num_rows == 5
+
+
+def test_removals_are_counted_per_flow(tmp_path):
+    folder = tmp_path / "caps" / "mail"
+    folder.mkdir(parents=True)
+    records = tcp_conversation(
+        ("10.0.0.1", 40000), ("10.0.0.2", 993), (("c", b"a1 LOGIN"), ("s", b"a1 OK")), start_ns=T0
+    )
+    for i in range(3):
+        records += udp_exchange(("10.0.0.1", 6000 + i), ("10.0.0.53", 53), start_ns=T0 + i)
+    write_pcap(folder / "m.pcap", sorted(records, key=lambda r: r.ts_ns), linktype=LINKTYPE_RAW)
+    summary = _prepare(tmp_path / "caps", tmp_path / "ds", workers=1)
+    assert summary.classes == {"mail": 1}
+    assert summary.card["removed"]["dns"] == {"mail": 3}
