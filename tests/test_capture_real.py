@@ -188,3 +188,25 @@ def test_linux_nflog_capture():
     for b in batches:
         assert (b.ip_version == 4).all() and (b.protocol == 6).all()
         assert ((b.src_port == 80) | (b.dst_port == 80)).all()
+
+
+def test_chase_and_walk_one_by_one_agree_on_every_shared_file(monkeypatch):
+    """Records (offsets, lengths, times) and problems match with the chase on and off."""
+    from dmfnet.capture import reader
+
+    def read(path, chase):
+        monkeypatch.setattr(reader._PcapWalker, "chase", chase)
+        monkeypatch.setattr(reader._PcapngWalker, "chase", chase)
+        problems = ProblemLog()
+        batches = [p.batch for p in read_packets(path, problems)]
+        fields = [
+            np.concatenate([getattr(b, f) for b in batches]).tolist() if batches else []
+            for f in ("file_offset", "caplen", "ts_ns")
+        ]
+        return fields, [(p.offset, p.reason) for p in problems.problems]
+
+    files = [p for d in ("data", "fixtures") for p in sorted((SHARED / d).rglob("*"))]
+    files = [p for p in files if p.is_file()]
+    for path in files:
+        assert read(path, True) == read(path, False), path
+    assert len(files) > 2000
