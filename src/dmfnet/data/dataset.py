@@ -180,11 +180,15 @@ def take_rows(flows: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np
 class PartWriter:
     """Writes one capture's flows to ``part-<index>-<seq>.parquet`` files, streaming.
 
-    Flows are buffered up to a row group and written as they come, so memory stays
-    bounded whatever the capture size; a new part file starts every ``part_rows`` flows.
+    Flows are copied into a row group's worth of numpy columns and written when it is
+    full, so memory stays bounded whatever the capture size and each row group is turned
+    into Arrow once, however small the pieces handed in; a new part file starts every
+    ``part_rows`` flows. Row groups are cut every ``row_group_rows`` flows, so the files
+    depend on the flows written, not on how they were handed in. A writer for one
+    ``bucket`` of a capture's flows names its files ``part-<index>-b<bucket>-<seq>.parquet``.
     Nothing is created for a capture without flows. With ``background`` a thread encodes
-    and writes each full row group while the caller goes on (one row group in flight at
-    most); a write error is raised by the next ``write`` or by ``close``.
+    and writes each full row group while the caller fills the next (one row group in
+    flight at most); a write error is raised by the next ``write`` or by ``close``.
     """
 
     def __init__(
@@ -192,19 +196,25 @@ class PartWriter:
         folder: str | Path,
         index: int,
         *,
+        bucket: int | None = None,
         row_group_rows: int = ROW_GROUP_ROWS,
         part_rows: int = PART_ROWS,
         background: bool = False,
     ) -> None:
+        if row_group_rows < 1 or part_rows < 1:
+            raise ValueError("row_group_rows and part_rows must be at least 1")
         self.folder = Path(folder)
         self.index = index
+        self.stem = f"part-{index:06d}" + ("" if bucket is None else f"-b{bucket:02d}")
         self.row_group_rows = row_group_rows
         self.part_rows = part_rows
         self.paths: list[Path] = []
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._part_rows = 0
-        self._buffer: list[pa.Table] = []
+        # The row group being filled, and a second one for the row group in flight.
+        self._buffer: dict[str, np.ndarray] | None = None
+        self._spare: dict[str, np.ndarray] | None = None
         self._buffered = 0
         self._thread: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
@@ -213,27 +223,47 @@ class PartWriter:
 
     def write(self, flows: Mapping[str, np.ndarray], labels: np.ndarray | str) -> None:
         """Append flows (already filtered) with their labels."""
-        table = flows_to_table(flows, labels)
-        if table.num_rows == 0:
-            return
-        self._buffer.append(table)
-        self._buffered += table.num_rows
-        self.rows += table.num_rows
-        if self._buffered >= self.row_group_rows:
-            self._flush()
+        columns = _writable_columns(flows, labels)
+        n = len(columns[LABEL_COLUMN])
+        if self._buffer is None:
+            self._buffer = self._allocate(columns)
+        widths = {k: v.shape[1] for k, v in self._buffer.items() if v.ndim == 2}
+        if any(columns[k].shape[1] != w for k, w in widths.items()):
+            raise ValueError("flow chunks of one capture differ in sequence widths")
+        start = 0
+        while start < n:
+            take = min(self.row_group_rows - self._buffered, n - start)
+            at = slice(self._buffered, self._buffered + take)
+            for name, buffer in self._buffer.items():
+                buffer[at] = columns[name][start : start + take]
+            self._buffered += take
+            self.rows += take
+            start += take
+            if self._buffered == self.row_group_rows:
+                self._flush()
+
+    def _allocate(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = self.row_group_rows
+        return {
+            name: np.empty((rows, *values.shape[1:]), dtype=_column_dtype(name))
+            for name, values in columns.items()
+        }
 
     def _flush(self) -> None:
+        """Write the rows buffered (a full row group, or the last one at ``close``)."""
         if not self._buffered:
             return
-        if any(t.schema != self._buffer[0].schema for t in self._buffer):
-            raise ValueError("flow chunks of one capture differ in sequence widths")
-        table = pa.concat_tables(self._buffer)
-        self._buffer, self._buffered = [], 0
-        self._wait()
+        filled = {name: values[: self._buffered] for name, values in self._buffer.items()}
+        table = flows_to_table(filled, filled[LABEL_COLUMN])
+        self._buffered = 0
+        self._wait()  # the spare buffer is free once the row group in flight is written
         if self._thread is None:
             self._write_out(table)
         else:
             self._pending = self._thread.submit(self._write_out, table)
+            if self._spare is None:
+                self._spare = {k: np.empty_like(v) for k, v in self._buffer.items()}
+            self._buffer, self._spare = self._spare, self._buffer
 
     def _wait(self) -> None:
         """Wait for the row group in flight; raise its error, if any."""
@@ -255,7 +285,7 @@ class PartWriter:
     def _open_next(self, schema: pa.Schema) -> None:
         if self._writer is not None:
             self._writer.close()
-        path = self.folder / f"part-{self.index:06d}-{len(self.paths):03d}.parquet"
+        path = self.folder / f"{self.stem}-{len(self.paths):03d}.parquet"
         self._writer = open_parquet_writer(path, schema)
         self.paths.append(path)
         self._part_rows = 0
@@ -273,6 +303,38 @@ class PartWriter:
                 self._writer.close()
                 self._writer = None
         return self.paths
+
+
+def _column_dtype(name: str) -> np.dtype:
+    if name in SEQUENCE_COLUMNS:
+        return np.dtype(SEQUENCE_COLUMNS[name][0])
+    if name == LABEL_COLUMN or SCALAR_COLUMNS[name] == _STRING:
+        return np.dtype(object)
+    return np.dtype(SCALAR_COLUMNS[name])
+
+
+def _writable_columns(
+    flows: Mapping[str, np.ndarray], labels: np.ndarray | str
+) -> dict[str, np.ndarray]:
+    """The schema's columns of a chunk and its labels, checked for presence and shape."""
+    n = _row_count(flows)
+    missing = [c for c in (*SCALAR_COLUMNS, *SEQUENCE_COLUMNS) if c not in flows]
+    if missing:
+        raise ValueError(f"flow chunk lacks column(s): {', '.join(missing)}")
+    columns = {
+        LABEL_COLUMN: np.full(n, labels, dtype=object)
+        if isinstance(labels, str)
+        else np.asarray(labels)
+    }
+    for name in (*SCALAR_COLUMNS, *SEQUENCE_COLUMNS):
+        values = np.asarray(flows[name])
+        want = 2 if name in SEQUENCE_COLUMNS else 1
+        if values.ndim != want or len(values) != n:
+            raise ValueError(f"column {name!r}: shape {values.shape}, expected {n} rows")
+        columns[name] = values
+    if columns[LABEL_COLUMN].shape != (n,):
+        raise ValueError(f"labels: shape {columns[LABEL_COLUMN].shape}, expected ({n},)")
+    return columns
 
 
 def open_parquet_writer(path: str | Path, schema: pa.Schema | None = None) -> pq.ParquetWriter:

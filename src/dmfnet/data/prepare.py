@@ -1,14 +1,19 @@
 """Captures -> labelled flow dataset on disk: ``dmfnet prepare``.
 
-Each capture is streamed (packets -> flows -> labels -> Parquet) by one worker process,
+Each capture is streamed (packets -> flows -> labels -> Parquet) by a worker process,
 so memory stays bounded whatever the capture size and captures are processed in
-parallel. Every worker writes its own part files; when all are done the optional
-per-class sample is applied and ``dataset.json`` records how the dataset was made.
+parallel. A large capture's flows are shared out into buckets by a hash of their key;
+when there are more cores than captures, several processes read one large capture, each
+assembling the flows of some of its buckets. Its rows come bucket by bucket, the same
+however many processes shared it. Every worker writes its own part files; when all are
+done the optional per-class sample is applied and ``dataset.json`` records how the
+dataset was made.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import multiprocessing as mp
 import os
 import sys
@@ -39,7 +44,7 @@ from dmfnet.data.dataset import (
     take_rows,
 )
 from dmfnet.data.labels import UNLABELLED, Labeller, make_labeller
-from dmfnet.flows import assemble_flows
+from dmfnet.flows import Buckets, assemble_flows
 from dmfnet.flows.config import FlowConfig
 from dmfnet.problems import ProblemLog
 from dmfnet.progress import byte_progress
@@ -63,6 +68,11 @@ PROGRESS_STEP = 1 << 20  # workers report progress every MiB read
 # capture with more flows keeps its own part (rewriting it would cost as much as writing).
 SMALL_PART_ROWS = 1024
 PROBLEMS_LISTED = 10_000  # problems listed in full in dataset.json (all are counted)
+# A capture of at least SPLIT_MIN_BYTES has its flows in BUCKETS buckets (rows bucket by
+# bucket), so that up to BUCKETS processes can share it. Both are fixed, not taken from the
+# number of cores: the dataset must not depend on the machine that made it.
+BUCKETS = 8
+SPLIT_MIN_BYTES = 64 << 20
 
 
 class PrepareError(ValueError):
@@ -75,11 +85,12 @@ class OutputError(RuntimeError):
 
 @dataclass
 class CaptureResult:
-    """What one capture gave: counts per class and filter, problems, part files."""
+    """What one capture (or some buckets of it) gave: counts, problems, part files."""
 
     index: int
     path: str
     size: int
+    buckets: Buckets = Buckets()
     packets: int = 0
     flows: int = 0  # assembled, before filters
     kept: Counter = field(default_factory=Counter)  # flows written, per label
@@ -199,12 +210,13 @@ def _init_worker(
     )
 
 
-def _worker_task(index: int, path: str, size: int) -> CaptureResult:
+def _worker_task(index: int, path: str, size: int, buckets: Buckets) -> CaptureResult:
     queue = _WORKER["queue"]
     return prepare_capture(
         index,
         path,
         size,
+        buckets=buckets,
         out=_WORKER["out"],
         labeller=_WORKER["labeller"],
         config=_WORKER["config"],
@@ -215,31 +227,42 @@ def _worker_task(index: int, path: str, size: int) -> CaptureResult:
 
 
 class _ProgressRelay:
-    """Batches the reader's byte increments: sent at most every MiB, never past the size."""
+    """Batches the reader's byte increments: sent at most every MiB, never past the size.
 
-    def __init__(self, send: Callable[[int], None] | None, size: int) -> None:
+    Each of the processes sharing a file's ``buckets`` reports its share of what it
+    reads, so that their reports add up to the file's size.
+    """
+
+    def __init__(
+        self, send: Callable[[int], None] | None, size: int, buckets: Buckets = Buckets()
+    ) -> None:
         self.send = send
-        self.size = size
+        self.width, self.count = buckets.hi - buckets.lo, buckets.count
+        self.size = size * buckets.hi // self.count - size * buckets.lo // self.count
+        self.read = 0
         self.sent = 0
-        self.pending = 0
 
     def __call__(self, consumed: int) -> None:
         # The reader reports bytes of the file consumed since its previous call.
-        self.pending += max(int(consumed), 0)
-        if self.send is not None and self.pending >= PROGRESS_STEP:
+        self.read += max(int(consumed), 0)
+        if self.send is not None and self._due() - self.sent >= PROGRESS_STEP:
             self.flush()
 
+    def _due(self) -> int:
+        return min(self.read * self.width // self.count, self.size)
+
     def flush(self) -> None:
-        step = min(self.pending, self.size - self.sent)
+        step = self._due() - self.sent
         if self.send is not None and step > 0:
             self.send(step)
         self.sent += max(step, 0)
-        self.pending = 0
 
     def finish(self) -> None:
-        """Report the rest of the file, read or not, so the bar ends at 100 %."""
-        self.pending = self.size - self.sent
-        self.flush()
+        """Report the rest of the share, read or not, so the bar ends at 100 %."""
+        step = self.size - self.sent
+        if self.send is not None and step > 0:
+            self.send(step)
+        self.sent = self.size
 
 
 def _count_packets(batches: Iterable, result: CaptureResult) -> Iterator:
@@ -268,22 +291,27 @@ def prepare_capture(
     keep_unlabelled: bool = False,
     progress: Callable[[int], None] | None = None,
     ahead: bool = False,
+    buckets: Buckets = Buckets(),
 ) -> CaptureResult:
-    """Stream one capture into part files of ``out``; never raises for bad input.
+    """Stream one capture (the flows of ``buckets``) into part files of ``out``.
 
-    A problem reading the capture is recorded (file, offset, reason) and what was read
-    before it is kept.
+    Never raises for bad input: a problem reading the capture is recorded (file, offset,
+    reason) and what was read before it is kept. Of the readers of one capture, the one
+    holding bucket 0 records the reader's problems and counts packets.
     """
     path = str(path)
-    result = CaptureResult(index=index, path=path, size=size)
-    relay = _ProgressRelay(progress, size)
-    writer = PartWriter(out, index, background=ahead)
+    result = CaptureResult(index=index, path=path, size=size, buckets=buckets)
+    relay = _ProgressRelay(progress, size, buckets)
+    writers = _bucket_writers(out, index, buckets, ahead)
     try:
-        packets = _count_packets(read_packets(path, result.problems, progress=relay), result)
+        log = result.problems if buckets.primary else ProblemLog()  # others: seen by primary
+        packets = read_packets(path, log, progress=relay)
+        if buckets.primary:
+            packets = _count_packets(packets, result)
         packets = run_ahead(packets, depth=1 if ahead else 0, name="dmfnet-read")
-        flows = assemble_flows(packets, config, capture=path)
+        flows = assemble_flows(packets, config, capture=path, buckets=buckets)
         for chunk in flows:
-            _add_chunk(chunk, path, labeller, keep_unlabelled, writer, result)
+            _add_chunk(chunk, path, labeller, keep_unlabelled, writers, result)
         _count_non_ip(flows, result)
     except OutputError:
         raise
@@ -296,10 +324,24 @@ def prepare_capture(
     finally:
         relay.finish()
         try:
-            result.parts = [p.name for p in writer.close()]
+            result.parts = [p.name for w in writers.values() for p in w.close()]
         except OSError as exc:
             raise OutputError(f"cannot write flows to {out}: {exc}") from None
     return result
+
+
+def _bucket_writers(
+    out: str | Path, index: int, buckets: Buckets, background: bool
+) -> dict[int, PartWriter]:
+    """A writer for each bucket (one for a capture not split); bucket files have smaller
+    row groups, so that the buckets of one process buffer no more than one writer would."""
+    if buckets.count == 1:
+        return {0: PartWriter(out, index, background=background)}
+    rows = max(ROW_GROUP_ROWS // BUCKETS, 1)
+    return {
+        b: PartWriter(out, index, bucket=b, row_group_rows=rows, background=background)
+        for b in range(buckets.lo, buckets.hi)
+    }
 
 
 def _add_chunk(
@@ -307,7 +349,7 @@ def _add_chunk(
     path: str,
     labeller: Labeller,
     keep_unlabelled: bool,
-    writer: PartWriter,
+    writers: dict[int, PartWriter],
     result: CaptureResult,
 ) -> None:
     labels = labeller.label_chunk(chunk, path)
@@ -331,13 +373,33 @@ def _add_chunk(
         kept &= ~unlabelled
     if kept.any():
         try:
-            if kept.all():  # the usual case: no copy of the chunk
-                writer.write(chunk, labels)
-            else:
-                writer.write(take_rows(chunk, kept), labels[kept])
+            _write_buckets(chunk, labels, kept, writers)
         except OSError as exc:
-            raise OutputError(f"cannot write flows to {writer.folder}: {exc}") from None
+            folder = next(iter(writers.values())).folder
+            raise OutputError(f"cannot write flows to {folder}: {exc}") from None
         result.kept.update(labels[kept].tolist())
+
+
+def _write_buckets(
+    chunk: dict, labels: np.ndarray, kept: np.ndarray, writers: dict[int, PartWriter]
+) -> None:
+    """Write the kept flows of a chunk, each to the writer of its bucket."""
+    if len(writers) == 1:
+        writer = next(iter(writers.values()))
+        if kept.all():  # the usual case: no copy of the chunk
+            writer.write(chunk, labels)
+        else:
+            writer.write(take_rows(chunk, kept), labels[kept])
+        return
+    rows = np.flatnonzero(kept)
+    rows = rows[np.argsort(chunk["bucket"][rows], kind="stable")]  # file order kept within
+    bucket = chunk["bucket"][rows]
+    ordered, labels = take_rows(chunk, rows), labels[rows]
+    names = sorted(writers)
+    edges = np.searchsorted(bucket, [*names, names[-1] + 1])
+    for name, lo, hi in zip(names, edges[:-1], edges[1:], strict=True):
+        if hi > lo:
+            writers[name].write(take_rows(ordered, slice(lo, hi)), labels[lo:hi])
 
 
 # ------------------------------------------------------------------------------------------
@@ -362,8 +424,8 @@ class _WorkerPool:
         )
         self.pool.submit(int).result()  # launches the worker processes now
 
-    def run(self, tasks: list[tuple[int, str, int]], bar) -> list[CaptureResult]:
-        """Run the tasks, largest capture first; a dead worker fails only its capture."""
+    def run(self, tasks: list[_Task], bar) -> list[CaptureResult]:
+        """Run the tasks, most bytes per process first; a dead worker fails only its task."""
 
         def drain() -> None:
             while True:
@@ -376,14 +438,14 @@ class _WorkerPool:
         reader.start()
         results: list[CaptureResult] = []
         try:
-            order = sorted(tasks, key=lambda t: -t[2])
+            order = sorted(tasks, key=lambda t: -t[2] * (t[3].hi - t[3].lo) / t[3].count)
             futures = {self.pool.submit(_worker_task, *t): t for t in order}
             for future in as_completed(futures):
-                index, path, size = futures[future]
+                index, path, size, buckets = futures[future]
                 try:
                     results.append(future.result())
                 except BrokenProcessPool:
-                    failed = CaptureResult(index=index, path=path, size=size)
+                    failed = CaptureResult(index=index, path=path, size=size, buckets=buckets)
                     failed.problems.add(path, -1, "worker process died (out of memory?)")
                     results.append(failed)
         except BaseException:
@@ -394,6 +456,56 @@ class _WorkerPool:
             self.queue.put("stop")
             reader.join(timeout=5)
         return results
+
+
+_Task = tuple[int, str, int, Buckets]  # capture index, path, size, the buckets to assemble
+
+
+def _plan(captures: list[tuple[int, str, int]], cores: int) -> list[_Task]:
+    """The tasks for ``cores`` processes: one a capture, and a large capture's buckets
+    shared among several processes while there are more cores than tasks (each such
+    process reads all of the capture, so sharing pays only for otherwise idle cores)."""
+    count = [BUCKETS if size >= SPLIT_MIN_BYTES else 1 for _, _, size in captures]
+    shares = [1] * len(captures)
+    for _ in range(cores - len(captures)):
+        can = [i for i in range(len(captures)) if shares[i] < count[i]]
+        if not can:
+            break
+        i = max(can, key=lambda i: (captures[i][2] / shares[i], -i))  # most bytes a process
+        shares[i] += 1
+    tasks = []
+    for (index, path, size), n, k in zip(captures, count, shares, strict=True):
+        bounds = [n * j // k for j in range(k + 1)]
+        tasks += [(index, path, size, Buckets(n, lo, hi)) for lo, hi in itertools.pairwise(bounds)]
+    return tasks
+
+
+def _join_buckets(results: list[CaptureResult]) -> list[CaptureResult]:
+    """One result a capture, from the results of the processes that shared it.
+
+    Parts come bucket by bucket; the reader's problems and packet counts come from the
+    process holding bucket 0, and other problems (a failure in one process) are added
+    once each.
+    """
+    joined: list[CaptureResult] = []
+    for r in sorted(results, key=lambda r: (r.index, r.buckets.lo)):
+        if not joined or joined[-1].index != r.index:
+            joined.append(r)
+            continue
+        into = joined[-1]
+        into.packets += r.packets
+        into.flows += r.flows
+        into.kept.update(r.kept)
+        for rule, per_class in r.removed.items():
+            into.removed.setdefault(rule, Counter()).update(per_class)
+        into.unlabelled += r.unlabelled
+        into.non_ip.update(r.non_ip)
+        seen = set(into.problems.problems)
+        for problem in r.problems.problems:
+            if problem not in seen:
+                into.problems.add(problem.file, problem.offset, problem.reason)
+        into.parts += r.parts
+    return joined
 
 
 def _sample_per_class(
@@ -556,8 +668,10 @@ def prepare(
             sizes.append(path.stat().st_size)
         except OSError:
             sizes.append(0)
-    tasks = [(i, str(p), s) for i, (p, s) in enumerate(zip(captures, sizes, strict=True))]
     cores = workers or os.cpu_count() or 1
+    tasks = _plan(
+        [(i, str(p), s) for i, (p, s) in enumerate(zip(captures, sizes, strict=True))], cores
+    )
     n_workers = min(cores, len(tasks))
     # A core to spare for each worker: reading runs one chunk ahead in a thread.
     ahead = cores >= 2 * n_workers
@@ -581,17 +695,22 @@ def prepare(
                     keep_unlabelled=keep_unlabelled,
                     progress=bar.update,
                     ahead=ahead,
+                    buckets=b,
                 )
-                for i, p, s in tasks
+                for i, p, s, b in tasks
             ]
     except OutputError as exc:
         raise PrepareError(str(exc)) from None
     finally:
         bar.close()
-    results.sort(key=lambda r: r.index)
+    results = _join_buckets(results)
 
     card = _build_card(results, skipped, inputs, out, labeller, config, keep_unlabelled)
-    card["parameters"].update(max_flows_per_class=max_flows_per_class, seed=seed)
+    card["parameters"].update(
+        max_flows_per_class=max_flows_per_class,
+        seed=seed,
+        flow_buckets={"count": BUCKETS, "captures_from_bytes": SPLIT_MIN_BYTES},
+    )
     parts = [p for r in results for p in r.parts]
     written = {k: v["flows"] for k, v in card["classes"].items()}
     if max_flows_per_class is not None and parts:
@@ -657,6 +776,7 @@ def _build_card(
                 "path": r.path,
                 "bytes": r.size,
                 "packets": r.packets,
+                "flow_buckets": r.buckets.count,
                 "flows_assembled": r.flows,
                 "flows_removed": int(sum(sum(c.values()) for c in r.removed.values())),
                 "flows_kept": int(sum(r.kept.values())),

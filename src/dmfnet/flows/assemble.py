@@ -430,12 +430,47 @@ def _slice(parsed: ParsedPackets, lo: int, hi: int) -> ParsedPackets:
     )
 
 
+@dataclass(frozen=True)
+class Buckets:
+    """Flows split into ``count`` buckets by a hash of their key; an assembler keeps ``[lo, hi)``.
+
+    Several processes can assemble one capture, each reading all of it and keeping the
+    flows of its buckets. Every decision of the assembler is per flow, or taken from all
+    of a slice's packets (the capture's clock), so each bucket gets the same flows in the
+    same order however the buckets are shared out; the emitted chunks then carry a
+    ``bucket`` column. Packets that enter no flow are counted by the assembler holding
+    bucket 0 only, so counts add up over a capture's assemblers.
+    """
+
+    count: int = 1
+    lo: int = 0
+    hi: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.count >= 1 and 0 <= self.lo < self.hi <= self.count):
+            raise ValueError(f"buckets [{self.lo}, {self.hi}) of {self.count}: not a range")
+
+    @property
+    def everything(self) -> bool:
+        return self.lo == 0 and self.hi == self.count
+
+    @property
+    def primary(self) -> bool:
+        """Holds bucket 0: counts what belongs to no flow."""
+        return self.lo == 0
+
+    def of(self, h: np.ndarray) -> np.ndarray:
+        """The bucket of each key hash."""
+        return (h % np.uint64(self.count)).astype(np.int16)
+
+
 class FlowAssembler:
     """Turns a capture's packet batches into flows; push batches, then :meth:`finish`."""
 
-    def __init__(self, config: FlowConfig, capture: str) -> None:
+    def __init__(self, config: FlowConfig, capture: str, buckets: Buckets = Buckets()) -> None:
         self.config = config
         self.capture = str(capture)
+        self.buckets = buckets
         self.stats = AssemblyStats()
         c = config
         self._pool = _RowPool(
@@ -475,7 +510,8 @@ class FlowAssembler:
         only once the chunks of the previous one have been taken, and each chunk is laid
         out when it is taken: at most one chunk exists at a time.
         """
-        self.stats.packets += len(parsed)
+        if self.buckets.primary:
+            self.stats.packets += len(parsed)
         for lo in range(0, len(parsed), SLICE_PACKETS):
             was_enabled = gc.isenabled()
             gc.disable()  # many short-lived arrays, no reference cycles
@@ -521,11 +557,11 @@ class FlowAssembler:
         n = len(parsed)
         is_ip = parsed.ip_version != 0
         frag = parsed.fragment & is_ip
-        self.stats.non_ip += int(n - np.count_nonzero(is_ip))
-        self.stats.unplaced_fragments += int(np.count_nonzero(frag))
+        if self.buckets.primary:
+            self.stats.non_ip += int(n - np.count_nonzero(is_ip))
+            self.stats.unplaced_fragments += int(np.count_nonzero(frag))
         use = np.flatnonzero(is_ip & ~frag)
         m = len(use)
-        self.stats.ip_packets += m
         if m == 0:  # nothing to place; the capture's clock has not moved either
             return []
 
@@ -553,6 +589,18 @@ class FlowAssembler:
         # expire every open flow.)
         self._clock = max(self._clock, float(np.median(ts)))
         self._latest = max(self._latest, float(ts.max()))
+        if not self.buckets.everything:  # the clock above is the whole slice's
+            bucket = self.buckets.of(h)
+            mine = np.flatnonzero((bucket >= self.buckets.lo) & (bucket < self.buckets.hi))
+            if len(mine) < m:
+                use, proto, ipv, src_is_lo, lo_hi, lo_lo, hi_hi, hi_lo, ports, h, ts = (
+                    x[mine]
+                    for x in (use, proto, ipv, src_is_lo, lo_hi, lo_lo, hi_hi, hi_lo, ports, h, ts)
+                )
+                m = len(mine)
+                if m == 0:
+                    return self._expire_open()
+        self.stats.ip_packets += m
 
         # The packets in the order of the hash's high bits (those above the bits of a packet
         # index), file order kept within equal bits: a radix sort, 16 bits a pass (stable
@@ -721,12 +769,15 @@ class FlowAssembler:
         emissions = []
         if ended.any():
             emissions.append(self._emit(st, reason, np.flatnonzero(ended)))
-        # Open flows without packets in this batch whose idle timeout has passed.
-        expired = self._clock - pool["last"][self._index_slot] > cfg.idle_timeout
-        if expired.any():
-            emissions.append(self._emit_open(expired, END_IDLE))
+        emissions += self._expire_open()
         self.stats.peak_open_flows = max(self.stats.peak_open_flows, len(self._index_slot))
         return emissions
+
+    def _expire_open(self) -> list[Iterator[FlowChunk]]:
+        """Emit the open flows whose idle timeout has passed on the capture's clock."""
+        last = self._pool.arrays["last"][self._index_slot]
+        expired = self._clock - last > self.config.idle_timeout
+        return [self._emit_open(expired, END_IDLE)] if expired.any() else []
 
     def _group_by_key(
         self,
@@ -1239,6 +1290,8 @@ class FlowAssembler:
         out["syn_seen"] = st["syn_seen"].copy()
         out["handshake_complete"] = st["handshake_complete"].copy()
         out["end_reason"] = np.array(END_REASONS, dtype=object)[reason]
+        if self.buckets.count > 1:
+            out["bucket"] = self.buckets.of(st["h"])
 
         # Filters, first matching rule wins (order: what the flow is, then how it went).
         tcp = proto == TCP
@@ -1270,9 +1323,15 @@ class FlowAssembler:
 class FlowStream(Iterator[FlowChunk]):
     """Iterator over a capture's flow chunks; ``stats`` is complete once it is exhausted."""
 
-    def __init__(self, packets: Iterable[ParsedPackets], config: FlowConfig, capture: str) -> None:
+    def __init__(
+        self,
+        packets: Iterable[ParsedPackets],
+        config: FlowConfig,
+        capture: str,
+        buckets: Buckets = Buckets(),
+    ) -> None:
         self._packets = iter(packets)
-        self._assembler = FlowAssembler(config, capture)
+        self._assembler = FlowAssembler(config, capture, buckets)
         self._done = False
         self._current: Iterator[FlowChunk] = iter(())
 
@@ -1300,11 +1359,15 @@ class FlowStream(Iterator[FlowChunk]):
 
 
 def assemble_flows(
-    packets: Iterable[ParsedPackets], config: FlowConfig, capture: str
+    packets: Iterable[ParsedPackets],
+    config: FlowConfig,
+    capture: str,
+    buckets: Buckets = Buckets(),
 ) -> FlowStream:
     """Stream a capture's flows: chunks of ended flows as they end, the rest at the end.
 
     ``capture`` names the source file in every flow. Removed flows are included with their
     ``filter_reason``; read ``.stats`` of the returned iterator for what could not be placed.
+    ``buckets`` keeps only the flows of some buckets (see :class:`Buckets`).
     """
-    return FlowStream(packets, config, capture)
+    return FlowStream(packets, config, capture, buckets)
