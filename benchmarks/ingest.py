@@ -352,7 +352,10 @@ def measure(
         def sample() -> None:
             pids, listed = [child.pid], time.perf_counter()
             while not done.wait(sample_every):
-                if time.perf_counter() - listed > 1.0:  # the /proc walk costs a few ms
+                # The /proc walk costs a few ms: at every sample for the first second
+                # (worker processes start then), then once a second.
+                now = time.perf_counter()
+                if now - started < 1.0 or now - listed > 1.0:
                     pids, listed = _process_tree(child.pid), time.perf_counter()
                 total, anon = _rss(pids)
                 peak[0], peak[1] = max(peak[0], total), max(peak[1], anon)

@@ -715,3 +715,36 @@ def test_batches_read_the_same_bytes_after_their_pages_are_released(tmp_path):
         for o, c in zip(b.batch.offset.tolist(), b.batch.caplen.tolist(), strict=True)
     ]
     assert got == [r.data for r in framed]
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_mapped_pages_are_let_go_behind_the_batches_still_in_use(tmp_path, monkeypatch, read_ahead):
+    from dmfnet.capture import reader
+
+    recs = [r for i in range(6000) for r in _eth_records(1)]
+    path = write_pcap(tmp_path / "p.pcap", recs)
+    released = [0]
+    original = reader.release_pages
+
+    def spy(mm, start, stop):
+        released.append(original(mm, start, stop))
+        return released[-1]
+
+    def page(offset):
+        return int(offset) - int(offset) % reader.mmap.PAGESIZE
+
+    monkeypatch.setattr(reader, "release_pages", spy)
+    seen = []
+    for parsed in read_packets(path, ProblemLog(), chunk_bytes=1 << 16, read_ahead=read_ahead):
+        offsets = parsed.batch.offset
+        # when a batch is handed out, the pages let go end before it, and before the
+        # batch the consumer may still read when a reader thread runs ahead of it
+        in_use = seen[-1] if read_ahead and seen else offsets
+        assert released[-1] <= page(in_use[0])
+        # and everything before that is let go
+        if read_ahead and len(seen) >= 2:
+            assert released[-1] == page(seen[-2][0])
+        elif not read_ahead and seen:
+            assert released[-1] >= page(seen[-1][-1])
+        seen.append(offsets)
+    assert len(seen) >= 6

@@ -51,8 +51,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="cores to use (default: all): captures are processed in parallel, and with "
-        "a core to spare a capture is read one chunk ahead in a thread (1 = one core)",
+        help="cores to use (default: all): captures are processed in parallel, spare "
+        "cores share captures of 64 MiB or more, and with a core to spare a capture is "
+        "read one chunk ahead in a thread (1 = one core); the output is the same for any N",
     )
     p.add_argument(
         "--max-flows-per-class",

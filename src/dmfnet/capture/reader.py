@@ -1023,6 +1023,7 @@ def read_packets(
     *,
     chunk_bytes: int = 64 << 20,
     progress: Progress | None = None,
+    read_ahead: bool = True,
 ) -> Iterator[ParsedPackets]:
     """Parsed packets of a pcap/pcapng capture (plain or gzip), one batch per chunk.
 
@@ -1030,6 +1031,9 @@ def read_packets(
     decompressed bytes held). ``progress(n)`` is called as the file is consumed, with the
     number of bytes of the file on disk consumed since the previous call; the calls add up
     to the file's size. Problems go to ``problems``; this never raises for bad data.
+    ``read_ahead`` says the consumer may still read a batch when it asks for the next one
+    (a reader thread runs ahead of it); when off, a batch's pages of a mapped file are
+    let go as soon as the next is asked for.
     """
     name = str(path)
     chunk_bytes = max(int(chunk_bytes), 1 << 16)
@@ -1060,13 +1064,20 @@ def read_packets(
             fh.seek(0)
             yield from _read_gzip(fh, name, problems, chunk_bytes, relay)
         else:
-            yield from _read_mapped(fh, name, size, head, problems, chunk_bytes, relay)
+            yield from _read_mapped(fh, name, size, head, problems, chunk_bytes, relay, read_ahead)
         if progress and consumed < size:  # the rest was skipped (not a capture, errors)
             progress(size - consumed)
 
 
 def _read_mapped(
-    fh, name: str, size: int, head: bytes, problems: ProblemLog, chunk: int, progress: Progress
+    fh,
+    name: str,
+    size: int,
+    head: bytes,
+    problems: ProblemLog,
+    chunk: int,
+    progress: Progress,
+    read_ahead: bool,
 ) -> Iterator[ParsedPackets]:
     walker = _make_walker(name, problems, head)
     if walker is None:
@@ -1091,9 +1102,9 @@ def _read_mapped(
         start = int(recs.offset[0]) if len(recs.offset) else pos
         if len(recs.offset):
             yield batcher.batch(data, recs, 0)
-        # Pages before the previous batch: when a reader thread runs one batch ahead, the
+        # Pages before the previous batch when a reader thread runs one batch ahead: the
         # consumer may still be reading the previous batch (re-faulting released pages).
-        released = _release(mm, released, previous)
+        released = release_pages(mm, released, previous if read_ahead else pos)
         previous = start
     del data
     try:
@@ -1102,7 +1113,7 @@ def _read_mapped(
         pass
 
 
-def _release(mm: mmap.mmap, start: int, stop: int) -> int:
+def release_pages(mm: mmap.mmap, start: int, stop: int) -> int:
     """Let the kernel drop the mapped pages of ``[start, stop)`` from this process.
 
     Without this, every page of a multi-GB capture that was read counts in the process's

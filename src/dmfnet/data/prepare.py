@@ -305,7 +305,7 @@ def prepare_capture(
     writers = _bucket_writers(out, index, buckets, ahead)
     try:
         log = result.problems if buckets.primary else ProblemLog()  # others: seen by primary
-        packets = read_packets(path, log, progress=relay)
+        packets = read_packets(path, log, progress=relay, read_ahead=ahead)
         if buckets.primary:
             packets = _count_packets(packets, result)
         packets = run_ahead(packets, depth=1 if ahead else 0, name="dmfnet-read")
@@ -631,8 +631,10 @@ def prepare(
 
     ``labels``: ``"folder"`` (parent folder name), ``"file"`` (file name without part
     suffix) or the path of a CSV of flows. ``workers``: cores to use (default: all);
-    captures go to ``min(workers, captures)`` processes (one runs in this process), and
-    a process with a second core to spare reads its capture one chunk ahead in a thread.
+    captures go to ``min(workers, captures)`` processes (this one when that is one), cores
+    left over share the captures of at least ``SPLIT_MIN_BYTES`` by flow buckets, and a
+    process with a second core to spare reads its capture one chunk ahead in a thread.
+    The files written do not depend on ``workers``.
     Warnings go to stderr unless ``warn`` is off. Raises
     :class:`PrepareError` when nothing could be read or kept (the card is still written),
     or when ``out`` holds files and ``force`` is off.
