@@ -9,7 +9,8 @@ neither tool checks them). Then, in the same run, it times as subprocesses, with
 CPU time and peak RSS and anonymous RSS of each:
 
 - ``dmfnet prepare FILE -o OUT --workers 1`` on the capture (one core), and the same with
-  the default ``--workers`` (all cores: the capture is read one chunk ahead in a thread);
+  the default ``--workers`` (all cores: a capture of 64 MiB or more is shared by several
+  processes, each reading all of it and assembling the flows of some of its buckets);
 - ``benchmarks/dpkt_reference.py`` on the same capture (the same job written with dpkt);
 - ``dmfnet prepare`` on two half-size captures with ``--workers 1`` and ``--workers 2``
   (the parallel speed-up);
