@@ -1,5 +1,6 @@
 """``prepare`` end to end on captures the tests write: classes, filters, problems, workers."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -340,3 +341,27 @@ def test_removals_are_counted_per_flow(tmp_path):
     summary = _prepare(tmp_path / "caps", tmp_path / "ds", workers=1)
     assert summary.classes == {"mail": 1}
     assert summary.card["removed"]["dns"] == {"mail": 3}
+
+
+def test_a_worker_killed_fails_only_its_capture_and_leaves_no_broken_file(
+    captures, tmp_path, monkeypatch
+):
+    import os
+
+    prepare_module = importlib.import_module("dmfnet.data.prepare")
+    original = prepare_module.prepare_capture
+
+    def dies_on_c(index, path, size, **kw):
+        if path.endswith("c.pcap"):  # half a part file written, then the process is killed
+            (Path(kw["out"]) / f"part-{index:06d}-000.parquet").write_bytes(b"PAR1 unfinished")
+            os._exit(9)
+        return original(index, path, size, **kw)
+
+    monkeypatch.setattr(prepare_module, "prepare_capture", dies_on_c)
+    summary = _prepare(captures, tmp_path / "ds", workers=2)
+    card = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    died = [p for p in card["problems"]["listed"] if "worker process died" in p["reason"]]
+    assert [Path(p["file"]).name for p in died] == ["c.pcap"]
+    assert summary.classes == {"chat": 1, "web": 5}  # c.pcap's two chat flows are missing
+    ds = load_dataset(tmp_path / "ds")
+    assert len(ds) == 6 and not any(c.endswith("c.pcap") for c in ds["capture"])

@@ -4,6 +4,7 @@ import importlib
 import json
 import struct
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +264,31 @@ def test_chunks_of_other_widths_are_refused(tmp_path):
     wide["lengths"] = np.zeros((3, 31), dtype=np.int32)
     with pytest.raises(ValueError, match="differ in sequence widths"):
         writer.write(wide, "x")
+
+
+def test_a_process_sharing_a_capture_that_dies_loses_only_its_buckets(big, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(prepare_module, "SPLIT_MIN_BYTES", 10_000)
+    original = prepare_module.prepare_capture
+
+    def dies_on_the_upper_buckets(index, path, size, **kw):
+        if kw["buckets"].lo == 4:
+            (Path(kw["out"]) / f"part-{index:06d}-b05-000.parquet").write_bytes(b"PAR1 cut")
+            os._exit(9)
+        return original(index, path, size, **kw)
+
+    monkeypatch.setattr(prepare_module, "prepare_capture", dies_on_the_upper_buckets)
+    prepare([big / "net" / "big.pcap"], tmp_path / "ds", workers=2, progress=False, warn=False)
+    card = _card(tmp_path / "ds")
+    assert [p["reason"] for p in card["problems"]["listed"]][-1].startswith("worker process died")
+    assert card["totals"]["packets"] > 0  # bucket 0's process read the capture
+    whole = tmp_path / "whole"
+    monkeypatch.setattr(prepare_module, "prepare_capture", original)
+    prepare([big / "net" / "big.pcap"], whole, workers=1, progress=False, warn=False)
+    kept, every = load_dataset(tmp_path / "ds"), load_dataset(whole)
+    # the rows of buckets 0-3, as the whole capture gives them; none of buckets 4-7
+    assert 0 < len(kept) < len(every)
+    lower = every["capture"][: len(kept)]
+    assert np.array_equal(kept["start_time"], every["start_time"][: len(kept)])
+    assert lower.tolist() == kept["capture"].tolist()

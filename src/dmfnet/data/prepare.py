@@ -414,18 +414,28 @@ class _WorkerPool:
     """
 
     def __init__(self, workers: int, init_args: tuple) -> None:
-        ctx = mp.get_context("fork") if sys.platform == "linux" else mp.get_context()
-        self.queue = ctx.Queue()
-        self.pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(*init_args, self.queue),
-        )
+        self.ctx = mp.get_context("fork") if sys.platform == "linux" else mp.get_context()
+        self.init_args = init_args
+        self.queue = self.ctx.Queue()
+        self.pool = self._pool(workers, self.queue)
         self.pool.submit(int).result()  # launches the worker processes now
 
+    def _pool(self, workers: int, queue) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=self.ctx,
+            initializer=_init_worker,
+            initargs=(*self.init_args, queue),
+        )
+
     def run(self, tasks: list[_Task], bar) -> list[CaptureResult]:
-        """Run the tasks, most bytes per process first; a dead worker fails only its task."""
+        """Run the tasks, most bytes per process first; a dead worker fails only its task.
+
+        A worker that dies (killed for memory, say) breaks the whole pool, and every task
+        not finished fails with it; those tasks are run again, each alone in a fresh
+        process, so that only a task that kills its process again is lost. A lost task's
+        part files (perhaps unfinished) are removed.
+        """
 
         def drain() -> None:
             while True:
@@ -437,17 +447,15 @@ class _WorkerPool:
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
         results: list[CaptureResult] = []
+        broken: list[_Task] = []
         try:
             order = sorted(tasks, key=lambda t: -t[2] * (t[3].hi - t[3].lo) / t[3].count)
             futures = {self.pool.submit(_worker_task, *t): t for t in order}
             for future in as_completed(futures):
-                index, path, size, buckets = futures[future]
                 try:
                     results.append(future.result())
                 except BrokenProcessPool:
-                    failed = CaptureResult(index=index, path=path, size=size, buckets=buckets)
-                    failed.problems.add(path, -1, "worker process died (out of memory?)")
-                    results.append(failed)
+                    broken.append(futures[future])
         except BaseException:
             self.pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -455,7 +463,38 @@ class _WorkerPool:
             self.pool.shutdown(wait=True)
             self.queue.put("stop")
             reader.join(timeout=5)
+        for task in sorted(broken, key=lambda t: (t[0], t[3].lo)):
+            results.append(self._run_alone(task))
+        if broken:  # the bar counted the broken tasks' bytes in part; retries count none
+            bar.update(max((bar.total or 0) - bar.n, 0))
         return results
+
+    def _run_alone(self, task: _Task) -> CaptureResult:
+        out = Path(self.init_args[3])
+        _remove_parts(out, task)
+        pool = self._pool(1, None)
+        try:
+            return pool.submit(_worker_task, *task).result()
+        except BrokenProcessPool:
+            index, path, size, buckets = task
+            failed = CaptureResult(index=index, path=path, size=size, buckets=buckets)
+            failed.problems.add(path, -1, "worker process died (out of memory?)")
+            _remove_parts(out, task)
+            return failed
+        finally:
+            pool.shutdown(wait=True)
+
+
+def _remove_parts(out: Path, task: _Task) -> None:
+    """Remove the part files a task may have written (it wrote them under its buckets)."""
+    index, _, _, buckets = task
+    if buckets.count == 1:
+        patterns = [f"part-{index:06d}-[0-9]*.parquet"]
+    else:
+        patterns = [f"part-{index:06d}-b{b:02d}-*.parquet" for b in range(buckets.lo, buckets.hi)]
+    for pattern in patterns:
+        for path in out.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 _Task = tuple[int, str, int, Buckets]  # capture index, path, size, the buckets to assemble
