@@ -292,3 +292,26 @@ def test_a_process_sharing_a_capture_that_dies_loses_only_its_buckets(big, tmp_p
     lower = every["capture"][: len(kept)]
     assert np.array_equal(kept["start_time"], every["start_time"][: len(kept)])
     assert lower.tolist() == kept["capture"].tolist()
+
+
+def test_a_gzip_capture_is_shared_the_same_way(big, tmp_path, monkeypatch):
+    import gzip
+
+    monkeypatch.setattr(prepare_module, "SPLIT_MIN_BYTES", 1_000)
+    plain = big / "net" / "big.pcap"
+    packed = tmp_path / "in" / "big.pcap.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    for workers in (1, 2):
+        prepare([packed], tmp_path / f"w{workers}", workers=workers, progress=False, warn=False)
+    prepare([plain], tmp_path / "plain", workers=2, progress=False, warn=False)
+    one, two, ref = (_card(tmp_path / n) for n in ("w1", "w2", "plain"))
+    assert one == two and one["captures"][0]["flow_buckets"] == 8
+    for name in one["files"]:
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
+    assert {**one["totals"], "bytes": 0} == {**ref["totals"], "bytes": 0}
+    assert one["problems"]["total"] == 2
+    a, b = load_dataset(tmp_path / "w2"), load_dataset(tmp_path / "plain")
+    for name in a.columns:
+        if name != "capture":
+            assert np.array_equal(a[name], b[name]), name
