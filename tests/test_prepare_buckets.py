@@ -315,3 +315,18 @@ def test_a_gzip_capture_is_shared_the_same_way(big, tmp_path, monkeypatch):
     for name in a.columns:
         if name != "capture":
             assert np.array_equal(a[name], b[name]), name
+
+
+def test_the_writer_takes_the_rows_it_is_given_in_their_order(tmp_path):
+    flows = synthetic_flows(10, seed=5)
+    labels = np.array([f"c{i}" for i in range(10)], dtype=object)
+    writer = PartWriter(tmp_path, 0, row_group_rows=4)
+    writer.write(flows, labels, np.array([7, 2, 9, 0, 5]))
+    writer.write(flows, labels, np.array([1]))
+    [path] = writer.close()
+    (tmp_path / "dataset.json").write_text("{}")
+    ds = load_dataset(tmp_path)
+    order = [7, 2, 9, 0, 5, 1]
+    assert ds.labels.tolist() == [f"c{i}" for i in order]
+    for name in ("bytes", "lengths", "start_time", "client_ip"):
+        assert np.array_equal(ds[name], flows[name][order]), name

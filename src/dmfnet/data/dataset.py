@@ -221,10 +221,16 @@ class PartWriter:
         if background:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="dmfnet-write")
 
-    def write(self, flows: Mapping[str, np.ndarray], labels: np.ndarray | str) -> None:
-        """Append flows (already filtered) with their labels."""
+    def write(
+        self,
+        flows: Mapping[str, np.ndarray],
+        labels: np.ndarray | str,
+        rows: np.ndarray | None = None,
+    ) -> None:
+        """Append flows (already filtered) with their labels; with ``rows``, the flows at
+        those row indices only, in that order (copied once, into the row group)."""
         columns = _writable_columns(flows, labels)
-        n = len(columns[LABEL_COLUMN])
+        n = len(columns[LABEL_COLUMN]) if rows is None else len(rows)
         if self._buffer is None:
             self._buffer = self._allocate(columns)
         widths = {k: v.shape[1] for k, v in self._buffer.items() if v.ndim == 2}
@@ -234,8 +240,9 @@ class PartWriter:
         while start < n:
             take = min(self.row_group_rows - self._buffered, n - start)
             at = slice(self._buffered, self._buffered + take)
+            pick = slice(start, start + take) if rows is None else rows[start : start + take]
             for name, buffer in self._buffer.items():
-                buffer[at] = columns[name][start : start + take]
+                buffer[at] = columns[name][pick]
             self._buffered += take
             self.rows += take
             start += take

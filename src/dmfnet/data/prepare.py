@@ -394,12 +394,11 @@ def _write_buckets(
     rows = np.flatnonzero(kept)
     rows = rows[np.argsort(chunk["bucket"][rows], kind="stable")]  # file order kept within
     bucket = chunk["bucket"][rows]
-    ordered, labels = take_rows(chunk, rows), labels[rows]
     names = sorted(writers)
     edges = np.searchsorted(bucket, [*names, names[-1] + 1])
     for name, lo, hi in zip(names, edges[:-1], edges[1:], strict=True):
         if hi > lo:
-            writers[name].write(take_rows(ordered, slice(lo, hi)), labels[lo:hi])
+            writers[name].write(chunk, labels, rows[lo:hi])
 
 
 # ------------------------------------------------------------------------------------------
