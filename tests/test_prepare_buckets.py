@@ -202,15 +202,15 @@ def test_spare_cores_go_to_the_large_captures_most_bytes_a_process_first(monkeyp
     plan = prepare_module._plan
     captures = [(0, "a", 1000), (1, "b", 50), (2, "c", 400)]
     # no core to spare: one process a capture, but large captures still have 8 buckets
-    assert [t[3] for t in plan(captures, 2)] == [Buckets(8, 0, 8), Buckets(), Buckets(8, 0, 8)]
+    assert [t.buckets for t in plan(captures, 2)] == [Buckets(8, 0, 8), Buckets(), Buckets(8, 0, 8)]
     tasks = plan(captures, 6)
     # 3 spare: a (1000 bytes a process), a again (500 > 400), then c (400 > 333)
-    assert [(t[0], t[3].lo, t[3].hi) for t in tasks] == [
+    assert [(t.index, t.buckets.lo, t.buckets.hi) for t in tasks] == [
         (0, 0, 2), (0, 2, 5), (0, 5, 8), (1, 0, 1), (2, 0, 4), (2, 4, 8)
     ]  # fmt: skip
     many = plan(captures, 40)  # at most a process a bucket
-    assert sum(t[0] == 0 for t in many) == 8 and sum(t[0] == 2 for t in many) == 8
-    assert all(t[3].hi - t[3].lo == 1 for t in many if t[0] != 1)
+    assert sum(t.index == 0 for t in many) == 8 and sum(t.index == 2 for t in many) == 8
+    assert all(t.buckets.hi - t.buckets.lo == 1 for t in many if t.index != 1)
 
 
 def test_results_of_a_shared_capture_join_into_one():

@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -413,8 +414,10 @@ class _WorkerPool:
     """
 
     def __init__(self, workers: int, init_args: tuple) -> None:
+        """``init_args``: :func:`_init_worker`'s arguments but the queue."""
         self.ctx = mp.get_context("fork") if sys.platform == "linux" else mp.get_context()
         self.init_args = init_args
+        self.out = Path(init_args[3])
         self.queue = self.ctx.Queue()
         self.pool = self._pool(workers, self.queue)
         self.pool.submit(int).result()  # launches the worker processes now
@@ -448,7 +451,9 @@ class _WorkerPool:
         results: list[CaptureResult] = []
         broken: list[_Task] = []
         try:
-            order = sorted(tasks, key=lambda t: -t[2] * (t[3].hi - t[3].lo) / t[3].count)
+            order = sorted(
+                tasks, key=lambda t: -t.size * (t.buckets.hi - t.buckets.lo) / t.buckets.count
+            )
             futures = {self.pool.submit(_worker_task, *t): t for t in order}
             for future in as_completed(futures):
                 try:
@@ -462,23 +467,21 @@ class _WorkerPool:
             self.pool.shutdown(wait=True)
             self.queue.put("stop")
             reader.join(timeout=5)
-        for task in sorted(broken, key=lambda t: (t[0], t[3].lo)):
+        for task in sorted(broken, key=lambda t: (t.index, t.buckets.lo)):
             results.append(self._run_alone(task))
         if broken:  # the bar counted the broken tasks' bytes in part; retries count none
             bar.update(max((bar.total or 0) - bar.n, 0))
         return results
 
     def _run_alone(self, task: _Task) -> CaptureResult:
-        out = Path(self.init_args[3])
-        _remove_parts(out, task)
+        _remove_parts(self.out, task)
         pool = self._pool(1, None)
         try:
             return pool.submit(_worker_task, *task).result()
         except BrokenProcessPool:
-            index, path, size, buckets = task
-            failed = CaptureResult(index=index, path=path, size=size, buckets=buckets)
-            failed.problems.add(path, -1, "worker process died (out of memory?)")
-            _remove_parts(out, task)
+            failed = CaptureResult(task.index, task.path, task.size, task.buckets)
+            failed.problems.add(task.path, -1, "worker process died (out of memory?)")
+            _remove_parts(self.out, task)
             return failed
         finally:
             pool.shutdown(wait=True)
@@ -486,7 +489,7 @@ class _WorkerPool:
 
 def _remove_parts(out: Path, task: _Task) -> None:
     """Remove the part files a task may have written (it wrote them under its buckets)."""
-    index, _, _, buckets = task
+    index, buckets = task.index, task.buckets
     if buckets.count == 1:
         patterns = [f"part-{index:06d}-[0-9]*.parquet"]
     else:
@@ -496,7 +499,13 @@ def _remove_parts(out: Path, task: _Task) -> None:
             path.unlink(missing_ok=True)
 
 
-_Task = tuple[int, str, int, Buckets]  # capture index, path, size, the buckets to assemble
+class _Task(NamedTuple):
+    """A worker's job: the flows of ``buckets`` of one capture."""
+
+    index: int
+    path: str
+    size: int
+    buckets: Buckets
 
 
 def _plan(captures: list[tuple[int, str, int]], cores: int) -> list[_Task]:
@@ -514,7 +523,9 @@ def _plan(captures: list[tuple[int, str, int]], cores: int) -> list[_Task]:
     tasks = []
     for (index, path, size), n, k in zip(captures, count, shares, strict=True):
         bounds = [n * j // k for j in range(k + 1)]
-        tasks += [(index, path, size, Buckets(n, lo, hi)) for lo, hi in itertools.pairwise(bounds)]
+        tasks += [
+            _Task(index, path, size, Buckets(n, lo, hi)) for lo, hi in itertools.pairwise(bounds)
+        ]
     return tasks
 
 
@@ -726,18 +737,18 @@ def prepare(
         else:
             results = [
                 prepare_capture(
-                    i,
-                    p,
-                    s,
+                    t.index,
+                    t.path,
+                    t.size,
                     out=out,
                     labeller=labeller,
                     config=config,
                     keep_unlabelled=keep_unlabelled,
                     progress=bar.update,
                     ahead=ahead,
-                    buckets=b,
+                    buckets=t.buckets,
                 )
-                for i, p, s, b in tasks
+                for t in tasks
             ]
     except OutputError as exc:
         raise PrepareError(str(exc)) from None
