@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -418,6 +418,7 @@ class _WorkerPool:
         self.ctx = mp.get_context("fork") if sys.platform == "linux" else mp.get_context()
         self.init_args = init_args
         self.out = Path(init_args[3])
+        self.workers = workers
         self.queue = self.ctx.Queue()
         self.pool = self._pool(workers, self.queue)
         self.pool.submit(int).result()  # launches the worker processes now
@@ -435,8 +436,8 @@ class _WorkerPool:
 
         A worker that dies (killed for memory, say) breaks the whole pool, and every task
         not finished fails with it; those tasks are run again, each alone in a fresh
-        process, so that only a task that kills its process again is lost. A lost task's
-        part files (perhaps unfinished) are removed.
+        process (as many at once as there are workers), so that only a task that kills its
+        process again is lost. A lost task's part files (perhaps unfinished) are removed.
         """
 
         def drain() -> None:
@@ -467,8 +468,10 @@ class _WorkerPool:
             self.pool.shutdown(wait=True)
             self.queue.put("stop")
             reader.join(timeout=5)
-        for task in sorted(broken, key=lambda t: (t.index, t.buckets.lo)):
-            results.append(self._run_alone(task))
+        if broken:  # each in a process of its own, as many at once as there were workers
+            broken.sort(key=lambda t: (t.index, t.buckets.lo))
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="dmfnet-retry") as retry:
+                results += list(retry.map(self._run_alone, broken))
         if broken:  # the bar counted the broken tasks' bytes in part; retries count none
             bar.update(max((bar.total or 0) - bar.n, 0))
         return results
