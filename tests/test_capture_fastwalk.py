@@ -15,7 +15,7 @@ import pytest
 from dmfnet.capture import read_packets, reader
 from dmfnet.problems import ProblemLog
 from pcapbuild import Record, ethernet, ipv4, pcap_bytes, tcp, write_bytes
-from walkcheck import read, same_as_one_by_one, shrink_chase
+from walkcheck import count_chases, read, same_as_one_by_one, shrink_chase
 
 T0 = 1_700_000_000  # seconds; top byte 0x65
 
@@ -197,14 +197,7 @@ def test_lengths_that_defeat_the_guesses(tmp_path, monkeypatch):
 def test_chase_backs_off_when_unproductive(tmp_path, monkeypatch):
     """Every record empty: each chase finds nothing, so it is tried ever more rarely."""
     monkeypatch.setattr(reader, "CHASE_YIELD", 16)
-    tried = []
-    original = reader._PcapWalker._chase
-
-    def counting(self, data, pos, limit):
-        tried.append(pos)
-        return original(self, data, pos, limit)
-
-    monkeypatch.setattr(reader._PcapWalker, "_chase", counting)
+    tried = count_chases(monkeypatch, reader._PcapWalker)
     image = pcap_bytes([Record(T0 * 10**9 + i, b"") for i in range(20_000)])
     path = write_bytes(tmp_path / "all-empty.pcap", image)
     problems = ProblemLog()

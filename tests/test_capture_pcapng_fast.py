@@ -229,14 +229,7 @@ def test_chase_backs_off_when_unproductive(tmp_path, monkeypatch):
     """A statistics block after every packet: chains stop at once, the chase is tried
     ever more rarely, and the blocks are the same."""
     monkeypatch.setattr(reader, "CHASE_YIELD", 16)
-    tried = []
-    original = reader._PcapngWalker._chase
-
-    def counting(self, data, pos, limit):
-        tried.append(pos)
-        return original(self, data, pos, limit)
-
-    monkeypatch.setattr(reader._PcapngWalker, "_chase", counting)
+    tried = walkcheck.count_chases(monkeypatch, reader._PcapngWalker)
     recs = [Record(T0 + i, b"x" * 40) for i in range(10_000)]
     isb = interface_statistics_block()
     sec = Section(records=recs, extra_blocks=[(i, isb) for i in range(1, 10_000)])

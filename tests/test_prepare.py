@@ -272,10 +272,11 @@ def test_a_failing_output_stops_the_run_with_one_clear_error(captures, tmp_path,
         _prepare(captures / "web", tmp_path / "ds", workers=1)
 
 
-def test_progress_reaches_the_total_bytes_of_every_input(captures, tmp_path, monkeypatch):
+def record_progress(monkeypatch) -> list[int]:
+    """The progress bars' increments, as the returned list fills."""
     import tqdm
 
-    seen = []
+    seen: list[int] = []
     original = tqdm.tqdm.update
 
     def update(self, n=1):
@@ -283,6 +284,11 @@ def test_progress_reaches_the_total_bytes_of_every_input(captures, tmp_path, mon
         return original(self, n)
 
     monkeypatch.setattr(tqdm.tqdm, "update", update)
+    return seen
+
+
+def test_progress_reaches_the_total_bytes_of_every_input(captures, tmp_path, monkeypatch):
+    seen = record_progress(monkeypatch)
     _prepare(captures, tmp_path / "ds", workers=1, progress=True)
     inputs = [p for p in captures.rglob("*") if p.is_file() and p.suffix != ".txt"]
     assert sum(seen) == sum(p.stat().st_size for p in inputs)

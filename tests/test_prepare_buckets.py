@@ -26,6 +26,7 @@ from pcapbuild import (
     write_bytes,
 )
 from test_data_dataset import synthetic_flows
+from test_prepare import record_progress
 
 # The modules, not the functions of the same names that their packages export.
 prepare_module = importlib.import_module("dmfnet.data.prepare")
@@ -182,16 +183,7 @@ def test_a_split_capture_gives_the_same_files_with_any_number_of_workers(
 
 
 def test_progress_of_a_shared_capture_adds_up_to_its_size(big, tmp_path, monkeypatch):
-    import tqdm
-
-    seen = []
-    original = tqdm.tqdm.update
-
-    def update(self, n=1):
-        seen.append(n)
-        return original(self, n)
-
-    monkeypatch.setattr(tqdm.tqdm, "update", update)
+    seen = record_progress(monkeypatch)
     monkeypatch.setattr(prepare_module, "SPLIT_MIN_BYTES", 10_000)
     prepare([big / "net" / "big.pcap"], tmp_path / "ds", workers=3, progress=True, warn=False)
     assert sum(seen) == (big / "net" / "big.pcap").stat().st_size

@@ -15,6 +15,19 @@ def shrink_chase(monkeypatch) -> None:
     monkeypatch.setattr(reader, "CHASE_YIELD", 1)
 
 
+def count_chases(monkeypatch, walker) -> list[int]:
+    """The positions ``walker``'s chase is tried at, as the returned list fills."""
+    tried: list[int] = []
+    original = walker._chase
+
+    def counting(self, data, pos, limit):
+        tried.append(pos)
+        return original(self, data, pos, limit)
+
+    monkeypatch.setattr(walker, "_chase", counting)
+    return tried
+
+
 def read(path, chase: bool, monkeypatch, walker=reader._PcapWalker, **kw):
     """Every batch's record fields and the problems, read with or without the chase.
 
