@@ -177,6 +177,11 @@ def take_rows(flows: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np
     return out
 
 
+def part_stem(index: int, bucket: int | None = None) -> str:
+    """How the part files of capture ``index`` (of one of its flow buckets) are named."""
+    return f"part-{index:06d}" + ("" if bucket is None else f"-b{bucket:02d}")
+
+
 class PartWriter:
     """Writes one capture's flows to ``part-<index>-<seq>.parquet`` files, streaming.
 
@@ -205,7 +210,7 @@ class PartWriter:
             raise ValueError("row_group_rows and part_rows must be at least 1")
         self.folder = Path(folder)
         self.index = index
-        self.stem = f"part-{index:06d}" + ("" if bucket is None else f"-b{bucket:02d}")
+        self.stem = part_stem(index, bucket)
         self.row_group_rows = row_group_rows
         self.part_rows = part_rows
         self.paths: list[Path] = []

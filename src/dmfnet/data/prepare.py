@@ -41,6 +41,7 @@ from dmfnet.data.dataset import (
     ROW_GROUP_ROWS,
     PartWriter,
     open_parquet_writer,
+    part_stem,
     remove_dataset_files,
     take_rows,
 )
@@ -494,9 +495,9 @@ def _remove_parts(out: Path, task: _Task) -> None:
     """Remove the part files a task may have written (it wrote them under its buckets)."""
     index, buckets = task.index, task.buckets
     if buckets.count == 1:
-        patterns = [f"part-{index:06d}-[0-9]*.parquet"]
+        patterns = [f"{part_stem(index)}-[0-9]*.parquet"]
     else:
-        patterns = [f"part-{index:06d}-b{b:02d}-*.parquet" for b in range(buckets.lo, buckets.hi)]
+        patterns = [f"{part_stem(index, b)}-*.parquet" for b in range(buckets.lo, buckets.hi)]
     for pattern in patterns:
         for path in out.glob(pattern):
             path.unlink(missing_ok=True)
