@@ -681,7 +681,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that read captures do no BLAS work in numpy, whose OpenBLAS otherwise starts a
+# thread per core at import that busy-waits for about 0.1 CPU s: time taken from the
+# worker processes, which use every core. Set before numpy is first imported.
+_SINGLE_THREAD_BLAS = {"prepare", "info", "classify"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in _SINGLE_THREAD_BLAS:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
