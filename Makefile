@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: install demo test clean
 
-$(BIN)/dmfnet: pyproject.toml
+$(BIN)/dmfnet: pyproject.toml setup.py src/dmfnet/capture/_records.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -17,8 +17,9 @@ demo: install
 	$(BIN)/dmfnet demo
 
 test: install
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts setup.py
 	$(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	find src -name '*.so' -delete

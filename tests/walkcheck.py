@@ -28,12 +28,14 @@ def count_chases(monkeypatch, walker) -> list[int]:
     return tried
 
 
-def read(path, chase: bool, monkeypatch, walker=reader._PcapWalker, **kw):
-    """Every batch's record fields and the problems, read with or without the chase.
+def read(path, chase: bool, monkeypatch, walker=reader._PcapWalker, native=False, **kw):
+    """Every batch's record fields and the problems, read with or without the chase (or,
+    with ``native``, the compiled pcap walk).
 
     Returns (batches, problems as (offset, reason), records found by ``walker``'s chase).
     """
     monkeypatch.setattr(reader._PcapWalker, "chase", chase)
+    monkeypatch.setattr(reader._PcapWalker, "native", native)
     monkeypatch.setattr(reader._PcapngWalker, "chase", chase)
     chased = []
     original = walker._chase
@@ -67,10 +69,22 @@ def read(path, chase: bool, monkeypatch, walker=reader._PcapWalker, **kw):
 
 
 def same_as_one_by_one(path, monkeypatch, walker=reader._PcapWalker, **kw):
-    """Read ``path`` both ways, check they agree; return (records, problems, chased)."""
+    """Read ``path`` with the chase and one record at a time (and, for pcap, with the
+    compiled walk when it is built), check they agree; return (records, problems, chased)."""
     fast, fast_problems, chased = read(path, True, monkeypatch, walker, **kw)
     slow, slow_problems, none = read(path, False, monkeypatch, walker, **kw)
     assert none == 0
+    same_batches(fast, fast_problems, slow, slow_problems)
+    if walker is reader._PcapWalker and reader.pcap_chain is not None:
+        native, native_problems, none = read(path, True, monkeypatch, walker, True, **kw)
+        assert none == 0
+        same_batches(native, native_problems, slow, slow_problems)
+    n = sum(len(b["caplen"]) for b in fast)
+    return n, fast_problems, chased
+
+
+def same_batches(fast, fast_problems, slow, slow_problems) -> None:
+    """Two reads of one capture (see :func:`read`) found the same records and problems."""
     assert fast_problems == slow_problems
     assert len(fast) == len(slow)
     for f, s in zip(fast, slow, strict=True):
@@ -80,5 +94,3 @@ def same_as_one_by_one(path, monkeypatch, walker=reader._PcapWalker, **kw):
                 assert f[k] == s[k]
             else:
                 np.testing.assert_array_equal(f[k], s[k], err_msg=k)
-    n = sum(len(b["caplen"]) for b in fast)
-    return n, fast_problems, chased

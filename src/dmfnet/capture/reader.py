@@ -36,6 +36,11 @@ from dmfnet.capture.packets import PacketBatch, ParsedPackets
 from dmfnet.capture.parse import SUPPORTED_LINKTYPES, parse_packets
 from dmfnet.problems import ProblemLog
 
+try:  # the compiled record walk (built at install when a C compiler is there)
+    from dmfnet.capture._records import pcap_chain
+except ImportError:  # pragma: no cover - without it the numpy chase walks the records
+    pcap_chain = None
+
 MAX_CAPLEN = 256 * 1024  # no real link carries a larger captured packet
 MAX_BLOCK = 16 << 20  # a pcapng block larger than this is taken for corrupt
 RESYNC_WINDOW = 1 << 20  # bytes scanned per step when looking for the next good record
@@ -46,6 +51,7 @@ CHASE_WINDOW = 1024  # bytes searched for a record header at each segment's star
 CHASE_MIN_BYTES = 1 << 20  # regions smaller than this are walked one record at a time
 CHASE_BURST = 64  # records walked one by one after a chase stops before it is tried again
 CHASE_YIELD = 16  # records per chase step below which the chase backs off (see walk)
+CHAIN_BLOCK = 1 << 16  # record positions the compiled walk returns per call
 
 PCAP_MAGICS = {  # magic as read little-endian -> (big endian, nanosecond, record header size)
     0xA1B2C3D4: (False, False, 16),
@@ -279,6 +285,7 @@ class _PcapWalker(_Walker):
 
     file_header_size = 24
     chase = True  # follow record chains with numpy (False: one by one; tests compare both)
+    native = pcap_chain is not None  # the compiled walk one by one instead of the chase
 
     def __init__(self, name: str, problems: ProblemLog, header: bytes) -> None:
         super().__init__(name, problems)
@@ -322,22 +329,27 @@ class _PcapWalker(_Walker):
                     break
                 self.resynchronised(pos)
                 continue
-            if self.chase and limit - pos >= CHASE_MIN_BYTES:
+            got = None
+            if self.native:  # compiled, one by one: needs no chase
+                got, pos = self._chain(data, pos, limit)
+                got_headers = None
+            elif self.chase and limit - pos >= CHASE_MIN_BYTES:
                 got, got_headers, pos, steps = self._chase(data, pos, limit)
-                if len(got):
-                    if found:
-                        chased.append(np.array(found, np.int64))
-                        headers.append(None)
-                        found.clear()
-                    chased.append(got)
-                    headers.append(got_headers)
+            if got is not None and len(got):
+                if found:
+                    chased.append(np.array(found, np.int64))
+                    headers.append(None)
+                    found.clear()
+                chased.append(got)
+                headers.append(got_headers)
+            if got is not None and not self.native:
                 # a chase that found few records per step (few true heads: odd lengths,
                 # a corrupt stretch) costs more than the walk one by one: back off
                 productive = len(got) >= max(CHASE_YIELD * steps, CHASE_BURST)
                 burst = CHASE_BURST if productive else min(8 * burst, 1 << 20)
                 if pos >= limit:
                     break
-            stop = len(found) + burst if self.chase else -1
+            stop = len(found) + burst if self.chase and not self.native else -1
             try:  # one by one: whole, sane records
                 while pos < limit and len(found) != stop:
                     caplen = caplen_at(buf, pos + 8)[0]
@@ -389,6 +401,23 @@ class _PcapWalker(_Walker):
         records = np.concatenate(chased) if len(chased) > 1 else chased[0]
         rows = np.concatenate(rows) if len(rows) > 1 else rows[0]
         return self._decode(records, rows, truncated_caplen), pos
+
+    def _chain(self, data: np.ndarray, pos: int, limit: int) -> tuple[np.ndarray, int]:
+        """Whole, sane records from ``pos`` on, walked one by one by the compiled loop: it
+        stops where the loop below would look closer (a length past the limits or the
+        buffer's end), or at ``limit``."""
+        blocks = []
+        while pos < limit:
+            out = np.empty(min(CHAIN_BLOCK, (limit - pos) // self.header_size + 1), np.int64)
+            n, pos = pcap_chain(
+                data, pos, limit, self.header_size, self.max_caplen, self.big_endian, out
+            )
+            blocks.append(out[:n])
+            if n < len(out):
+                break
+        if len(blocks) == 1:
+            return blocks[0], pos
+        return np.concatenate(blocks) if blocks else np.zeros(0, np.int64), pos
 
     def _believable(self, data: np.ndarray, pos: int, caplen: int, final: bool) -> bool:
         """A record longer than twice the snap length, taken as real if what follows is.
