@@ -103,8 +103,10 @@ def _string_array(values: np.ndarray) -> pa.Array:
     Each distinct string is encoded once (a chunk holds few: labels, capture names,
     addresses), then the rows' bytes are gathered with numpy.
     """
-    distinct, inverse = np.unique(values.astype(str), return_inverse=True)
-    encoded = [s.encode("utf-8", "backslashreplace") for s in distinct.tolist()]
+    first: dict = {}  # each distinct value, numbered as met (a dict: no sort of strings)
+    items = values.tolist()
+    inverse = np.fromiter((first.setdefault(v, len(first)) for v in items), np.int64, len(items))
+    encoded = [str(s).encode("utf-8", "backslashreplace") for s in first]
     sizes = np.array([len(e) for e in encoded], np.int64)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else sizes
     pool = np.frombuffer(b"".join(encoded), np.uint8)
