@@ -1,7 +1,12 @@
 """``prepare`` end to end on captures the tests write: classes, filters, problems, workers."""
 
+import contextlib
 import importlib
+import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +217,41 @@ def test_cli_prepare_and_info_print_the_class_table(captures, tmp_path, capsys):
     assert "broken.pcap" in info
     row = next(line for line in info.splitlines() if line.startswith("web "))
     assert row.split()[:2] == ["web", "5"]
+
+
+def test_the_dmfnet_command_ends_with_all_its_output(captures, tmp_path):
+    """The command ends its process at once after prepare and info (no interpreter
+    teardown): everything printed must still arrive, and the exit code be the command's."""
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as users have
+
+    def dmfnet(*args):
+        command = [sys.executable, "-m", "dmfnet.cli", *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    out = tmp_path / "ds"
+    done = dmfnet("prepare", captures, "-o", out, "--workers", "2", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"dataset: {out} (8 flows)"
+    assert done.stderr.splitlines()[-1].endswith("1 of 5 capture(s) could not be read at all")
+    assert len(load_dataset(out).labels) == 8
+    info = dmfnet("info", out)
+    assert info.returncode == 0
+    assert "labels: folder" in info.stdout and "broken.pcap" in info.stdout
+    assert info.stdout == _printed(main, ["info", str(out)])
+    again = dmfnet("prepare", captures, "-o", out, "--no-progress")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"dmfnet prepare: error: {out}: folder exists and is not empty (use --force to overwrite)"
+    ]
+
+
+def _printed(function, *args) -> str:
+    """What ``function(*args)`` prints on stdout."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        function(*args)
+    return buffer.getvalue()
 
 
 def test_cli_keep_options_reach_the_filters(captures, tmp_path, capsys):

@@ -685,12 +685,20 @@ def build_parser() -> argparse.ArgumentParser:
 # thread per core at import that busy-waits for about 0.1 CPU s: time taken from the
 # worker processes, which use every core. Set before numpy is first imported.
 _SINGLE_THREAD_BLAS = {"prepare", "info", "classify"}
+# Commands that have closed everything they wrote when they return: the `dmfnet` process
+# then ends at once instead of tearing down numpy, pyarrow and their thread pools (about
+# 40 ms, a twentieth of preparing a 200 MB capture).
+_QUICK_EXIT = {"prepare", "info"}
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command in _SINGLE_THREAD_BLAS:
+    if _command(argv) in _SINGLE_THREAD_BLAS:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -710,5 +718,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The ``dmfnet`` console command: :func:`main`, then the exit."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if _command(argv) in _QUICK_EXIT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
