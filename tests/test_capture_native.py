@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from dmfnet.capture import reader
+from dmfnet.capture import fields, reader
 from pcapbuild import Record, pcap_bytes, write_bytes
 from walkcheck import count_chases, read, same_batches
 
@@ -111,3 +111,43 @@ def test_the_compiled_walk_does_the_work(tmp_path, monkeypatch):
     chased, chased_problems, n_chased = read(path, True, monkeypatch)
     assert n_chased > 3000
     same_batches(native, native_problems, chased, chased_problems)
+
+
+def test_gather_rows_copies_the_bytes_at_each_position():
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, 5000, dtype=np.uint8)
+    for width in (1, 2, 4, 16, 40):
+        pos = rng.integers(0, len(data) - width + 1, 3000)
+        out = np.empty((len(pos), width), np.uint8)
+        fields.gather_rows(data, pos, width, out)
+        np.testing.assert_array_equal(out, data[pos[:, None] + np.arange(width)])
+
+
+def test_gather_rows_refuses_positions_outside_and_wrong_sizes():
+    data = np.arange(100, dtype=np.uint8)
+    out = np.zeros((2, 4), np.uint8)
+    for pos in ([0, 97], [-1, 0]):  # 97 + 4 runs past the end
+        with pytest.raises(ValueError):
+            fields.gather_rows(data, np.array(pos, np.int64), 4, out)
+        assert not out.any()  # nothing copied
+    with pytest.raises(ValueError):  # room for 2 rows of 4, asked for 2 rows of 3
+        fields.gather_rows(data, np.array([0, 1], np.int64), 3, out)
+
+
+@pytest.mark.parametrize("name", ["u16be", "u16le", "u32be", "u32le"])
+def test_field_reads_match_with_and_without_the_compiled_gather(name, monkeypatch):
+    """Every reader of fixed-width fields gives numpy's values, positions near the end of
+    the buffer (clamped byte by byte) included."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 3000, dtype=np.uint8)
+    inside = rng.integers(0, len(data) - 4, 2000)
+    edge = np.array([len(data) - 3, len(data) - 1, 0, len(data) - 4])
+    read = getattr(fields, name)
+    compiled = [read(data, pos) for pos in (inside, edge)] + [fields.rows(data, inside, 24)]
+    compiled.append(fields.rows(data, edge, 8))
+    monkeypatch.setattr(fields, "gather_rows", None)
+    plain = [read(data, pos) for pos in (inside, edge)] + [fields.rows(data, inside, 24)]
+    plain.append(fields.rows(data, edge, 8))
+    for a, b in zip(compiled, plain, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)

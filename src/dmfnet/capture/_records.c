@@ -66,7 +66,43 @@ static PyObject *pcap_chain(PyObject *self, PyObject *args)
     return Py_BuildValue("nn", n, pos);
 }
 
+/* gather_rows(data, positions, width, out): out[i*width : (i+1)*width] =
+ * data[positions[i] : positions[i] + width] for every position (all inside data). */
+static PyObject *gather_rows(PyObject *self, PyObject *args)
+{
+    Py_buffer data, positions, out;
+    Py_ssize_t width;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*nw*", &data, &positions, &width, &out))
+        return NULL;
+    const Py_ssize_t n = positions.len / 8;
+    const int64_t *at = (const int64_t *)positions.buf;
+    int ok = width > 0 && positions.len % 8 == 0 && out.len == n * width;
+    for (Py_ssize_t i = 0; ok && i < n; i++)
+        ok = at[i] >= 0 && at[i] + width <= data.len;
+    if (ok) {
+        const unsigned char *src = (const unsigned char *)data.buf;
+        unsigned char *dst = (unsigned char *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (i + 16 < n)
+                __builtin_prefetch(src + at[i + 16]);
+            memcpy(dst + i * width, src + at[i], (size_t)width);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&positions);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "gather_rows: bad arguments");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"gather_rows", gather_rows, METH_VARARGS, "gather_rows(data, positions, width, out)"},
     {"pcap_chain", pcap_chain, METH_VARARGS,
      "pcap_chain(data, pos, limit, header_size, max_caplen, big_endian, out) -> (n, pos)"},
     {NULL, NULL, 0, NULL},
