@@ -282,3 +282,10 @@ def test_stable_order_is_the_stable_argsort():
                 assert assemble_module._stable_order(values, bound).tolist() == expected
                 as_u32 = values.astype(np.uint32)
                 assert assemble_module._stable_order(as_u32, 1 << 32).tolist() == expected
+
+
+def test_median_is_numpys():
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 4, 7, 10, 1001, 4096):
+        for values in (rng.random(n) * 1e9, rng.integers(0, 5, n).astype(np.float64)):
+            assert assemble_module._median(values) == np.median(values)
