@@ -101,24 +101,21 @@ def _string_array(values: np.ndarray) -> pa.Array:
     """A 1-D array of strings as an Arrow string array (UTF-8), without ``pa.array``.
 
     Each distinct string is encoded once (a chunk holds few: labels, capture names,
-    addresses), then the rows' bytes are gathered with numpy.
+    addresses) into a dictionary that Arrow then expands, row by row, in C++.
     """
     first: dict = {}  # each distinct value, numbered as met (a dict: no sort of strings)
     items = values.tolist()
-    inverse = np.fromiter((first.setdefault(v, len(first)) for v in items), np.int64, len(items))
+    codes = np.fromiter((first.setdefault(v, len(first)) for v in items), np.int32, len(items))
     encoded = [str(s).encode("utf-8", "backslashreplace") for s in first]
     sizes = np.array([len(e) for e in encoded], np.int64)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else sizes
-    pool = np.frombuffer(b"".join(encoded), np.uint8)
-    row_sizes = sizes[inverse.reshape(-1)]
-    offsets = np.zeros(len(values) + 1, np.int64)
-    np.cumsum(row_sizes, out=offsets[1:])
-    if offsets[-1] > np.iinfo(np.int32).max:
+    if len(items) and int(sizes[codes].sum()) > np.iinfo(np.int32).max:
         raise ValueError("a string column of one chunk exceeds 2 GiB")
-    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], row_sizes)
-    data = pool[np.repeat(starts[inverse.reshape(-1)], row_sizes) + within]
-    buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)]
-    return pa.Array.from_buffers(pa.string(), len(values), buffers)
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    dictionary = pa.Array.from_buffers(pa.string(), len(encoded), buffers)
+    indices = pa.Array.from_buffers(pa.int32(), len(items), [None, pa.py_buffer(codes)])
+    return pa.DictionaryArray.from_arrays(indices, dictionary).dictionary_decode()
 
 
 def _to_arrow(name: str, values: np.ndarray | str, n: int) -> pa.Array:
