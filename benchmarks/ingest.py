@@ -667,6 +667,25 @@ def summary_lines(runs: dict[str, Run]) -> list[str]:
     return lines
 
 
+_CPU_LOOP = "x = 0\nfor i in range(8_000_000):\n    x += i\n"
+
+
+def machine_speedup(repeat: int) -> float:
+    """What this machine gives two CPU-bound processes at once: ``2 x`` the wall time of
+    one plain Python loop over the wall time of two at once (2.0: no contention), median
+    of ``repeat`` interleaved rounds. The ceiling for ``--workers 2`` on two files."""
+
+    def wall(copies: int) -> float:
+        start = time.perf_counter()
+        loops = [subprocess.Popen([sys.executable, "-c", _CPU_LOOP]) for _ in range(copies)]
+        for loop in loops:
+            loop.wait()
+        return time.perf_counter() - start
+
+    ratios = [2 * wall(1) / wall(2) for _ in range(repeat)]
+    return statistics.median(ratios)
+
+
 def _build_all(
     workdir: Path,
     size: int,
@@ -881,6 +900,11 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(list(runs.values())))
         print()
         print("\n".join(summary_lines(runs)))
+        if "dmfnet prepare, halves, 2 workers" in runs and (os.cpu_count() or 1) > 1:
+            print(
+                f"- this machine's own speed-up for two CPU-bound processes at once (a plain "
+                f"Python loop, one vs two at a time): {machine_speedup(args.repeat):.2f}x"
+            )
         agreement = None
         prep, ref = runs.get("dmfnet prepare"), runs.get("dpkt reference")
         if prep and ref and _ok(prep) and _ok(ref):
