@@ -6,9 +6,11 @@ cut by a chunk boundary is carried over to the next chunk), so memory stays boun
 large the capture is.
 
 The walk over records follows the length fields to collect record positions. In pcap it
-follows thousands of record chains at once with numpy (see ``_PcapWalker._chase``) and
-goes one record at a time in Python only around what needs a closer look (a corrupt or
-truncated record, a chunk's end) and in pcapng. Everything else (header fields,
+goes one record at a time in C (``pcap_chain`` of the small extension ``_records``, built at
+install where a C compiler is found), or else follows thousands of record chains at once
+with numpy (see ``_PcapWalker._chase``), as pcapng blocks are always followed; in Python it
+goes one record at a time only around what needs a closer look (a corrupt or truncated
+record, a chunk's end). Everything else (header fields,
 timestamps, link types) is decoded with numpy over the whole chunk, then
 :func:`parse_packets` parses the packets.
 
