@@ -186,3 +186,14 @@ def test_background_write_error_is_raised_not_lost(tmp_path):
         for s in range(4):
             writer.write(synthetic_flows(10, seed=s), "x")
         writer.close()
+
+
+def test_page_blocks_start_on_huge_page_boundaries():
+    from dmfnet.memory import HUGE_PAGE, page_block
+
+    for nbytes in (100, HUGE_PAGE, 3 * HUGE_PAGE + 5):
+        block = page_block(nbytes, zeros=True)
+        assert block.shape == (nbytes,) and block.dtype == np.uint8 and not block.any()
+        if nbytes >= HUGE_PAGE:
+            assert block.ctypes.data % HUGE_PAGE == 0
+        block[:] = 7  # writable, all of it

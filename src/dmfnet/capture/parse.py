@@ -20,6 +20,7 @@ import numpy as np
 
 from dmfnet.capture.fields import rows, u8, u16be, u16le, u32be, u32le
 from dmfnet.capture.packets import PacketBatch, ParsedPackets
+from dmfnet.memory import page_block
 
 # Link types whose packets are parsed; packets of others stay non-IP.
 LINKTYPE_NAMES: dict[int, str] = {
@@ -251,11 +252,10 @@ _FIELDS: dict[str, tuple[type, int]] = {  # ParsedPackets' arrays: dtype, values
 
 
 def _zeroed_fields(n: int) -> dict[str, np.ndarray]:
-    """ParsedPackets' arrays for ``n`` packets, zeros, all slabs of one block of memory:
-    several MiB for a large batch, which the system backs with huge pages where it offers
-    them (a fault per 2 MiB instead of one per 4 kB for each array on its own)."""
+    """ParsedPackets' arrays for ``n`` packets, zeros, all slabs of one block of memory
+    (several MiB for a large batch: see :mod:`dmfnet.memory`)."""
     sizes = {k: -(-n * np.dtype(t).itemsize * w // 64) * 64 for k, (t, w) in _FIELDS.items()}
-    block = np.zeros(sum(sizes.values()), np.uint8)
+    block = page_block(sum(sizes.values()), zeros=True)
     out, at = {}, 0
     for name, (dtype, width) in _FIELDS.items():
         shape = (n, width) if width > 1 else (n,)

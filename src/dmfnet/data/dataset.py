@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmfnet.flows.schema import LABEL_COLUMN, SCALAR_COLUMNS, SEQUENCE_COLUMNS
+from dmfnet.memory import page_block
 
 CARD_NAME = "dataset.json"
 PART_GLOB = "part-*.parquet"
@@ -256,18 +257,14 @@ class PartWriter:
                 self._flush()
 
     def _allocate(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Empty row-group columns; the numeric ones are slabs of one block of memory.
-
-        One block of several MiB is backed by huge pages where the system offers them
-        (numpy asks for them from 4 MiB on): a tenth of the page faults that filling a
-        column of its own each costs.
-        """
+        """Empty row-group columns; the numeric ones are slabs of one block of memory
+        (several MiB: filled with a tenth of the page faults, see :mod:`dmfnet.memory`)."""
         rows = self.row_group_rows
         shapes = {name: (rows, *values.shape[1:]) for name, values in columns.items()}
         dtypes = {name: _column_dtype(name) for name in columns}
         numeric = [name for name in columns if not dtypes[name].hasobject]
         sizes = [_aligned(int(np.prod(shapes[n])) * dtypes[n].itemsize) for n in numeric]
-        block = np.empty(sum(sizes), np.uint8)
+        block = page_block(sum(sizes))
         out: dict[str, np.ndarray] = {}
         at = 0
         for name in columns:
