@@ -376,6 +376,10 @@ def open_parquet_writer(path: str | Path, schema: pa.Schema | None = None) -> pq
         compression=PARQUET_COMPRESSION,
         use_dictionary=strings,
         write_statistics=[LABEL_COLUMN, *[n for n in SCALAR_COLUMNS]],
+        # The C library's allocator: it reuses the memory numpy has just freed, where
+        # Arrow's own (mimalloc) takes fresh pages (preparing a 200 MB capture on one core:
+        # 12 % less time, half the system time).
+        memory_pool=pa.system_memory_pool(),
     )
 
 
