@@ -543,10 +543,13 @@ def _execute_once(run: Run, out: Path | None, log, repeat: int) -> bool:
 
 def _execute(jobs: list[tuple[Run, Path | None]], repeat: int, log) -> None:
     """Time every job ``repeat`` times, round by round (job 1, 2, ..., then again), so a
-    slow spell of a shared machine falls on all jobs alike rather than on one."""
+    slow spell of a shared machine falls on all jobs alike rather than on one. Each round
+    starts one job further on, so that no job always runs first or right after the same
+    one (on the development VM the first job of a round was often the slowest)."""
     failed: set[str] = set()
-    for _ in range(repeat):
-        for run, out in jobs:
+    for round_ in range(repeat):
+        start = round_ % max(len(jobs), 1)
+        for run, out in jobs[start:] + jobs[:start]:
             if run.name in failed:
                 continue
             if not run.measurements:
