@@ -13,6 +13,7 @@ dataset was made.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import multiprocessing as mp
 import os
@@ -421,8 +422,14 @@ class _WorkerPool:
         self.out = Path(init_args[3])
         self.workers = workers
         self.queue = self.ctx.Queue()
-        self.pool = self._pool(workers, self.queue)
-        self.pool.submit(int).result()  # launches the worker processes now
+        # The workers' garbage collections leave what exists now (modules, mostly) alone:
+        # they neither walk it nor write to its pages, which fork shares with this process.
+        gc.freeze()
+        try:
+            self.pool = self._pool(workers, self.queue)
+            self.pool.submit(int).result()  # launches the worker processes now
+        finally:
+            gc.unfreeze()  # this process collects as before
 
     def _pool(self, workers: int, queue) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
