@@ -197,3 +197,18 @@ def test_page_blocks_start_on_huge_page_boundaries():
         if nbytes >= HUGE_PAGE:
             assert block.ctypes.data % HUGE_PAGE == 0
         block[:] = 7  # writable, all of it
+
+
+def test_page_slabs_are_separate_zeroed_arrays_of_one_block():
+    from dmfnet.memory import page_slabs
+
+    layout = {"a": ((1000, 16), np.uint8), "b": ((1000,), np.int64), "c": ((3,), np.bool_)}
+    slabs = page_slabs(layout, zeros=True)
+    for name, (shape, dtype) in layout.items():
+        assert slabs[name].shape == shape and slabs[name].dtype == dtype
+        assert not slabs[name].any() and slabs[name].ctypes.data % 64 == 0
+    slabs["a"][:] = 1
+    slabs["b"][:] = -1
+    slabs["c"][:] = True
+    assert (slabs["a"] == 1).all() and (slabs["b"] == -1).all()  # no slab overlaps another
+    assert page_slabs({"e": ((0,), np.int32)})["e"].shape == (0,)

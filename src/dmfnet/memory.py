@@ -9,6 +9,8 @@ boundaries is all huge pages: filling it costs a page fault per 2 MiB instead of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 HUGE_PAGE = 2 << 20
@@ -25,3 +27,20 @@ def page_block(nbytes: int, *, zeros: bool = False) -> np.ndarray:
     raw = make((pages + 1) * HUGE_PAGE, np.uint8)
     skip = -raw.ctypes.data % HUGE_PAGE
     return raw[skip : skip + nbytes]
+
+
+def page_slabs(
+    layout: Mapping[str, tuple[tuple[int, ...], np.dtype | type]], *, zeros: bool = False
+) -> dict[str, np.ndarray]:
+    """Arrays of the given ``(shape, dtype)`` by name, each a slab (64-byte aligned) of one
+    :func:`page_block`: several arrays filled together with the page faults of one block."""
+    sizes = {
+        name: -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 64) * 64
+        for name, (shape, dtype) in layout.items()
+    }
+    block = page_block(sum(sizes.values()), zeros=zeros)
+    out, at = {}, 0
+    for name, (shape, dtype) in layout.items():
+        out[name] = np.ndarray(shape, dtype, buffer=block, offset=at)
+        at += sizes[name]
+    return out

@@ -96,9 +96,10 @@ def u32(data: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
 
 def rows(data: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     """``(len(pos), width)`` uint8 array of the bytes ``data[p : p + width]`` for each ``p``."""
-    if gather_rows is not None and pos.ndim == 1 and _inside(data, pos, width):
-        return _copied_rows(data, pos, width)
-    if _inside(data, pos, width):  # gathered as opaque items: twice as fast as 2-D rows
+    if _inside(data, pos, width):
+        if gather_rows is not None and pos.ndim == 1:
+            return _copied_rows(data, pos, width)
+        # gathered as opaque items: twice as fast as 2-D rows
         items = np.ndarray((len(data) - width + 1,), f"V{width}", data, 0, (1,))[pos]
         return items.view(np.uint8).reshape(len(pos), width)
     out = np.empty((len(pos), width), np.uint8)

@@ -20,7 +20,7 @@ import numpy as np
 
 from dmfnet.capture.fields import rows, u8, u16be, u16le, u32be, u32le
 from dmfnet.capture.packets import PacketBatch, ParsedPackets
-from dmfnet.memory import page_block
+from dmfnet.memory import page_slabs
 
 # Link types whose packets are parsed; packets of others stay non-IP.
 LINKTYPE_NAMES: dict[int, str] = {
@@ -254,14 +254,8 @@ _FIELDS: dict[str, tuple[type, int]] = {  # ParsedPackets' arrays: dtype, values
 def _zeroed_fields(n: int) -> dict[str, np.ndarray]:
     """ParsedPackets' arrays for ``n`` packets, zeros, all slabs of one block of memory
     (several MiB for a large batch: see :mod:`dmfnet.memory`)."""
-    sizes = {k: -(-n * np.dtype(t).itemsize * w // 64) * 64 for k, (t, w) in _FIELDS.items()}
-    block = page_block(sum(sizes.values()), zeros=True)
-    out, at = {}, 0
-    for name, (dtype, width) in _FIELDS.items():
-        shape = (n, width) if width > 1 else (n,)
-        out[name] = np.ndarray(shape, dtype, buffer=block, offset=at)
-        at += sizes[name]
-    return out
+    layout = {k: ((n, w) if w > 1 else (n,), t) for k, (t, w) in _FIELDS.items()}
+    return page_slabs(layout, zeros=True)
 
 
 def _slice(batch: PacketBatch, lo: int, hi: int) -> PacketBatch:

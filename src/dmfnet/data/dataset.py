@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmfnet.flows.schema import LABEL_COLUMN, SCALAR_COLUMNS, SEQUENCE_COLUMNS
-from dmfnet.memory import page_block
+from dmfnet.memory import page_slabs
 
 CARD_NAME = "dataset.json"
 PART_GLOB = "part-*.parquet"
@@ -259,21 +259,12 @@ class PartWriter:
     def _allocate(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Empty row-group columns; the numeric ones are slabs of one block of memory
         (several MiB: filled with a tenth of the page faults, see :mod:`dmfnet.memory`)."""
-        rows = self.row_group_rows
-        shapes = {name: (rows, *values.shape[1:]) for name, values in columns.items()}
-        dtypes = {name: _column_dtype(name) for name in columns}
-        numeric = [name for name in columns if not dtypes[name].hasobject]
-        sizes = [_aligned(int(np.prod(shapes[n])) * dtypes[n].itemsize) for n in numeric]
-        block = page_block(sum(sizes))
-        out: dict[str, np.ndarray] = {}
-        at = 0
-        for name in columns:
-            if name in numeric:
-                out[name] = np.ndarray(shapes[name], dtypes[name], buffer=block, offset=at)
-                at += sizes[numeric.index(name)]
-            else:
-                out[name] = np.empty(shapes[name], dtypes[name])
-        return out
+        layout = {
+            name: ((self.row_group_rows, *values.shape[1:]), _column_dtype(name))
+            for name, values in columns.items()
+        }
+        numeric = page_slabs({k: v for k, v in layout.items() if not v[1].hasobject})
+        return {k: numeric[k] if k in numeric else np.empty(*layout[k]) for k in layout}
 
     def _flush(self) -> None:
         """Write the rows buffered (a full row group, or the last one at ``close``)."""
@@ -329,10 +320,6 @@ class PartWriter:
                 self._writer.close()
                 self._writer = None
         return self.paths
-
-
-def _aligned(size: int, to: int = 64) -> int:
-    return -(-size // to) * to
 
 
 def _column_dtype(name: str) -> np.dtype:
