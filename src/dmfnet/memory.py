@@ -32,8 +32,9 @@ def page_block(nbytes: int, *, zeros: bool = False) -> np.ndarray:
 def page_slabs(
     layout: Mapping[str, tuple[tuple[int, ...], np.dtype | type]], *, zeros: bool = False
 ) -> dict[str, np.ndarray]:
-    """Arrays of the given ``(shape, dtype)`` by name, each a slab (64-byte aligned) of one
-    :func:`page_block`: several arrays filled together with the page faults of one block."""
+    """Arrays of the given ``(shape, dtype)`` by name, each a slab of one :func:`page_block`
+    (at a multiple of 64 bytes from its start): several arrays filled together with the page
+    faults of one block."""
     sizes = {
         name: -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 64) * 64
         for name, (shape, dtype) in layout.items()
