@@ -202,7 +202,7 @@ def test_page_blocks_start_on_huge_page_boundaries():
 def test_page_slabs_are_separate_zeroed_arrays_of_one_block():
     from dmfnet.memory import page_slabs
 
-    layout = {"a": ((1000, 16), np.uint8), "b": ((1000,), np.int64), "c": ((3,), np.bool_)}
+    layout = {"a": ((1000, 15), np.uint8), "b": ((999,), np.int64), "c": ((3,), np.bool_)}
     slabs = page_slabs(layout, zeros=True)
     start = slabs["a"].ctypes.data
     for name, (shape, dtype) in layout.items():
