@@ -1,11 +1,12 @@
 """One training loop for DMF, its ablations and the baselines (paper §5.1).
 
 :func:`train` splits a flow dataset (8:1:1 stratified, the paper's protocol, or by capture
-file), removes test flows whose model inputs duplicate a training flow (unless asked to
-keep them, as the paper does), fits the model with AdamW and early stopping on the
-validation macro-F1, scores the best checkpoint on the test flows and writes a run folder
-(:mod:`dmfnet.training.runs`). Estimator models (XGBoost) take the same path apart from
-the epoch loop. :func:`evaluate` scores a trained run on another prepared dataset.
+file), removes test flows whose model inputs (or the columns given as ``duplicate_inputs``)
+duplicate a training flow (unless asked to keep them, as the paper does), fits the model
+with AdamW and early stopping on the validation macro-F1, scores the best checkpoint on
+the test flows and writes a run folder (:mod:`dmfnet.training.runs`). Estimator models
+(XGBoost) take the same path apart from the epoch loop. :func:`evaluate` scores a trained
+run on another prepared dataset.
 
 Batching indexes tensors made once from the dataset columns (raw dtypes, zero-copy where
 possible); there is no per-flow Python object. Under ``torchrun`` (``WORLD_SIZE`` > 1) the
@@ -496,6 +497,7 @@ def train(
     num_workers: int = 0,
     min_class_flows: int = 0,
     drop_classes: Sequence[str] = (),
+    duplicate_inputs: Sequence[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` on a FlowDataset (or the path of one) and write the run folder ``run_dir``.
@@ -509,6 +511,15 @@ def train(
     split; ``schedule`` is ``"cosine"`` (one epoch of warm-up, then cosine decay over
     ``epochs``) or ``"constant"``. ``min_class_flows`` and ``drop_classes`` train on a
     subset of the classes (:func:`select_classes`).
+
+    ``duplicate_inputs`` names the dataset columns compared when dropping test flows that
+    duplicate a training flow (ignored with ``keep_duplicates``). ``None``, the default and
+    what ``dmfnet train`` uses, compares the model's own inputs, so models with different
+    inputs may be scored on different test flows.
+    :func:`~dmfnet.training.benchmark.run_benchmark` passes the union of all benchmarked
+    models' inputs, so that every model of one seed is scored on the same test flows. The
+    columns compared are recorded in ``run.json`` (``duplicate_inputs``; ``None`` when
+    duplicates are kept).
     """
     from dmfnet.models import create_model, get_entry
 
@@ -527,7 +538,16 @@ def train(
     model_config = dict(model_config or {})
     model_config.pop("num_classes", None)  # set by the dataset's classes
 
-    columns = list(entry.inputs) + (["capture"] if split == "file" else [])
+    if keep_duplicates:
+        compared: list[str] | None = None
+    else:
+        compared = list(
+            dict.fromkeys(entry.inputs if duplicate_inputs is None else duplicate_inputs)
+        )
+        if not compared:
+            raise ValueError("duplicate_inputs is empty: no columns to compare test flows on")
+    extra = [c for c in compared or () if c not in entry.inputs]
+    columns = [*entry.inputs, *extra] + (["capture"] if split == "file" else [])
     ds, dataset_path = _load(dataset, columns)
     ds = select_classes(ds, min_class_flows=min_class_flows, drop_classes=drop_classes)
     class_names = [str(c) for c in ds.classes]
@@ -562,8 +582,11 @@ def train(
         except TypeError as exc:
             raise ValueError(f"model {model!r} does not accept this configuration: {exc}") from None
         train_idx, val_idx, test_idx, removed = split_indices(
-            ds, entry.inputs, seed=seed, split=split, keep_duplicates=keep_duplicates
+            ds, compared or entry.inputs, seed=seed, split=split, keep_duplicates=keep_duplicates
         )
+        if isinstance(dataset, (str, os.PathLike)):  # loaded here: free the compared-only columns
+            for c in extra:
+                ds.columns.pop(c, None)
         if batch_size is None:
             cfg = dataclasses.replace(cfg, batch_size=auto_batch_size(len(train_idx)))
         if rank == 0:
@@ -631,6 +654,7 @@ def train(
                 "seed": seed,
                 "split": split,
                 "keep_duplicates": keep_duplicates,
+                "duplicate_inputs": compared,
                 "min_class_flows": min_class_flows,
                 "drop_classes": list(drop_classes),
                 "split_sizes": {
@@ -672,6 +696,7 @@ def _report_info(info: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[st
         "seed": info["seed"],
         "keep_duplicates": info["keep_duplicates"],
         "duplicates_removed": info["duplicates_removed"],
+        "duplicates_compared_on": ", ".join(info.get("duplicate_inputs") or []) or None,
         "train_size": info["split_sizes"]["train"],
         "val_size": info["split_sizes"]["val"],
         "test_size": info["split_sizes"]["test"],
