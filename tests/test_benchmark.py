@@ -50,7 +50,9 @@ def test_interrupted_benchmark_resumes_without_retraining(dataset, tmp_path):
         rows = list(csv.DictReader(fh))
     assert [(r["model"], r["seed"]) for r in rows] == [("dmf-late", "0"), ("dmf-no-bytes", "0")]
     assert list(rows[0]) == ["model", "seed", "accuracy", "precision_macro", "recall_macro",
-                             "fpr_macro", "f1_macro", "train_seconds", "infer_flows_per_s"]  # fmt: skip
+                             "fpr_macro", "f1_macro", "train_seconds", "infer_flows_per_s",
+                             "test_size", "duplicates_removed"]  # fmt: skip
+    assert rows[0]["test_size"] == rows[1]["test_size"] == "12"  # one test set for both models
     md = (report / "tables.md").read_text()
     assert "| w/o Multi-scale fusion |" in md and "| w/o Raw byte |" in md
     metrics = json.loads((report / "runs" / "dmf-no-bytes" / "seed0" / "metrics.json").read_text())

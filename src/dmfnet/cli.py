@@ -442,7 +442,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         default=",".join(DEFAULT_MODELS),
         help="comma-separated registered model names (default: %(default)s)",
     )
-    p.add_argument("--seeds", type=int, default=3, help="runs per model, seeds 0..K-1 (default: 3)")
+    p.add_argument("--seeds", type=int, default=5, help="runs per model, seeds 0..K-1 (default: 5)")
     _add_training_options(p)
     p.add_argument(
         "--set",

@@ -2,12 +2,15 @@
 
 :func:`run_benchmark` trains and tests each chosen model for seeds 0..K-1 through the one
 training path (:func:`dmfnet.training.trainer.train`): the same seed gives every model the
-same split. Each finished (model, seed) pair is appended to ``results.csv`` at once, so an
-interrupted benchmark resumes where it stopped. :func:`write_tables` turns ``results.csv``
-into ``tables.md``, ``tables_*.csv`` and a macro-F1 bar chart; it can be run on its own.
+same split and the same test flows, since a test flow is dropped as a duplicate for all
+models when the union of all benchmarked models' inputs equals a training flow's. Each
+finished (model, seed) pair is appended to ``results.csv`` at once, so an interrupted
+benchmark resumes where it stopped. :func:`write_tables` turns ``results.csv`` into
+``tables.md``, ``tables_*.csv`` and a macro-F1 bar chart; it can be run on its own.
 
 Spread is the sample standard deviation over seeds (``ddof=1``); with one seed only the
-mean is shown.
+mean is shown. :func:`paired_differences` compares each model with DMF seed by seed
+(paired t interval, wins/ties/losses) for the "Paired comparison with DMF" section.
 """
 
 from __future__ import annotations
@@ -33,9 +36,7 @@ DEFAULT_MODELS = (
     "appnet",
     "mimetic",
 )
-RESULT_COLUMNS = (
-    "model",
-    "seed",
+METRIC_COLUMNS = (
     "accuracy",
     "precision_macro",
     "recall_macro",
@@ -44,6 +45,11 @@ RESULT_COLUMNS = (
     "train_seconds",
     "infer_flows_per_s",
 )
+# Test flows of the run and duplicate test flows dropped; absent from older results.csv
+# files, which still read (NaN).
+SIZE_COLUMNS = ("test_size", "duplicates_removed")
+RESULT_COLUMNS = ("model", "seed", *METRIC_COLUMNS, *SIZE_COLUMNS)
+_REQUIRED_COLUMNS = ("model", "seed", *METRIC_COLUMNS)
 # The paper's column order (Accuracy, Recall, FPR, Precision), then macro-F1.
 TABLE_METRICS = (
     ("accuracy", "Accuracy"),
@@ -67,8 +73,15 @@ ABLATION_LAYOUT = (
 )
 # Settings that must match for results in one report folder to be comparable.
 _SETTINGS_FILE = "benchmark.json"
-_COMPARABLE = ("dataset", "split", "keep_duplicates", "epochs", "batch_size", "lr",
-               "weight_decay", "patience", "model_config", "classes_kept")  # fmt: skip
+_COMPARABLE = ("dataset", "split", "keep_duplicates", "duplicate_inputs", "epochs",
+               "batch_size", "lr", "weight_decay", "patience", "model_config",
+               "classes_kept")  # fmt: skip
+# Paired comparison: a per-seed difference below this many percentage points is a tie.
+PAIRED_TIE_PP = 0.05
+SHARED_DUPLICATE_RULE = (
+    "a test flow is dropped for all models when all benchmarked models' inputs together "
+    "equal a training flow's"
+)
 
 _SPLIT_TEXT = {
     "random": "random 8:1:1, stratified by class (the paper's protocol); seed k gives split k",
@@ -82,14 +95,15 @@ _SPLIT_TEXT = {
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Rows of ``results.csv`` (numbers as float, seed as int); a later row for the same
-    (model, seed) replaces an earlier one."""
+    (model, seed) replaces an earlier one. ``test_size`` and ``duplicates_removed`` are NaN
+    in files written before they were recorded."""
     path = Path(path)
     if not path.exists():
         return []
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in RESULT_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in _REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(
                 f"{path} is not a benchmark results file: missing {', '.join(missing)}"
@@ -98,26 +112,55 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
             try:
                 row: dict[str, Any] = {"model": raw["model"], "seed": int(raw["seed"])}
                 for c in RESULT_COLUMNS[2:]:
-                    row[c] = float(raw[c]) if raw[c] not in ("", None) else math.nan
+                    value = raw.get(c)
+                    row[c] = float(value) if value not in ("", None) else math.nan
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{path}, line {line}: unreadable row ({exc})") from None
             rows[(row["model"], row["seed"])] = row
     return list(rows.values())
 
 
+def _csv_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return repr(float(value)) if isinstance(value, float) else value
+
+
+def _upgrade_header(path: Path) -> None:
+    """Rewrite a results.csv of an older layout (fewer columns) with today's header, the
+    new columns left empty, so that appended rows line up with the header."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) == RESULT_COLUMNS:
+            return
+        missing = [c for c in _REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path} is not a benchmark results file: missing {', '.join(missing)}"
+            )
+        old = list(reader)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(RESULT_COLUMNS)
+        writer.writerows([[raw.get(c) or "" for c in RESULT_COLUMNS] for raw in old])
+    tmp.replace(path)
+
+
 def append_result(path: str | Path, row: Mapping[str, Any]) -> None:
-    """Append one (model, seed) row, writing the header first if the file is new."""
+    """Append one (model, seed) row, writing the header first if the file is new (and
+    upgrading the header of an older file first). ``test_size`` and
+    ``duplicates_removed`` may be missing from ``row`` (written empty)."""
     path = Path(path)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        _upgrade_header(path)
     with open(path, "a", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         if new:
             writer.writerow(RESULT_COLUMNS)
-        out = []
-        for c in RESULT_COLUMNS:
-            v = row[c]
-            out.append(repr(float(v)) if isinstance(v, float) else v)
-        writer.writerow(out)
+        writer.writerow([_csv_value(row.get(c) if c in SIZE_COLUMNS else row[c])
+                         for c in RESULT_COLUMNS])  # fmt: skip
         fh.flush()
 
 
@@ -132,7 +175,7 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for model, rs in by_model.items():
         s: dict[str, Any] = {"seeds": sorted(int(r["seed"]) for r in rs)}
-        for c in RESULT_COLUMNS[2:]:
+        for c in METRIC_COLUMNS:
             values = np.array([float(r[c]) for r in rs], dtype=np.float64)
             std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
             s[c] = (float(values.mean()), std)
@@ -256,7 +299,146 @@ def _cost_table(summary: Mapping[str, Mapping[str, Any]], models: Sequence[str])
     return "\n".join(lines)
 
 
-def _header_lines(info: Mapping[str, Any], summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def paired_differences(
+    rows: Sequence[Mapping[str, Any]],
+    reference: str = "dmf",
+    metric: str = "f1_macro",
+    tie_pp: float = PAIRED_TIE_PP,
+) -> list[dict[str, Any]]:
+    """Each model against ``reference`` over the seeds both have, in percentage points.
+
+    Per shared seed the difference is ``100 * (model - reference)`` of ``metric`` (runs of
+    one seed share the split and, in a benchmark, the test flows). Per model (in the order
+    of ``rows``, models sharing no seed with ``reference`` left out) returns ``model``,
+    ``seeds`` (the shared seeds), ``n``, ``differences_pp``, ``mean_pp``, the 95 % paired t
+    interval ``ci_low_pp``/``ci_high_pp`` (mean ± t(0.975, n-1) · s / sqrt(n), s the sample
+    std of the differences; NaN with one seed), ``wins``/``ties``/``losses`` of the model
+    (a tie: |difference| < ``tie_pp``; for a lower-is-better metric such as FPR a win is a
+    lower value) and ``verdict``: "DMF better" (the reference's name for another reference)
+    when the whole interval favours the reference, "model better" when it favours the
+    model, "no clear difference" otherwise, "n/a (one seed)" without an interval. Empty
+    when ``reference`` has no results.
+    """
+    from scipy import stats
+
+    values: dict[str, dict[int, float]] = {}
+    for r in rows:
+        v = float(r[metric])
+        if not math.isnan(v):
+            values.setdefault(str(r["model"]), {})[int(r["seed"])] = v
+    ref = values.get(reference)
+    if not ref:
+        return []
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0  # sign * difference > 0: model better
+    ref_better = "DMF better" if reference == "dmf" else f"{reference} better"
+    out = []
+    for model, by_seed in values.items():
+        seeds = sorted(set(by_seed) & set(ref))
+        if model == reference or not seeds:
+            continue
+        diffs = np.array([100.0 * (by_seed[k] - ref[k]) for k in seeds], dtype=np.float64)
+        n = len(diffs)
+        mean = float(diffs.mean())
+        if n > 1:
+            half = float(stats.t.ppf(0.975, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
+            low, high = mean - half, mean + half
+            favour = sorted((sign * low, sign * high))  # the interval, > 0 favouring the model
+            if favour[1] < 0:
+                verdict = ref_better
+            elif favour[0] > 0:
+                verdict = "model better"
+            else:
+                verdict = "no clear difference"
+        else:
+            low = high = math.nan
+            verdict = "n/a (one seed)"
+        tie = np.abs(diffs) < tie_pp
+        wins = int(((sign * diffs) > 0)[~tie].sum())
+        ties = int(tie.sum())
+        out.append({
+            "model": model,
+            "reference": reference,
+            "metric": metric,
+            "seeds": seeds,
+            "n": n,
+            "differences_pp": [float(d) for d in diffs],
+            "mean_pp": mean,
+            "ci_low_pp": low,
+            "ci_high_pp": high,
+            "wins": wins,
+            "ties": ties,
+            "losses": n - wins - ties,
+            "verdict": verdict,
+        })  # fmt: skip
+    return out
+
+
+def _pp(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.2f}"
+
+
+def _paired_table(paired: Sequence[Mapping[str, Any]]) -> str:
+    lines = [
+        "| Model | Shared seeds | Mean difference (pp) | 95 % CI (pp) | Wins / ties / losses "
+        "| Verdict |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for p in paired:
+        ci = (
+            "n/a"
+            if math.isnan(p["ci_low_pp"])
+            else f"[{_pp(p['ci_low_pp'])}, {_pp(p['ci_high_pp'])}]"
+        )
+        lines.append(
+            f"| {p['model']} | {p['n']} | {_pp(p['mean_pp'])} | {ci} | "
+            f"{p['wins']} / {p['ties']} / {p['losses']} | {p['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def _write_paired_csv(path: Path, paired: Sequence[Mapping[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", "reference", "metric", "shared_seeds", "seeds", "mean_diff_pp",
+                         "ci_low_pp", "ci_high_pp", "wins", "ties", "losses", "verdict"])  # fmt: skip
+        for p in paired:
+            number = [
+                "" if math.isnan(p[k]) else f"{p[k]:.4f}"
+                for k in ("mean_pp", "ci_low_pp", "ci_high_pp")
+            ]
+            writer.writerow([p["model"], p["reference"], p["metric"], p["n"],
+                             " ".join(map(str, p["seeds"])), *number, p["wins"], p["ties"],
+                             p["losses"], p["verdict"]])  # fmt: skip
+
+
+def _per_seed(rows: Sequence[Mapping[str, Any]], key: str) -> str | None:
+    """'0: 315, 1: 312' for ``key`` per seed; says so when models of one seed differ."""
+    by_seed: dict[int, dict[str, int]] = {}
+    for r in rows:
+        value = r.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        by_seed.setdefault(int(r["seed"]), {})[str(r["model"])] = int(value)
+    if not by_seed:
+        return None
+    parts, differ = [], []
+    for seed in sorted(by_seed):
+        counts = by_seed[seed]
+        lo, hi = min(counts.values()), max(counts.values())
+        parts.append(f"{seed}: {lo:,}" if lo == hi else f"{seed}: {lo:,}-{hi:,}")
+        if lo != hi:
+            differ.append(f"seed {seed}: " + ", ".join(f"{m} {c:,}" for m, c in counts.items()))
+    text = ", ".join(parts)
+    if differ:
+        text += " — models of one seed differ (" + "; ".join(differ) + ")"
+    return text
+
+
+def _header_lines(
+    info: Mapping[str, Any],
+    summary: Mapping[str, Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]] = (),
+) -> list[str]:
     lines = []
     if info.get("dataset"):
         text = str(info["dataset"])
@@ -271,12 +453,24 @@ def _header_lines(info: Mapping[str, Any], summary: Mapping[str, Mapping[str, An
     if "keep_duplicates" in info:
         if info["keep_duplicates"]:
             dup = "kept: test flows identical to a training flow stay in the test set (the paper's protocol)"
+        elif info.get("duplicate_inputs"):
+            dup = (
+                f"removed for all models alike: {SHARED_DUPLICATE_RULE} (compared on "
+                f"{', '.join(info['duplicate_inputs'])}); a flow that duplicates a training "
+                "flow in one model's inputs only stays in every model's test set"
+            )
         else:
             dup = "removed: test flows whose model inputs equal a training flow's are dropped"
             if info.get("duplicates_removed") is not None:
                 dup += f" ({info['duplicates_removed']} per run; which flows count depends on "
                 dup += "each model's inputs)"
         lines.append(f"- **Duplicate test flows:** {dup}")
+    sizes = _per_seed(rows, "test_size")
+    if sizes:
+        lines.append(f"- **Test flows per seed:** {sizes}")
+    dropped = _per_seed(rows, "duplicates_removed")
+    if dropped and not info.get("keep_duplicates"):
+        lines.append(f"- **Duplicate test flows dropped per seed:** {dropped}")
     seed_sets = {tuple(s["seeds"]) for s in summary.values()}
     if len(seed_sets) == 1:
         seeds = next(iter(seed_sets))
@@ -296,6 +490,7 @@ def _header_lines(info: Mapping[str, Any], summary: Mapping[str, Mapping[str, An
         "classes",
         "split",
         "keep_duplicates",
+        "duplicate_inputs",
         "duplicates_removed",
         "seeds",
     }
@@ -365,17 +560,28 @@ def plot_f1_bars(
 def write_tables(
     results_csv: str | Path, out_dir: str | Path, info: Mapping[str, Any]
 ) -> dict[str, Path]:
-    """Write tables.md, tables_comparison.csv, tables_ablation.csv, tables_all.csv and
-    f1_macro.png into ``out_dir`` from ``results_csv``; returns the paths written.
+    """Write tables.md, tables_comparison.csv, tables_ablation.csv, tables_all.csv,
+    tables_paired.csv (when ``dmf`` has results) and f1_macro.png into ``out_dir`` from
+    ``results_csv``; returns the paths written.
 
     ``info`` holds what the header states: ``dataset`` (and optionally ``flows``,
-    ``classes``), ``split``, ``keep_duplicates``, plus any other flat settings.
+    ``classes``), ``split``, ``keep_duplicates``, ``duplicate_inputs`` (the columns the
+    benchmark compared to drop duplicate test flows; read from the ``benchmark.json`` beside
+    ``results_csv`` when not given), plus any other flat settings. The test flows and
+    duplicates dropped per seed come from ``results.csv`` itself.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_results(results_csv)
     if not rows:
         raise ValueError(f"{results_csv} holds no results yet")
+    if "duplicate_inputs" not in info:
+        try:
+            saved = json.loads((Path(results_csv).parent / _SETTINGS_FILE).read_text("utf-8"))
+            if saved.get("duplicate_inputs"):
+                info = {**info, "duplicate_inputs": saved["duplicate_inputs"]}
+        except (OSError, ValueError, AttributeError):
+            pass
     summary = summarise(rows)
     models = list(summary)
     comparison = comparison_rows(models)
@@ -384,7 +590,7 @@ def write_tables(
 
     written: dict[str, Path] = {}
     parts = ["# Benchmark", ""]
-    parts += _header_lines(info, summary)
+    parts += _header_lines(info, summary, rows)
     parts.append("")
     if comparison:
         parts += ["## Model comparison (layout of the paper's Tables 2-3)", ""]
@@ -402,6 +608,31 @@ def write_tables(
         "",
         "![macro-F1 per model](f1_macro.png)",
         "",
+    ]
+    paired = paired_differences(rows, reference="dmf", metric="f1_macro")
+    if paired:
+        if info.get("keep_duplicates") or info.get("duplicate_inputs"):
+            same = "trained on the same split and scored on the same test flows"
+        else:  # older reports dropped duplicates by each model's own inputs
+            same = "trained on the same split"
+        parts += [
+            "## Paired comparison with DMF",
+            "",
+            f"Per seed, each model and DMF are {same}; the difference is model − DMF in "
+            "macro-F1, in percentage points (pp). "
+            "95 % CI: paired t over the seeds both have (mean ± t(0.975, n−1) · s / √n, s the "
+            "sample std of the differences); n/a with one shared seed. Wins / ties / losses: "
+            f"seeds where the model is above DMF / less than {PAIRED_TIE_PP} pp from it (a "
+            "tie) / below it. "
+            "Verdict: DMF better when the whole interval is below 0, model better when it is "
+            "above 0, no clear difference otherwise.",
+            "",
+            _paired_table(paired),
+            "",
+        ]
+        written["paired"] = out_dir / "tables_paired.csv"
+        _write_paired_csv(written["paired"], paired)
+    parts += [
         "## Cost per run",
         "",
         _cost_table(summary, models),
@@ -438,9 +669,15 @@ def _check_settings(report_dir: Path, settings: Mapping[str, Any]) -> None:
             if previous.get(k) != settings.get(k)
         ]
         if differ:
+            older = (
+                " (results of the older rule that dropped duplicate test flows by each model's "
+                "own inputs)"
+                if "duplicate_inputs" not in previous and not previous.get("keep_duplicates")
+                else ""
+            )
             raise ValueError(
-                f"{report_dir} holds results of another configuration ({'; '.join(differ)}); "
-                "use a new report folder"
+                f"{report_dir} holds results of another configuration ({'; '.join(differ)})"
+                f"{older}; use a new report folder"
             )
     path.write_text(json.dumps(dict(settings), indent=2, default=str), encoding="utf-8")
 
@@ -457,26 +694,19 @@ def _finished_run(run_dir: Path, model: str, seed: int, settings: Mapping[str, A
         and info.get("seed") == seed
         and info.get("split") == settings["split"]
         and bool(info.get("keep_duplicates")) == bool(settings["keep_duplicates"])
+        and info.get("duplicate_inputs") == settings.get("duplicate_inputs")
     )
-    if same and all(c in metrics for c in RESULT_COLUMNS[2:]):
+    if same and all(c in metrics for c in METRIC_COLUMNS):
         return metrics
     return None
 
 
-def _duplicates_removed(report_dir: Path, keep_duplicates: bool) -> str | None:
-    """'N' or 'N-M' duplicate test flows removed per run, from the runs' metrics.json."""
-    if keep_duplicates:
-        return None
-    counts = []
-    for path in sorted((report_dir / "runs").glob("*/seed*/metrics.json")):
-        try:
-            counts.append(int(json.loads(path.read_text(encoding="utf-8"))["duplicates_removed"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    if not counts:
-        return None
-    lo, hi = min(counts), max(counts)
-    return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+def shared_duplicate_inputs(models: Sequence[str]) -> list[str]:
+    """The union of the registered inputs of ``models``, sorted: the columns compared to
+    drop duplicate test flows for every model of a benchmark alike."""
+    from dmfnet.models import get_entry
+
+    return sorted({c for m in models for c in get_entry(m).inputs})
 
 
 def _dataset_facts(dataset: Any) -> dict[str, Any]:
@@ -501,7 +731,7 @@ def run_benchmark(
     report_dir: str | Path,
     *,
     models: Sequence[str] = DEFAULT_MODELS,
-    seeds: int = 3,
+    seeds: int = 5,
     split: str = "random",
     keep_duplicates: bool = False,
     epochs: int = 30,
@@ -526,6 +756,12 @@ def run_benchmark(
     trained again. A pair that fails is reported and skipped (a rerun retries it).
     ``model_config`` maps a model name to its config overrides. Returns ``trained``,
     ``skipped`` and ``failed`` lists of (model, seed) and the paths written.
+
+    Unless ``keep_duplicates``, every run gets ``duplicate_inputs`` =
+    :func:`shared_duplicate_inputs` of ``models``: a test flow is dropped for all models
+    when all benchmarked models' inputs together equal a training flow's, so the models of
+    one seed are scored on the same test flows (paired comparison). The columns are part of
+    the report folder's settings: a folder with results under another rule is refused.
     """
     if train_fn is None:
         from dmfnet.training.trainer import train as train_fn
@@ -552,10 +788,12 @@ def run_benchmark(
 
         loaded = load_dataset(dataset) if isinstance(dataset, (str, Path)) else dataset
         dataset = select_classes(loaded, min_class_flows=min_class_flows, drop_classes=drop_classes)
+    duplicate_inputs = None if keep_duplicates else shared_duplicate_inputs(models)
     settings = {
         "dataset": dataset_name,
         "split": split,
         "keep_duplicates": bool(keep_duplicates),
+        "duplicate_inputs": duplicate_inputs,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
@@ -598,6 +836,7 @@ def run_benchmark(
                     patience=patience,
                     device=device,
                     model_config=model_config.get(model),
+                    duplicate_inputs=duplicate_inputs,
                     progress=progress,
                 )
             except (KeyboardInterrupt, MemoryError):
@@ -610,7 +849,8 @@ def run_benchmark(
                 if progress:
                     print(f"  {model}, seed {seed} failed: {exc}", flush=True)
                 continue
-        row = {"model": model, "seed": seed, **{c: metrics[c] for c in RESULT_COLUMNS[2:]}}
+        row = {"model": model, "seed": seed, **{c: metrics[c] for c in METRIC_COLUMNS},
+               **{c: metrics.get(c) for c in SIZE_COLUMNS}}  # fmt: skip
         append_result(results_csv, row)
         trained.append((model, seed))
         if progress:
@@ -621,8 +861,7 @@ def run_benchmark(
             )
 
     info = {"dataset": dataset_name, **_dataset_facts(dataset), "split": split,
-            "keep_duplicates": bool(keep_duplicates),
-            "duplicates_removed": _duplicates_removed(report_dir, keep_duplicates),
+            "keep_duplicates": bool(keep_duplicates), "duplicate_inputs": duplicate_inputs,
             "epochs (max)": epochs, "early stopping patience": patience}  # fmt: skip
     if min_class_flows:
         info["classes kept"] = f"at least {min_class_flows} flows"
