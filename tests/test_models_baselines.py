@@ -31,6 +31,7 @@ def flow_columns(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     cols["tcp_flags"] = (valid * 0x18).astype(np.uint8)
     byte_level = (30 + 90 * labels[:, None] + rng.integers(0, 20, (n, 1600))).astype(np.uint8)
     cols["bytes"] = byte_level
+    cols["payload_packet_bytes"] = byte_level[:, ::-1].copy()
     cols["flow_head"] = byte_level[:, :1024].copy()
     cols["payload_head"] = byte_level[:, 500:1524].copy()
     for name, (dtype, width) in SEQUENCE_COLUMNS.items():

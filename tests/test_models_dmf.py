@@ -242,3 +242,102 @@ def test_configuration_variants_build_and_train(config):
     assert out.logits.shape == (6, 3)
     model.loss(out, target).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ----------------------------------------------------------------- input representations
+
+
+def test_signed_lengths_reach_the_model_with_their_sign():
+    lengths = torch.tensor([[100, 1500, 0]], dtype=torch.int32)
+    directions = torch.tensor([[1, -1, 0]], dtype=torch.int8)
+    signed = DMF(DMFConfig(num_classes=2, length_direction="sign"))
+    scaled = signed.scale("lengths", lengths, directions)
+    assert scaled[0].tolist() == pytest.approx([(100 / 1500) ** 0.5, -1.0, 0.0])
+    # The paper's reading drops the direction: both directions scale alike.
+    plain = DMF(DMFConfig(num_classes=2, length_direction="none"))
+    assert plain.scale("lengths", lengths, directions)[0].tolist() == pytest.approx(
+        [(100 / 1500) ** 0.5, 1.0, 0.0]
+    )
+    # A second channel: lengths then directions, 60 values into the length MLP.
+    channel = DMF(DMFConfig(num_classes=2, length_direction="channel"))
+    assert channel.scale("lengths", lengths, directions)[0, 3:].tolist() == [1.0, -1.0, 0.0]
+    assert channel.mlps["lengths"].net[0].in_features == 60
+
+
+def test_direction_changes_the_prediction_only_when_the_model_reads_it():
+    g = torch.Generator().manual_seed(1)
+    b = torch.randint(0, 256, (3, 1600), dtype=torch.uint8, generator=g)
+    lengths = torch.randint(40, 1500, (3, 30), dtype=torch.int32, generator=g)
+    forward = torch.ones(3, 30, dtype=torch.int8)
+    flipped = -forward
+    for direction, differs in (("sign", True), ("channel", True)):
+        torch.manual_seed(0)
+        model = DMF(DMFConfig(num_classes=3, length_direction=direction)).eval()
+        assert model.inputs == ("bytes", "lengths", "directions")
+        a = model(b, lengths, forward).logits
+        c = model(b, lengths, flipped).logits
+        assert (not torch.allclose(a, c)) == differs
+    torch.manual_seed(0)
+    paper = DMF(DMFConfig(num_classes=3, length_direction="none")).eval()
+    assert paper.inputs == ("bytes", "lengths")
+
+
+def test_byte_column_names_the_dataset_column_the_byte_branch_reads():
+    cfg = DMFConfig(num_classes=2, byte_column="payload_packet_bytes", length_direction="sign")
+    assert DMF(cfg).inputs == ("payload_packet_bytes", "lengths", "directions")
+    only_bytes = DMFConfig(num_classes=2, modalities=("bytes",), byte_column="payload_packet_bytes")
+    assert DMF(only_bytes).inputs == ("payload_packet_bytes",)
+    with pytest.raises(ValueError, match="byte_column"):
+        DMF(DMFConfig(num_classes=2, byte_column="flow_head"))
+    with pytest.raises(ValueError, match="length_direction"):
+        DMF(DMFConfig(num_classes=2, length_direction="both"))
+
+
+def test_registry_inputs_follow_the_configuration():
+    from dmfnet.models import model_inputs
+
+    assert model_inputs("dmf-paper", {"length_direction": "sign"}) == (
+        "bytes", "lengths", "directions",
+    )  # fmt: skip
+    assert model_inputs("dmf-no-bytes", {"length_direction": "none"}) == ("lengths",)
+    assert model_inputs("dmf-no-lengths", {"byte_column": "payload_packet_bytes"}) == (
+        "payload_packet_bytes",
+    )
+    # A model built with overrides reads what model_inputs says.
+    model = create_model("dmf-late", 3, length_direction="channel")
+    assert model.inputs == model_inputs("dmf-late", {"length_direction": "channel"})
+
+
+def test_dmf_paper_is_the_papers_configuration():
+    entry = get_entry("dmf-paper")
+    assert entry.group == "multimodal"
+    assert entry.inputs == ("bytes", "lengths")  # first 5 packets' bytes, plain lengths
+    c = create_model("dmf-paper", 4).config
+    assert (c.byte_column, c.length_direction) == ("bytes", "none")
+    assert (c.label_smoothing, c.byte_mask) == (0.0, 0.0)
+    assert (c.bytes_len, c.bytes_hidden, c.embed_len) == (1600, 512, 256)  # 1600 -> 512 -> 256
+    assert (c.lengths_len, c.lengths_hidden) == (30, 128)  # 30 -> 128 -> 256
+    assert (c.kernels, c.strides) == ((9, 7, 5), (3, 2, 2))
+    assert c.deep_fusion and (c.alpha, c.beta, c.gamma) == (1.0, 1.0, 1.0)
+
+
+def test_label_smoothing_and_byte_masking_act_in_training_only():
+    torch.manual_seed(0)
+    cfg = DMFConfig(num_classes=3, label_smoothing=0.2, byte_mask=0.5, gamma=0.0)
+    model = DMF(cfg)
+    x = raw_inputs(6)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    model.eval()
+    out = model(x["bytes"], x["lengths"])
+    eval_loss = model.loss(out, target)
+    plain = torch.nn.functional.cross_entropy
+    expected = (
+        plain(out.logits, target) + plain(out.byte_logits, target) + plain(out.length_logits, target)
+    )
+    assert torch.isclose(eval_loss, expected)  # no smoothing when scoring
+    assert torch.equal(model(x["bytes"], x["lengths"]).logits, out.logits)  # no masking
+    model.train()
+    smoothed = model.loss(out, target)
+    assert not torch.isclose(smoothed, expected)
+    with pytest.raises(ValueError, match="byte_mask"):
+        DMF(DMFConfig(num_classes=3, byte_mask=1.0))

@@ -47,6 +47,8 @@ from dmfnet.models.registry import register_model
 
 MODALITIES = ("bytes", "lengths")
 LENGTH_SCALINGS = ("sqrt", "log", "linear")
+LENGTH_DIRECTIONS = ("none", "sign", "channel")
+BYTE_COLUMNS = ("bytes", "payload_packet_bytes")
 
 
 @dataclass
@@ -100,6 +102,17 @@ class DMFConfig:
     # "sqrt" 0.95 / 0.69, "log" 0.90 / 0.60 ("linear" 0.25 on nDPI); full DMF 0.95 / 0.88
     # with "sqrt", 0.91 / 0.89 with "log". Trees on the same 30 lengths reach 0.98 on the demo.
     length_scaling: str = "sqrt"
+    # Direction of each packet in the length modality, from the ``directions`` column:
+    # "none" (the paper: plain lengths), "sign" (+ client->server, - server->client, applied
+    # after the scaling so that it survives it) or "channel" (a second 30-value input).
+    length_direction: str = "none"
+    # Dataset column of the raw-byte modality: "bytes" (the first N packets, the paper) or
+    # "payload_packet_bytes" (the first N packets that carry payload; same layout).
+    byte_column: str = "bytes"
+    # Training only: label smoothing of every cross-entropy term, and the share of byte
+    # positions zeroed at random in each training flow (augmentation; 0 = off).
+    label_smoothing: float = 0.0
+    byte_mask: float = 0.0
 
     def __post_init__(self) -> None:
         # Configurations read back from JSON carry lists; keep tuples so configs compare equal.
@@ -285,9 +298,22 @@ class DMF(nn.Module):
                 f"length_scaling must be one of {', '.join(LENGTH_SCALINGS)}, "
                 f"not {config.length_scaling!r}"
             )
+        if config.length_direction not in LENGTH_DIRECTIONS:
+            raise ValueError(
+                f"length_direction must be one of {', '.join(LENGTH_DIRECTIONS)}, "
+                f"not {config.length_direction!r}"
+            )
+        if config.byte_column not in BYTE_COLUMNS:
+            raise ValueError(
+                f"byte_column must be one of {', '.join(BYTE_COLUMNS)}, not {config.byte_column!r}"
+            )
+        for name in ("label_smoothing", "byte_mask"):
+            if not 0.0 <= getattr(config, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)!r}")
         self.config = config
         n_branches = len(config.modalities)
-        in_len = {"bytes": config.bytes_len, "lengths": config.lengths_len}
+        lengths_in = config.lengths_len * (2 if config.length_direction == "channel" else 1)
+        in_len = {"bytes": config.bytes_len, "lengths": lengths_in}
         hidden = {"bytes": config.bytes_hidden, "lengths": config.lengths_hidden}
 
         self.mlps = nn.ModuleDict(
@@ -332,26 +358,43 @@ class DMF(nn.Module):
                 {m: nn.Linear(c_rep, config.projection_dim) for m in config.modalities}
             )
 
-    def scale(self, modality: str, x: Tensor) -> Tensor:
-        """Raw column values -> floats (bytes / 255, lengths as ``length_scaling`` says)."""
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Dataset columns ``forward`` reads, in order (they follow the configuration)."""
+        return model_inputs(self.config)
+
+    def scale(self, modality: str, x: Tensor, directions: Tensor | None = None) -> Tensor:
+        """Raw column values -> floats (bytes / 255, lengths as ``length_scaling`` says,
+        with the direction as ``length_direction`` says)."""
         if modality == "bytes":
             return scale_bytes(x)
-        if self.config.length_scaling == "sqrt":
-            return scale_sqrt(x)
-        if self.config.length_scaling == "log":
-            return scale_log(x, MAX_IP_LENGTH)
-        return scale_lengths(x)
+        c = self.config
+        if c.length_scaling == "sqrt":
+            scaled = scale_sqrt(x)
+        elif c.length_scaling == "log":
+            scaled = scale_log(x, MAX_IP_LENGTH)
+        else:
+            scaled = scale_lengths(x)
+        if c.length_direction == "sign":
+            return scaled * directions.sign().to(scaled.dtype)  # (B, M), padding stays 0
+        if c.length_direction == "channel":
+            return torch.cat([scaled, directions.to(scaled.dtype)], dim=1)  # (B, 2M)
+        return scaled
 
     def forward(self, *inputs: Tensor) -> DMFOutput:
-        """``inputs`` are the raw columns named by ``config.modalities``, in that order."""
+        """``inputs`` are the raw columns named by :attr:`inputs`, in that order."""
+        names = self.inputs
+        if len(inputs) != len(names):
+            raise ValueError(f"DMF expects {len(names)} inputs {names}, got {len(inputs)}")
+        columns = dict(zip(names, inputs, strict=True))
         mods = self.config.modalities
-        if len(inputs) != len(mods):
-            raise ValueError(f"DMF expects {len(mods)} inputs {mods}, got {len(inputs)}")
+        raw = {"bytes": columns.get(self.config.byte_column), "lengths": columns.get("lengths")}
+        scaled = {m: self.scale(m, raw[m], columns.get("directions")) for m in mods}
+        if self.training and self.config.byte_mask and "bytes" in scaled:
+            keep = torch.rand_like(scaled["bytes"]) >= self.config.byte_mask
+            scaled["bytes"] = scaled["bytes"] * keep  # byte masking: zeroed positions
         # MLPs, then one channel per branch.
-        maps = [
-            self.mlps[m](self.scale(m, x)).unsqueeze(1)  # (B, 1, 256)
-            for m, x in zip(mods, inputs, strict=True)
-        ]
+        maps = [self.mlps[m](scaled[m]).unsqueeze(1) for m in mods]  # (B, 1, 256) each
         # Multi-scale extraction, fused after every stage.
         for s in range(len(self.config.channels)):
             maps = [
@@ -375,16 +418,32 @@ class DMF(nn.Module):
     def loss(self, output: DMFOutput, target: Tensor) -> Tensor:
         """Eq. 11 with the fused head's CE added: CE + α·CE_rb + β·CE_pls + γ·Loss_fusion."""
         c = self.config
-        total = F.cross_entropy(output.logits, target)
-        if output.byte_logits is not None:
-            total = total + c.alpha * F.cross_entropy(output.byte_logits, target)  # eq. 8
-        if output.length_logits is not None:
-            total = total + c.beta * F.cross_entropy(output.length_logits, target)  # eq. 9
+        smooth = c.label_smoothing if self.training else 0.0
+        total = F.cross_entropy(output.logits, target, label_smoothing=smooth)
+        if output.byte_logits is not None:  # eq. 8
+            ce = F.cross_entropy(output.byte_logits, target, label_smoothing=smooth)
+            total = total + c.alpha * ce
+        if output.length_logits is not None:  # eq. 9
+            ce = F.cross_entropy(output.length_logits, target, label_smoothing=smooth)
+            total = total + c.beta * ce
         if output.byte_rep is not None and output.length_rep is not None and c.gamma:
             z_bytes = F.normalize(self.projections["bytes"](output.byte_rep), dim=1)
             z_lengths = F.normalize(self.projections["lengths"](output.length_rep), dim=1)
             total = total + c.gamma * contrastive_fusion_loss(z_bytes, z_lengths, target, c.margin)
         return total
+
+
+def model_inputs(config: DMFConfig) -> tuple[str, ...]:
+    """The dataset columns a DMF of this configuration reads, in ``forward``'s order."""
+    names: list[str] = []
+    for m in config.modalities:
+        if m == "bytes":
+            names.append(config.byte_column)
+        elif m == "lengths":
+            names.append("lengths")
+            if config.length_direction != "none":
+                names.append("directions")
+    return tuple(names)
 
 
 def contrastive_fusion_loss(
@@ -412,45 +471,42 @@ def contrastive_fusion_loss(
 # 5. Registry entries: DMF and its ablations (Tables 4-5).
 
 
-def _build(num_classes: int, defaults: dict, config: dict) -> DMF:
-    return DMF(DMFConfig(num_classes=num_classes, **{**defaults, **config}))
+def _register(name: str, defaults: dict, group: str, description: str) -> None:
+    """Register a DMF configuration: ``defaults`` over :class:`DMFConfig`'s, then the user's."""
+
+    def build(num_classes: int, **config) -> DMF:
+        return DMF(DMFConfig(num_classes=num_classes, **{**defaults, **config}))
+
+    def inputs_for(config: dict) -> tuple[str, ...]:
+        config = {k: v for k, v in config.items() if k != "num_classes"}
+        return model_inputs(DMFConfig(**{**defaults, **config}))
+
+    register_model(
+        name,
+        inputs=inputs_for({}),
+        group=group,
+        description=description,
+        inputs_for=inputs_for,
+    )(build)
 
 
-@register_model(
-    "dmf",
-    inputs=("bytes", "lengths"),
-    group="multimodal",
-    description="DMF: raw bytes + packet lengths, Transformer fusion after every CNN stage",
-)
-def dmf(num_classes: int, **config) -> DMF:
-    return _build(num_classes, {}, config)
+# The paper's literal configuration (§4, §5.1(5)): bytes of the first 5 packets, plain
+# lengths, no label smoothing or byte masking. DMFConfig's defaults are dmfnet's, chosen on
+# validation splits (docs/model-study.md).
+PAPER_CONFIG = {
+    "byte_column": "bytes",
+    "length_direction": "none",
+    "label_smoothing": 0.0,
+    "byte_mask": 0.0,
+}
 
-
-@register_model(
-    "dmf-no-lengths",
-    inputs=("bytes",),
-    group="ablation",
-    description="DMF without the packet-length modality (raw bytes only)",
-)
-def dmf_no_lengths(num_classes: int, **config) -> DMF:
-    return _build(num_classes, {"modalities": ("bytes",)}, config)
-
-
-@register_model(
-    "dmf-no-bytes",
-    inputs=("lengths",),
-    group="ablation",
-    description="DMF without the raw-byte modality (packet lengths only)",
-)
-def dmf_no_bytes(num_classes: int, **config) -> DMF:
-    return _build(num_classes, {"modalities": ("lengths",)}, config)
-
-
-@register_model(
-    "dmf-late",
-    inputs=("bytes", "lengths"),
-    group="ablation",
-    description="DMF without the multi-scale fusion blocks (late fusion only)",
-)
-def dmf_late(num_classes: int, **config) -> DMF:
-    return _build(num_classes, {"deep_fusion": False}, config)
+_register("dmf", {}, "multimodal",
+          "DMF: raw bytes + packet lengths, Transformer fusion after every CNN stage")
+_register("dmf-paper", PAPER_CONFIG, "multimodal",
+          "DMF as the paper specifies it: first 5 packets' bytes, unsigned lengths")
+_register("dmf-no-lengths", {"modalities": ("bytes",)}, "ablation",
+          "DMF without the packet-length modality (raw bytes only)")
+_register("dmf-no-bytes", {"modalities": ("lengths",)}, "ablation",
+          "DMF without the raw-byte modality (packet lengths only)")
+_register("dmf-late", {"deep_fusion": False}, "ablation",
+          "DMF without the multi-scale fusion blocks (late fusion only)")

@@ -36,22 +36,37 @@ class ModelEntry:
     kind: str  # "torch" or "estimator"
     group: str  # "non-multimodal", "multimodal" or "ablation"
     description: str
+    # inputs_for(config) -> the columns a model of that configuration reads, for models
+    # whose inputs follow their configuration (DMF's byte column, its length direction).
+    inputs_for: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, inputs: tuple[str, ...], kind: str = "torch", group: str, description: str = ""
+    name: str,
+    *,
+    inputs: tuple[str, ...],
+    kind: str = "torch",
+    group: str,
+    description: str = "",
+    inputs_for: Callable[[dict[str, Any]], tuple[str, ...]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``builder(num_classes, **config)`` under ``name``."""
+    """Decorator: register ``builder(num_classes, **config)`` under ``name``.
+
+    ``inputs`` are the columns of the default configuration; ``inputs_for(config)``, when
+    given, says which columns a configuration with those overrides reads.
+    """
     if kind not in ("torch", "estimator"):
         raise ValueError(f"kind must be 'torch' or 'estimator', not {kind!r}")
 
     def wrap(builder: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, tuple(inputs), kind, group, description)
+        _REGISTRY[name] = ModelEntry(
+            name, builder, tuple(inputs), kind, group, description, inputs_for
+        )
         return builder
 
     return wrap
@@ -68,6 +83,14 @@ def get_entry(name: str) -> ModelEntry:
         known = ", ".join(sorted(_REGISTRY))
         raise KeyError(f"unknown model {name!r}; known models: {known}")
     return _REGISTRY[name]
+
+
+def model_inputs(name: str, config: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """Dataset columns the model ``name`` reads with the configuration overrides ``config``."""
+    entry = get_entry(name)
+    if entry.inputs_for is None or not config:
+        return entry.inputs
+    return tuple(entry.inputs_for(dict(config)))
 
 
 def create_model(name: str, num_classes: int, **config: Any) -> Any:

@@ -701,12 +701,15 @@ def _finished_run(run_dir: Path, model: str, seed: int, settings: Mapping[str, A
     return None
 
 
-def shared_duplicate_inputs(models: Sequence[str]) -> list[str]:
-    """The union of the registered inputs of ``models``, sorted: the columns compared to
-    drop duplicate test flows for every model of a benchmark alike."""
-    from dmfnet.models import get_entry
+def shared_duplicate_inputs(
+    models: Sequence[str], model_config: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[str]:
+    """The union of the inputs of ``models`` (with their configuration overrides), sorted:
+    the columns compared to drop duplicate test flows for every model of a benchmark alike."""
+    from dmfnet.models import model_inputs
 
-    return sorted({c for m in models for c in get_entry(m).inputs})
+    config = model_config or {}
+    return sorted({c for m in models for c in model_inputs(m, dict(config.get(m) or {}))})
 
 
 def _dataset_facts(dataset: Any) -> dict[str, Any]:
@@ -788,7 +791,7 @@ def run_benchmark(
 
         loaded = load_dataset(dataset) if isinstance(dataset, (str, Path)) else dataset
         dataset = select_classes(loaded, min_class_flows=min_class_flows, drop_classes=drop_classes)
-    duplicate_inputs = None if keep_duplicates else shared_duplicate_inputs(models)
+    duplicate_inputs = None if keep_duplicates else shared_duplicate_inputs(models, model_config)
     settings = {
         "dataset": dataset_name,
         "split": split,

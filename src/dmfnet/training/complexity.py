@@ -273,7 +273,8 @@ def measure(
     model, source = _model_to_measure(
         model_name, entry.kind, num_classes, dict(model_config or {}), run_dir
     )
-    data = synthetic_inputs(entry.inputs, batch_size)
+    inputs = tuple(getattr(model, "inputs", None) or entry.inputs)  # DMF's follow its config
+    data = synthetic_inputs(inputs, batch_size)
     one = {c: a[:1] for c, a in data.items()}
     result: dict[str, Any] = {
         "model": model_name,
@@ -295,7 +296,7 @@ def measure(
         result["params"] = int(sum(p.numel() for p in model.parameters()))
         state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         result["weights_mib"] = state_bytes / 2**20
-        tensors = [torch.from_numpy(np.ascontiguousarray(data[c])) for c in entry.inputs]
+        tensors = [torch.from_numpy(np.ascontiguousarray(data[c])) for c in inputs]
         single = [t[:1] for t in tensors]
 
         result["flops_per_flow"] = count_flops(model, tensors) / batch_size
@@ -309,7 +310,7 @@ def measure(
                 model_logits(model(*single))
     else:
         if not source.startswith("trained"):
-            model = _fit_estimator_on_synthetic(model, entry.inputs, num_classes)
+            model = _fit_estimator_on_synthetic(model, inputs, num_classes)
             source += "fitted on synthetic flows (tree count depends on the data)"
             result["source"] = source
         booster = _find_booster(model)

@@ -521,7 +521,7 @@ def train(
     columns compared are recorded in ``run.json`` (``duplicate_inputs``; ``None`` when
     duplicates are kept).
     """
-    from dmfnet.models import create_model, get_entry
+    from dmfnet.models import create_model, get_entry, model_inputs
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
@@ -537,24 +537,28 @@ def train(
     run_dir = Path(run_dir)
     model_config = dict(model_config or {})
     model_config.pop("num_classes", None)  # set by the dataset's classes
+    try:  # the columns this configuration reads (DMF's follow its byte column and direction)
+        inputs = model_inputs(model, model_config)
+    except TypeError as exc:
+        raise ValueError(f"model {model!r} does not accept this configuration: {exc}") from None
 
     if keep_duplicates:
         compared: list[str] | None = None
     else:
         compared = list(
-            dict.fromkeys(entry.inputs if duplicate_inputs is None else duplicate_inputs)
+            dict.fromkeys(inputs if duplicate_inputs is None else duplicate_inputs)
         )
         if not compared:
             raise ValueError("duplicate_inputs is empty: no columns to compare test flows on")
-    extra = [c for c in compared or () if c not in entry.inputs]
-    columns = [*entry.inputs, *extra] + (["capture"] if split == "file" else [])
+    extra = [c for c in compared or () if c not in inputs]
+    columns = [*inputs, *extra] + (["capture"] if split == "file" else [])
     ds, dataset_path = _load(dataset, columns)
     ds = select_classes(ds, min_class_flows=min_class_flows, drop_classes=drop_classes)
     class_names = [str(c) for c in ds.classes]
     if len(class_names) < 2:
         raise ValueError(f"the dataset has {len(class_names)} class(es); training needs at least 2")
     y_np = np.asarray(ds.y, dtype=np.int64)
-    arrays = {c: column(ds, c) for c in entry.inputs}
+    arrays = {c: column(ds, c) for c in inputs}
 
     distributed.setup(device)
     try:
@@ -582,7 +586,7 @@ def train(
         except TypeError as exc:
             raise ValueError(f"model {model!r} does not accept this configuration: {exc}") from None
         train_idx, val_idx, test_idx, removed = split_indices(
-            ds, compared or entry.inputs, seed=seed, split=split, keep_duplicates=keep_duplicates
+            ds, compared or inputs, seed=seed, split=split, keep_duplicates=keep_duplicates
         )
         if isinstance(dataset, (str, os.PathLike)):  # loaded here: free the compared-only columns
             for c in extra:
@@ -608,7 +612,7 @@ def train(
             if rank == 0:
                 net = _fit_estimator(net, arrays, y_np, train_idx, val_idx)
         else:
-            tensors = [_column_tensor(arrays[c]) for c in entry.inputs]
+            tensors = [_column_tensor(arrays[c]) for c in inputs]
             y = torch.from_numpy(y_np)
             history, best_epoch, stopped = _fit_torch(
                 net, tensors, y, train_idx, val_idx, cfg, dev, class_names, run_dir, progress
@@ -626,7 +630,7 @@ def train(
                 name=model,
                 kind=entry.kind,
                 classes=class_names,
-                inputs=entry.inputs,
+                inputs=inputs,
                 device=dev,
             )
             y_pred, flows_per_s = _score(trained, arrays, test_idx)
@@ -648,7 +652,7 @@ def train(
                 "kind": entry.kind,
                 "model_config": resolved_config,
                 "classes": class_names,
-                "inputs": list(entry.inputs),
+                "inputs": list(inputs),
                 "training": asdict(cfg),
                 "torch_threads": torch.get_num_threads(),
                 "seed": seed,
