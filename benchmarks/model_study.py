@@ -38,6 +38,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "channel": ({**PAPER, "length_direction": "channel"}, {}, "direction as a 2nd length input"),
     "payload": ({**PAPER, "byte_column": "payload_packet_bytes"}, {},
                 "bytes of the first 5 packets that carry payload"),
+    "sign+plen": ({**PAPER, "length_direction": "sign", "length_packets": "payload"}, {},
+                  "signed lengths of the packets that carry payload"),
+    "sign+plen+payload": ({**PAPER, "length_direction": "sign", "length_packets": "payload",
+                           "byte_column": "payload_packet_bytes"}, {},
+                          "payload packets in both modalities"),
     "sign+payload": ({**PAPER, "length_direction": "sign",
                       "byte_column": "payload_packet_bytes"}, {}, "both"),
 }
@@ -56,6 +61,10 @@ def _recipes(base: str) -> None:
     _add(f"{base}+long", base, {}, {"epochs": 60, "patience": 10}, "60 epochs, patience 10")
     _add(f"{base}+cos60", base, {}, {"schedule": "cosine", "epochs": 60, "patience": 60},
          "cosine over 60 epochs, no early stop")
+    _add(f"{base}+ema", base, {}, {"ema": 0.99}, "weights averaged (EMA 0.99)")
+    _add(f"{base}+cos+ema", base, {}, {"schedule": "cosine", "ema": 0.99}, "cosine + EMA")
+    _add(f"{base}+cos40+ema", base, {}, {"schedule": "cosine", "epochs": 40, "patience": 10,
+                                         "ema": 0.99}, "cosine over 40 epochs + EMA, patience 10")
     _add(f"{base}+g0", base, {"gamma": 0.0}, {}, "no contrastive term")
     _add(f"{base}+tok4", base, {"fusion_tokens": 4}, {}, "4 fusion tokens")
     _add(f"{base}+ch32", base, {"channels": (32, 64, 128)}, {}, "channels 32/64/128")
@@ -67,7 +76,8 @@ def _recipes(base: str) -> None:
     _add(f"{base}+drop", base, {"mlp_dropout": 0.3}, {}, "MLP dropout 0.3")
 
 
-for _base in ("paper", "sign", "channel", "payload", "sign+payload"):
+for _base in ("paper", "sign", "channel", "payload", "sign+payload", "sign+plen",
+              "sign+plen+payload"):
     _recipes(_base)
 
 FIELDS = ("variant", "dataset", "seed", "val_f1", "val_accuracy", "best_epoch", "epochs_run",
@@ -75,10 +85,13 @@ FIELDS = ("variant", "dataset", "seed", "val_f1", "val_accuracy", "best_epoch", 
 
 
 def _register(variant: str) -> str:
-    """A registry entry for the variant (in this process only); returns its model name."""
+    """A registry entry for the variant (in this process only); returns its model name.
+    ``=NAME`` is the registered model NAME as it is (a baseline, say)."""
     from dmfnet.models.dmf import DMF, DMFConfig, model_inputs
     from dmfnet.models.registry import _REGISTRY, register_model
 
+    if variant.startswith("="):
+        return variant[1:]
     name = f"study:{variant}"
     if name in _REGISTRY:
         return name
@@ -90,6 +103,19 @@ def _register(variant: str) -> str:
     inputs = model_inputs(DMFConfig(**config))
     register_model(name, inputs=inputs, group="ablation", description=VARIANTS[variant][2])(build)
     return name
+
+
+def validation_scores(ds: Any, run_dir: Path, seed: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of the saved run on its validation split (same seed, same split)."""
+    from dmfnet.training.metrics import classification_metrics
+    from dmfnet.training.runs import load_run
+    from dmfnet.training.trainer import split_indices
+
+    model = load_run(run_dir)
+    _, val_idx, _, _ = split_indices(ds, model.inputs, seed=seed, keep_duplicates=True)
+    proba = model.predict_proba({c: np.asarray(ds[c])[val_idx] for c in model.inputs})
+    names = [str(c) for c in range(len(ds.classes))]
+    return classification_metrics(ds.y[val_idx], proba.argmax(axis=1), names)
 
 
 def _parse_dataset(text: str) -> tuple[str, str, int, list[str]]:
@@ -155,7 +181,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
-        if v not in VARIANTS:
+        if v not in VARIANTS and not v.startswith("="):
             sys.exit(f"unknown variant {v!r} (--list shows them)")
     seeds = (list(range(int(args.seeds))) if args.seeds.isdigit()
              else [int(s) for s in args.seeds.split(",")])  # fmt: skip
@@ -175,14 +201,13 @@ def main() -> None:
                                             drop_classes=drop)  # fmt: skip
                     run_dir = args.out / "runs" / v / name / f"seed{seed}"
                     start = time.perf_counter()
-                    train(ds, run_dir, model=_register(v), seed=seed, device="cpu",
-                          progress=False, **VARIANTS[v][1])  # fmt: skip
-                    with open(run_dir / "history.csv", newline="", encoding="utf-8") as fh:
-                        hist = list(csv.DictReader(fh))
-                    best = max(hist, key=lambda r: float(r["val_f1_macro"]))
+                    training = VARIANTS[v][1] if v in VARIANTS else {}
+                    result = train(ds, run_dir, model=_register(v), seed=seed, device="cpu",
+                                   progress=False, **training)  # fmt: skip
+                    scores = validation_scores(ds, run_dir, seed)
                     row = {"variant": v, "dataset": name, "seed": seed,
-                           "val_f1": best["val_f1_macro"], "val_accuracy": best["val_accuracy"],
-                           "best_epoch": best["epoch"], "epochs_run": len(hist),
+                           "val_f1": scores["f1_macro"], "val_accuracy": scores["accuracy"],
+                           "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
                            "seconds": f"{time.perf_counter() - start:.1f}"}  # fmt: skip
                     new = not results.exists()
                     with open(results, "a", newline="", encoding="utf-8") as fh:

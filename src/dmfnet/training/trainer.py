@@ -65,6 +65,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     patience: int = 5  # epochs without a better validation macro-F1 before stopping; 0: never
     schedule: str = "constant"  # learning rate: "constant", or "cosine" (warm-up + decay)
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     device: str = "cpu"
     num_workers: int = 0  # DataLoader workers gathering batches; 0 gathers in-process
     world_size: int = 1
@@ -290,6 +291,34 @@ class _TrainingBatches:
         return _iterate(*self.args)
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights (Polyak averaging).
+
+    After every optimiser step ``avg = decay * avg + (1 - decay) * weights``; batch-norm
+    statistics and other buffers are copied. Validation, early stopping and the saved
+    checkpoint use the average: it moves less from step to step than the weights do, so
+    the epoch early stopping picks depends less on one noisy validation score.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema must be in (0, 1), got {decay!r}")
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+        self._params = [p for p in model.parameters()]
+        self._avg = [p for p in self.model.parameters()]
+        self._buffers = list(zip(self.model.buffers(), model.buffers(), strict=True))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self._avg, self._params, 1.0 - self.decay)
+        for avg, current in self._buffers:
+            avg.copy_(current)
+
+
 class _WithLoss(nn.Module):
     """Model + its loss in one forward, so DistributedDataParallel sees a single output."""
 
@@ -372,6 +401,8 @@ def _fit_torch(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: learning_rate_factor(step, total, warmup)
         )
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
+    scored = average.model if average is not None else model  # what is validated and kept
     val_shard = val_idx[rank::world]
     labels = np.arange(len(class_names))
     history: list[dict[str, Any]] = []
@@ -392,6 +423,8 @@ def _fit_torch(
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
+                if average is not None:
+                    average.update()
                 loss_total += loss.detach() * len(target)  # no host sync per step
                 seen += len(target)
         except KeyboardInterrupt:
@@ -405,7 +438,7 @@ def _fit_torch(
         loss_sum = float(loss_total)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
-        val_pred, val_loss_sum = _validate(model, tensors, y, val_shard, per_rank_batch, device)
+        val_pred, val_loss_sum = _validate(scored, tensors, y, val_shard, per_rank_batch, device)
         val_true = y_cpu[torch.from_numpy(val_shard)].numpy()
         if world > 1:
             val_pred, val_true, val_loss_sum, loss_sum, seen = distributed.gather_validation(
@@ -424,7 +457,7 @@ def _fit_torch(
         improved = row["val_f1_macro"] > best_f1
         if improved:
             best_f1, best_epoch, stale = row["val_f1_macro"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         else:
             stale += 1
         if rank == 0:
@@ -492,6 +525,7 @@ def train(
     weight_decay: float = 1e-2,
     patience: int = 5,
     schedule: str = "constant",
+    ema: float = 0.0,
     device: str | torch.device | None = None,
     model_config: Mapping[str, Any] | None = None,
     num_workers: int = 0,
@@ -509,7 +543,9 @@ def train(
     picks CUDA when present. Under ``torchrun`` every process returns the same dict and only
     rank 0 writes files. ``batch_size=None`` picks :func:`auto_batch_size` of the training
     split; ``schedule`` is ``"cosine"`` (one epoch of warm-up, then cosine decay over
-    ``epochs``) or ``"constant"``. ``min_class_flows`` and ``drop_classes`` train on a
+    ``epochs``) or ``"constant"``. ``ema`` > 0 validates, early-stops on and keeps an
+    exponential moving average of the weights with that decay (:class:`WeightAverage`).
+    ``min_class_flows`` and ``drop_classes`` train on a
     subset of the classes (:func:`select_classes`).
 
     ``duplicate_inputs`` names the dataset columns compared when dropping test flows that
@@ -527,6 +563,8 @@ def train(
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be 0 (off) or a decay in (0, 1), got {ema!r}")
     for name, value in (
         ("epochs", epochs),
         ("batch_size", 1 if batch_size is None else batch_size),
@@ -576,6 +614,7 @@ def train(
             weight_decay=weight_decay,
             patience=patience,
             schedule=schedule,
+            ema=ema,
             device=str(dev),
             num_workers=num_workers,
             world_size=world,
