@@ -48,6 +48,7 @@ from dmfnet.models.registry import register_model
 MODALITIES = ("bytes", "lengths")
 LENGTH_SCALINGS = ("sqrt", "log", "linear")
 LENGTH_DIRECTIONS = ("none", "sign", "channel")
+LENGTH_PACKETS = ("all", "payload")
 BYTE_COLUMNS = ("bytes", "payload_packet_bytes")
 
 
@@ -106,6 +107,10 @@ class DMFConfig:
     # "none" (the paper: plain lengths), "sign" (+ client->server, - server->client, applied
     # after the scaling so that it survives it) or "channel" (a second 30-value input).
     length_direction: str = "none"
+    # Which packets the length sequence lists: "all" of the first M (the paper) or only
+    # those that carry payload ("payload", from the ``payload_lengths`` column): pure ACKs
+    # sit between data packets at positions that vary with timing, shifting everything after.
+    length_packets: str = "all"
     # Dataset column of the raw-byte modality: "bytes" (the first N packets, the paper) or
     # "payload_packet_bytes" (the first N packets that carry payload; same layout).
     byte_column: str = "bytes"
@@ -303,6 +308,11 @@ class DMF(nn.Module):
                 f"length_direction must be one of {', '.join(LENGTH_DIRECTIONS)}, "
                 f"not {config.length_direction!r}"
             )
+        if config.length_packets not in LENGTH_PACKETS:
+            raise ValueError(
+                f"length_packets must be one of {', '.join(LENGTH_PACKETS)}, "
+                f"not {config.length_packets!r}"
+            )
         if config.byte_column not in BYTE_COLUMNS:
             raise ValueError(
                 f"byte_column must be one of {', '.join(BYTE_COLUMNS)}, not {config.byte_column!r}"
@@ -389,7 +399,12 @@ class DMF(nn.Module):
         columns = dict(zip(names, inputs, strict=True))
         mods = self.config.modalities
         raw = {"bytes": columns.get(self.config.byte_column), "lengths": columns.get("lengths")}
-        scaled = {m: self.scale(m, raw[m], columns.get("directions")) for m in mods}
+        directions = columns.get("directions")
+        if self.config.length_packets == "payload" and "lengths" in mods:
+            raw["lengths"], directions = payload_packets_first(
+                raw["lengths"], directions, columns["payload_lengths"]
+            )
+        scaled = {m: self.scale(m, raw[m], directions) for m in mods}
         if self.training and self.config.byte_mask and "bytes" in scaled:
             keep = torch.rand_like(scaled["bytes"]) >= self.config.byte_mask
             scaled["bytes"] = scaled["bytes"] * keep  # byte masking: zeroed positions
@@ -443,7 +458,23 @@ def model_inputs(config: DMFConfig) -> tuple[str, ...]:
             names.append("lengths")
             if config.length_direction != "none":
                 names.append("directions")
+            if config.length_packets == "payload":
+                names.append("payload_lengths")
     return tuple(names)
+
+
+def payload_packets_first(
+    lengths: Tensor, directions: Tensor | None, payload_lengths: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """The lengths (and directions) of the packets that carry payload, moved to the front in
+    their order, zero after them: ``(B, M)`` each."""
+    empty = payload_lengths <= 0  # (B, M): pure ACKs, handshake packets and padding
+    order = torch.argsort(empty.to(torch.int8), dim=1, stable=True)  # payload packets first
+    keep = ~torch.gather(empty, 1, order)
+    lengths = torch.gather(lengths, 1, order) * keep
+    if directions is not None:
+        directions = torch.gather(directions, 1, order) * keep
+    return lengths, directions
 
 
 def contrastive_fusion_loss(
