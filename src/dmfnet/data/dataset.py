@@ -1,17 +1,20 @@
 """The flow dataset on disk (Parquet, one row per flow) and in memory (numpy arrays).
 
 On disk every column of :mod:`dmfnet.flows.schema` plus ``label`` is a plain Parquet type
-that pandas, polars, DuckDB and Spark read: ``uint8`` sequences (``bytes``, ``flow_head``,
-``payload_head``) as fixed-size binary, numeric sequences as lists, scalars as they are.
-In memory a :class:`FlowDataset` holds 2-D arrays for sequences (``bytes`` is uint8
-``(N, 1600)``) and 1-D arrays for scalars, built without a Python loop over rows.
+that pandas, polars, DuckDB and Spark read: ``uint8`` sequences (``bytes``,
+``payload_packet_bytes``, ``flow_head``, ``payload_head``) as fixed-size binary, numeric
+sequences as lists, scalars as they are. The schema's optional columns
+(``OPTIONAL_COLUMNS``, e.g. ``payload_packet_bytes``) are written when the flows have them
+(a flow setting can leave them out). In memory a :class:`FlowDataset` holds 2-D arrays for
+sequences (``bytes`` is uint8 ``(N, 1600)``) and 1-D arrays for scalars, built without a
+Python loop over rows.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmfnet.flows.schema import LABEL_COLUMN, SCALAR_COLUMNS, SEQUENCE_COLUMNS
+from dmfnet.flows.schema import (
+    LABEL_COLUMN,
+    OPTIONAL_COLUMNS,
+    SCALAR_COLUMNS,
+    SEQUENCE_COLUMNS,
+)
 from dmfnet.memory import page_slabs
 
 CARD_NAME = "dataset.json"
@@ -31,7 +39,7 @@ PART_ROWS = 1_000_000  # flows per part file before a new one is started
 
 _STRING = "str"
 # Byte strings of packets: fixed-size binary on disk; other sequences are lists of numbers.
-BINARY_COLUMNS = ("bytes", "flow_head", "payload_head")
+BINARY_COLUMNS = ("bytes", "payload_packet_bytes", "flow_head", "payload_head")
 
 
 WIDTHS_KEY = b"dmfnet.widths"  # Parquet schema metadata: values per row of each sequence
@@ -56,14 +64,18 @@ def _arrow_type(name: str, widths: Mapping[str, int]) -> pa.DataType:
     return pa.from_numpy_dtype(np.dtype(dtype))
 
 
-def arrow_schema(widths: Mapping[str, int] | None = None) -> pa.Schema:
+def arrow_schema(widths: Mapping[str, int] | None = None, omit: Collection[str] = ()) -> pa.Schema:
     """Arrow schema of a dataset part: ``label``, the scalar columns, the sequence columns.
 
     ``widths`` (values per row of each sequence column; default: the schema's) are kept
-    in the schema metadata so readers know them before reading a row.
+    in the schema metadata so readers know them before reading a row. ``omit``: optional
+    columns (:data:`~dmfnet.flows.schema.OPTIONAL_COLUMNS`) the part does not have.
     """
-    widths = {**default_widths(), **(widths or {})}
-    names = [LABEL_COLUMN, *SCALAR_COLUMNS, *SEQUENCE_COLUMNS]
+    bad = [c for c in omit if c not in OPTIONAL_COLUMNS]
+    if bad:
+        raise ValueError(f"column(s) {', '.join(bad)} cannot be left out")
+    widths = {k: v for k, v in {**default_widths(), **(widths or {})}.items() if k not in omit}
+    names = [LABEL_COLUMN, *SCALAR_COLUMNS, *(c for c in SEQUENCE_COLUMNS if c not in omit)]
     fields = [pa.field(n, _arrow_type(n, widths), nullable=False) for n in names]
     return pa.schema(fields, metadata={WIDTHS_KEY: json.dumps(widths).encode()})
 
@@ -146,14 +158,22 @@ def _to_arrow(name: str, values: np.ndarray | str, n: int) -> pa.Array:
     return _primitive_array(array)
 
 
-def flows_to_table(flows: Mapping[str, np.ndarray], labels: np.ndarray | str) -> pa.Table:
-    """Flow arrays (the schema's columns, any row count) and their labels -> an Arrow table."""
-    n = _row_count(flows)
+def _check_columns(flows: Mapping[str, np.ndarray]) -> list[str]:
+    """Raise for a missing column that is not optional; return the optional ones missing."""
     missing = [c for c in (*SCALAR_COLUMNS, *SEQUENCE_COLUMNS) if c not in flows]
-    if missing:
-        raise ValueError(f"flow chunk lacks column(s): {', '.join(missing)}")
-    widths = {name: int(np.shape(flows[name])[-1]) for name in SEQUENCE_COLUMNS}
-    schema = arrow_schema(widths)
+    required = [c for c in missing if c not in OPTIONAL_COLUMNS]
+    if required:
+        raise ValueError(f"flow chunk lacks column(s): {', '.join(required)}")
+    return missing
+
+
+def flows_to_table(flows: Mapping[str, np.ndarray], labels: np.ndarray | str) -> pa.Table:
+    """Flow arrays (the schema's columns, any row count; optional ones may be left out) and
+    their labels -> an Arrow table."""
+    n = _row_count(flows)
+    omit = _check_columns(flows)
+    widths = {name: int(np.shape(flows[name])[-1]) for name in SEQUENCE_COLUMNS if name in flows}
+    schema = arrow_schema(widths, omit)
     arrays = [_to_arrow(LABEL_COLUMN, labels, n)]
     arrays += [_to_arrow(f.name, flows[f.name], n) for f in schema if f.name != LABEL_COLUMN]
     return pa.Table.from_arrays(arrays, schema=schema)
@@ -238,6 +258,8 @@ class PartWriter:
         n = len(columns[LABEL_COLUMN]) if rows is None else len(rows)
         if self._buffer is None:
             self._buffer = self._allocate(columns)
+        if columns.keys() != self._buffer.keys():
+            raise ValueError("flow chunks of one capture differ in columns")
         widths = {k: v.shape[1] for k, v in self._buffer.items() if v.ndim == 2}
         if any(columns[k].shape[1] != w for k, w in widths.items()):
             raise ValueError("flow chunks of one capture differ in sequence widths")
@@ -333,17 +355,18 @@ def _column_dtype(name: str) -> np.dtype:
 def _writable_columns(
     flows: Mapping[str, np.ndarray], labels: np.ndarray | str
 ) -> dict[str, np.ndarray]:
-    """The schema's columns of a chunk and its labels, checked for presence and shape."""
+    """The schema's columns of a chunk (optional ones when it has them) and its labels,
+    checked for presence and shape."""
     n = _row_count(flows)
-    missing = [c for c in (*SCALAR_COLUMNS, *SEQUENCE_COLUMNS) if c not in flows]
-    if missing:
-        raise ValueError(f"flow chunk lacks column(s): {', '.join(missing)}")
+    omit = _check_columns(flows)
     columns = {
         LABEL_COLUMN: np.full(n, labels, dtype=object)
         if isinstance(labels, str)
         else np.asarray(labels)
     }
     for name in (*SCALAR_COLUMNS, *SEQUENCE_COLUMNS):
+        if name in omit:
+            continue
         values = np.asarray(flows[name])
         want = 2 if name in SEQUENCE_COLUMNS else 1
         if values.ndim != want or len(values) != n:
@@ -433,8 +456,9 @@ def load_dataset(path: str | Path, columns: Sequence[str] | None = None) -> Flow
     """Read a prepared dataset (folder written by ``prepare``, or one Parquet file).
 
     ``columns``: schema columns to load (default: all that the files hold); labels are
-    always loaded. Binary columns are viewed straight from Arrow buffers, not parsed row
-    by row, and each output array is allocated once for all files.
+    always loaded. Asking for an optional column the files lack (a dataset prepared with
+    it switched off) raises ``ValueError``. Binary columns are viewed straight from Arrow
+    buffers, not parsed row by row, and each output array is allocated once for all files.
     """
     files, card = dataset_files(path)
     known = set(SCALAR_COLUMNS) | set(SEQUENCE_COLUMNS)
@@ -452,6 +476,13 @@ def load_dataset(path: str | Path, columns: Sequence[str] | None = None) -> Flow
             )
         wanted = [c for c in columns if c != LABEL_COLUMN]
     metas = [pq.ParquetFile(f) for f in files]
+    for file, meta in zip(files, metas, strict=True):
+        absent = [c for c in wanted if c not in meta.schema_arrow.names]
+        if absent:
+            raise ValueError(
+                f"{file}: no column(s) {', '.join(absent)} (prepared without them: "
+                "see the flow parameters in its dataset.json)"
+            )
     counts = [m.metadata.num_rows for m in metas]
     widths = schema_widths(metas[0].schema_arrow) if metas else default_widths()
     for file, meta in zip(files[1:], metas[1:], strict=True):
@@ -588,14 +619,19 @@ def flows_to_dataset(
     """Flow chunks from flow assembly -> a :class:`FlowDataset` without writing Parquet.
 
     ``kept_only`` drops flows a filter removed (``filter_reason`` not empty), as
-    ``prepare`` does. Every flow gets ``label`` (default ``""``: unknown).
+    ``prepare`` does. Every flow gets ``label`` (default ``""``: unknown). ``columns``
+    default: every column of the schema, the optional ones when the first chunk has them.
     """
     if isinstance(chunks, Mapping):
         chunks = [chunks]
     wanted = list(columns) if columns is not None else [*SCALAR_COLUMNS, *SEQUENCE_COLUMNS]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
     total = 0
-    for chunk in chunks:
+    for i, chunk in enumerate(chunks):
+        if i == 0 and columns is None:
+            absent = [c for c in OPTIONAL_COLUMNS if c not in chunk]
+            wanted = [c for c in wanted if c not in absent]
+            parts = {name: [] for name in wanted}
         n = _row_count(chunk)
         rows = np.ones(n, dtype=bool)
         if kept_only and "filter_reason" in chunk:

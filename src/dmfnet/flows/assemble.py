@@ -43,7 +43,7 @@ flow is emitted as soon as it has ended (or its idle timeout has passed on the c
 clock) and its row is reused and its snippets dropped (the buffer is compacted once most of
 it is dropped), so memory grows with the number of concurrently open flows, never with the
 capture size: about 0.7 kB per open flow plus its snippets (a two-packet UDP exchange of
-100 and 180 bytes: 0.4 kB; at most about 6 kB for a flow whose first packets fill every
+100 and 180 bytes: 0.4 kB; at most about 9 kB for a flow whose first packets fill every
 byte column), e.g. about 0.15 GB for a link that starts 1000 short flows a second and
 keeps them open for the 120 s idle timeout.
 """
@@ -92,7 +92,8 @@ _ADDRESS_TEXTS = 1 << 16  # IPv4 address texts kept for later chunks at most
 # so a small capture pays for the rows it uses, and a large one copies nothing to grow.
 _POOL_START_ROWS = 1 << 19
 
-_BYTE_COLUMNS = ("bytes", "flow_head", "payload_head")  # laid out from snippets at emission
+# Laid out from snippets at emission.
+_BYTE_COLUMNS = ("bytes", "payload_packet_bytes", "flow_head", "payload_head")
 _KEY_FIELDS = ("h", "proto", "ipv", "lo_hi", "lo_lo", "hi_hi", "hi_lo", "ports")
 _STATE_DTYPES: dict[str, type] = {
     "h": np.uint64,
@@ -121,6 +122,7 @@ _STATE_DTYPES: dict[str, type] = {
     "rst": np.bool_,
     "flow_head_fill": np.int64,
     "payload_head_fill": np.int64,
+    "payload_packets": np.int64,  # of the first m_packets, those with transport payload
     "tls_c2s": np.int8,
     "tls_s2c": np.int8,
     "slot": np.int64,
@@ -744,6 +746,7 @@ class FlowAssembler:
         st["slot"] = slot
         st["flow_head_fill"] = carried("flow_head_fill")
         st["payload_head_fill"] = carried("payload_head_fill")
+        st["payload_packets"] = carried("payload_packets")
         st["tls_c2s"] = carried("tls_c2s").astype(np.int8)
         st["tls_s2c"] = carried("tls_s2c").astype(np.int8)
 
@@ -879,27 +882,46 @@ class FlowAssembler:
         payload_at = l3 + header_avail
 
         # What each byte column takes of the packet: a header and a payload prefix in
-        # ``bytes`` (first N packets), a prefix of the whole packet in ``flow_head`` and of
-        # its payload in ``payload_head`` (while the heads are not full).
+        # ``bytes`` (first N packets) and in ``payload_packet_bytes`` (first N packets with
+        # payload), a prefix of the whole packet in ``flow_head`` and of its payload in
+        # ``payload_head`` (while the heads are not full).
         lh, lp = cfg.header_bytes, cfg.payload_bytes
         in_bytes = r < cfg.n_packets
-        b_hdr = np.where(in_bytes, np.minimum(header_avail, lh), 0)
-        b_pay = np.where(in_bytes, np.minimum(payload_avail, lp), 0)
+        hdr_cut = np.minimum(header_avail, lh)
+        pay_cut = np.minimum(payload_avail, lp)
+        b_hdr = np.where(in_bytes, hdr_cut, 0)
+        b_pay = np.where(in_bytes, pay_cut, 0)
         head = cfg.head_bytes
-        fh_off = self._head_offsets(f, cap, st["flow_head_fill"])
-        ph_off = self._head_offsets(f, payload_avail, st["payload_head_fill"])
+        # The packet's rank among its flow's packets with payload (earlier slices' too), and
+        # where it starts in each head.
+        carries = parsed.payload_len[p] > 0
+        (
+            (pp_rank, st["payload_packets"]),
+            (fh_off, st["flow_head_fill"]),
+            (ph_off, st["payload_head_fill"]),
+        ) = self._running_offsets(
+            f,
+            (carries, st["payload_packets"]),
+            (cap, st["flow_head_fill"]),
+            (payload_avail, st["payload_head_fill"]),
+        )
+        if cfg.payload_packet_bytes:
+            in_pp = carries & (pp_rank < cfg.n_packets)
+            pp_rank = np.where(in_pp, pp_rank, -1)
+            pp_hdr = np.where(in_pp, hdr_cut, 0)
+            pp_pay = np.where(in_pp, pay_cut, 0)
+            b_hdr_any, b_pay_any = np.maximum(b_hdr, pp_hdr), np.maximum(b_pay, pp_pay)
+        else:
+            pp_rank = np.full(len(p), -1, dtype=np.int64)
+            pp_pay = np.zeros(len(p), dtype=np.int64)
+            b_hdr_any, b_pay_any = b_hdr, b_pay
         fh_n = np.clip(np.minimum(cap, head - fh_off), 0, None)
         ph_n = np.clip(np.minimum(payload_avail, head - ph_off), 0, None)
-        nflows = len(st["slot"])
-        st["flow_head_fill"] = st["flow_head_fill"] + np.bincount(f, cap, nflows).astype(np.int64)
-        st["payload_head_fill"] = st["payload_head_fill"] + np.bincount(
-            f, payload_avail, nflows
-        ).astype(np.int64)
 
         # The snippet: the packet from its IP header to the furthest byte any column takes.
-        pay_need = np.maximum(b_pay, ph_n)
+        pay_need = np.maximum(b_pay_any, ph_n)
         need = np.maximum(
-            np.maximum(fh_n, b_hdr), np.where(pay_need > 0, header_avail + pay_need, 0)
+            np.maximum(fh_n, b_hdr_any), np.where(pay_need > 0, header_avail + pay_need, 0)
         )
         kept = np.flatnonzero(need > 0)
         if not len(kept):
@@ -911,6 +933,8 @@ class FlowAssembler:
             "header": header_avail[kept],
             "bytes_header": b_hdr[kept],
             "bytes_payload": b_pay[kept],
+            "payload_packet_rank": pp_rank[kept],
+            "payload_packet_payload": pp_pay[kept],
             "flow_head_at": fh_off[kept],
             "flow_head_n": fh_n[kept],
             "payload_head_at": ph_off[kept],
@@ -934,7 +958,8 @@ class FlowAssembler:
         )
 
         # TLS server names and certificates, in payload coordinates of each packet. Only
-        # packets with payload bytes in a byte column matter (they are a prefix of the flow).
+        # packets with payload bytes in a byte column matter (of the packets with payload,
+        # they are a prefix of the flow's: a stream has no gap before the last of them).
         has_payload = (pay_need > 0) | (fh_n > header_avail)
         zp, za, zb = self._tls_ranges(parsed, p, f, c2s[early], payload_at, payload_avail,
                                       has_payload, st, data)  # fmt: skip
@@ -1002,14 +1027,29 @@ class FlowAssembler:
                 )
 
     @staticmethod
-    def _head_offsets(f: np.ndarray, contribution: np.ndarray, fill: np.ndarray) -> np.ndarray:
-        """Where each early packet starts in its flow's head: fill + earlier packets' bytes."""
-        c = np.cumsum(contribution)
-        excl = c - contribution
+    def _running_offsets(
+        f: np.ndarray, *counts: tuple[np.ndarray, np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each (contribution, fill) pair: where each early packet starts in its flow's
+        running total (the flow's fill from earlier slices + its earlier packets'
+        contributions), and each flow's new fill.
+
+        ``f`` (each packet's flow) is non-decreasing: a flow's packets are one run. Fills
+        are per flow; the new ones are new arrays.
+        """
         first = np.ones(len(f), dtype=bool)
         first[1:] = f[1:] != f[:-1]
-        group = np.cumsum(first) - 1
-        return excl - excl[first][group] + fill[f]
+        at = np.flatnonzero(first)
+        run = np.diff(np.append(at, len(f)))
+        out = []
+        for contribution, fill in counts:
+            contribution = contribution.astype(np.int64, copy=False)
+            excl = np.cumsum(contribution)
+            excl -= contribution
+            new_fill = fill.astype(np.int64)  # a copy
+            new_fill[f[at]] += np.add.reduceat(contribution, at)
+            out.append((excl + np.repeat(fill[f[at]] - excl[at], run), new_fill))
+        return out
 
     def _tls_ranges(
         self,
@@ -1110,6 +1150,7 @@ class FlowAssembler:
             (st["packets"] >= cfg.n_packets)
             & (st["flow_head_fill"] >= head)
             & (st["payload_head_fill"] >= head)
+            & ((not cfg.payload_packet_bytes) | (st["payload_packets"] >= cfg.n_packets))
         )
         done = done[gflow[yes]].tolist()
         flat_view = memoryview(flat)
@@ -1158,8 +1199,8 @@ class FlowAssembler:
     def _byte_columns(
         self, snippets: dict[str, np.ndarray], buf: np.ndarray, lo: int, hi: int
     ) -> FlowChunk:
-        """``bytes``, ``flow_head`` and ``payload_head`` of output rows ``lo:hi``, laid out
-        from their snippets."""
+        """``bytes``, ``payload_packet_bytes`` (when configured), ``flow_head`` and
+        ``payload_head`` of output rows ``lo:hi``, laid out from their snippets."""
         cfg = self.config
         n = hi - lo
         lh, lp, head = cfg.header_bytes, cfg.payload_bytes, cfg.head_bytes
@@ -1170,17 +1211,29 @@ class FlowAssembler:
 
         # Every piece is placed exactly (nothing after it) and pieces do not overlap, so all
         # of a column's pieces are placed at once: a packet's header and payload in its row
-        # of ``bytes``, and each flow's pieces back to back in its heads. Both heads are rows
-        # of one array (flow_head rows first).
-        by_packet = np.zeros((n * cfg.n_packets, lh + lp), dtype=np.uint8)
+        # of ``bytes`` (and in its row of ``payload_packet_bytes``), and each flow's pieces
+        # back to back in its heads. The packet columns are rows of one array (``bytes``
+        # first), and so are both heads (flow_head rows first).
+        slots = n * cfg.n_packets
+        with_pp = cfg.payload_packet_bytes
+        by_packet = np.zeros((2 if with_pp else 1, slots, lh + lp), dtype=np.uint8)
         packet_at = (row * cfg.n_packets + rank) * (lh + lp)  # (bytes_* are 0 from rank N on)
+        dst_at, src_at = [packet_at, packet_at], [start, start + sn["header"]]
+        count = [sn["bytes_header"], sn["bytes_payload"]]
+        if with_pp:
+            pp = np.flatnonzero(sn["payload_packet_rank"] >= 0)
+            pp_rank = sn["payload_packet_rank"][pp].astype(np.int64)
+            pp_at = (slots + row[pp] * cfg.n_packets + pp_rank) * (lh + lp)
+            dst_at += [pp_at, pp_at]
+            src_at += [start[pp], start[pp] + sn["header"][pp]]
+            count += [np.minimum(sn["header"][pp], lh), sn["payload_packet_payload"][pp]]
         place_pieces(
             by_packet.reshape(-1),
-            np.concatenate([packet_at, packet_at]),
-            np.repeat(np.array([0, lh], dtype=np.int64), len(row)),
+            np.concatenate(dst_at),
+            np.repeat(np.array([0, lh] * (len(dst_at) // 2), np.int64), [len(d) for d in dst_at]),
             buf,
-            np.concatenate([start, start + sn["header"]]),
-            np.concatenate([sn["bytes_header"], sn["bytes_payload"]]),
+            np.concatenate(src_at),
+            np.concatenate(count),
             lh + lp,
         )
         heads = np.zeros((2, n, head), dtype=np.uint8)
@@ -1199,11 +1252,11 @@ class FlowAssembler:
         if zb > za:
             zero_row = snippets["zero_row"][za:zb] - lo
             flat_fh[zero_row * head + snippets["zero_at"][za:zb]] = 0
-        return {
-            "bytes": by_packet.reshape(n, -1),
-            "flow_head": flow_head,
-            "payload_head": payload_head,
-        }
+        out = {"bytes": by_packet[0].reshape(n, -1)}
+        if with_pp:
+            out["payload_packet_bytes"] = by_packet[1].reshape(n, -1)
+        out.update(flow_head=flow_head, payload_head=payload_head)
+        return out
 
     def _emit(
         self,

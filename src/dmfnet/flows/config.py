@@ -29,6 +29,10 @@ class FlowConfig:
     payload_bytes: int = schema.PAYLOAD_BYTES
     m_packets: int = schema.M_PACKETS
     head_bytes: int = schema.HEAD_BYTES
+    # Write ``payload_packet_bytes``: the layout of ``bytes`` filled from the first
+    # n_packets packets that carry transport payload (among the first m_packets), so that
+    # a TCP flow's slots are not spent on its handshake. Off: the column is left out.
+    payload_packet_bytes: bool = True
     # Filters (SPEC §Pipeline 3): each one can be switched off.
     # client SYN seen, handshake never completed and no payload at all (a flow that carried
     # data is kept even when the capture missed part of its handshake, e.g. one direction only)
@@ -58,5 +62,6 @@ class FlowConfig:
 
     @property
     def bytes_len(self) -> int:
-        """Width of the raw-byte modality: N packets x (header + payload) bytes."""
+        """Width of the raw-byte modality (``bytes``, and ``payload_packet_bytes``): N packets
+        x (header + payload) bytes."""
         return self.n_packets * (self.header_bytes + self.payload_bytes)

@@ -21,6 +21,13 @@ HEAD_BYTES = 1024  # bytes of the flow_head / payload_head columns
 # Model inputs and per-packet fields: name -> (numpy dtype, width per row).
 SEQUENCE_COLUMNS: dict[str, tuple[str, int]] = {
     "bytes": ("uint8", BYTES_LEN),  # DMF raw-byte modality, anonymised (SPEC §Pipeline 5)
+    # The layout of ``bytes`` (header cut/padded to L_h, then payload cut/padded to L_p, per
+    # packet) and its anonymisation, but its N slots are the flow's first N packets that
+    # carry transport payload (header's payload length > 0) among its first M packets, in
+    # time order; slots past the last such packet are zero. For TCP the handshake's SYN,
+    # SYN/ACK and ACK (and later pure ACKs) are skipped. Absent when
+    # ``FlowConfig.payload_packet_bytes`` is off (see OPTIONAL_COLUMNS).
+    "payload_packet_bytes": ("uint8", BYTES_LEN),
     "lengths": ("int32", M_PACKETS),  # IP length of each of the first M packets
     "directions": ("int8", M_PACKETS),  # +1 client->server, -1 server->client, 0 pad
     "iat": ("float32", M_PACKETS),  # seconds since the flow's previous packet (0 first)
@@ -32,6 +39,10 @@ SEQUENCE_COLUMNS: dict[str, tuple[str, int]] = {
     # Concatenation of the first packets' transport payloads, anonymised, zero-padded.
     "payload_head": ("uint8", HEAD_BYTES),
 }
+
+# Sequence columns that a FlowConfig switch can leave out: flow chunks and dataset files
+# then have no such column (every other column is always there).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("payload_packet_bytes",)
 
 # One value per flow: name -> numpy dtype.
 SCALAR_COLUMNS: dict[str, str] = {

@@ -1,12 +1,12 @@
 """The first packets' bytes of open flows, kept compact until the flows are emitted.
 
-A flow's byte columns (``bytes``, ``flow_head``, ``payload_head``) are a few kB wide, but
-most flows are short: a two-packet UDP exchange carries a few hundred bytes. Instead of a
-zero-padded row per open flow, the bytes each early packet contributes (from its IP header
-on, as far as any byte column reaches) are copied once into one buffer, each into a
-window of a power-of-two width; the byte columns are laid out only when the flow is emitted.
-The buffer is compacted when most of it belongs to flows already emitted, so its size
-follows the open flows, not the capture.
+A flow's byte columns (``bytes``, ``payload_packet_bytes``, ``flow_head``, ``payload_head``)
+are a few kB wide, but most flows are short: a two-packet UDP exchange carries a few hundred
+bytes. Instead of a zero-padded row per open flow, the bytes each early packet contributes
+(from its IP header on, as far as any byte column reaches) are copied once into one buffer,
+each into a window of a power-of-two width; the byte columns are laid out only when the
+flow is emitted. The buffer is compacted when most of it belongs to flows already emitted,
+so its size follows the open flows, not the capture.
 
 All copies are window copies (a row of ``width`` bytes at a time, through a strided view
 of every window), never a per-byte index: that is what makes them fast.
@@ -165,6 +165,10 @@ SNIPPET_FIELDS: dict[str, type] = {
     "header": np.int32,  # bytes of network + transport header captured (payload follows)
     "bytes_header": np.int32,  # header bytes in ``bytes``
     "bytes_payload": np.int32,  # payload bytes in ``bytes``
+    # the packet's slot in ``payload_packet_bytes`` (-1: none; its header bytes there are
+    # those it has in ``bytes``'s layout, the header cut at L_h) and its payload bytes there
+    "payload_packet_rank": np.int32,
+    "payload_packet_payload": np.int32,
     "flow_head_at": np.int32,  # where the packet starts in ``flow_head``
     "flow_head_n": np.int32,  # bytes of the packet in ``flow_head``
     "payload_head_at": np.int32,
