@@ -352,6 +352,7 @@ def test_prepare_help_explains_every_option(capsys):
         "--keep-non-tcp-udp",
         "--no-anonymise",
         "--signed-lengths",
+        "--no-payload-packet-bytes",
         "--keep-unlabelled",
         "--force",
     ):

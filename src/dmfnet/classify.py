@@ -258,6 +258,10 @@ def classify_captures(
     trained = _load(run)
     if config is None:
         config = run_flow_config(trained.info)
+    # The optional columns that the model reads, and only those, are assembled.
+    config = dataclasses.replace(
+        config, payload_packet_bytes="payload_packet_bytes" in trained.inputs
+    )
 
     summary = ClassifySummary(out=str(out), captures=len(files))
     sizes = [_size(p) for p in files]

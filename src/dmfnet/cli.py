@@ -113,6 +113,12 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         help="packet lengths signed by direction (- for server->client) instead of plain",
     )
     p.add_argument(
+        "--no-payload-packet-bytes",
+        action="store_true",
+        help="leave out the payload_packet_bytes column (the layout of 'bytes' taken from "
+        "the first 5 packets that carry payload; written by default)",
+    )
+    p.add_argument(
         "--keep-unlabelled",
         action="store_true",
         help="with a label CSV, keep flows it does not list, labelled 'unlabelled' "
@@ -138,6 +144,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
             drop_non_tcp_udp=not args.keep_non_tcp_udp,
             anonymise=not args.no_anonymise,
             signed_lengths=args.signed_lengths,
+            payload_packet_bytes=not args.no_payload_packet_bytes,
         )
         summary = prepare(
             args.inputs,
