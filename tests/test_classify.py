@@ -103,7 +103,7 @@ def test_csv_has_one_line_per_kept_flow_with_endpoints_as_seen(
     for client, _, _, _, packets in EXPECTED:
         row = by_client[client]
         assert row["capture"] == str(capture)
-        assert row["protocol"] == "tcp"
+        assert row["protocol"] == "6"  # the IANA number, as in the dataset
         assert int(row["packets"]) == packets
     first = by_client["10.1.0.5"]
     start = datetime.fromisoformat(first["start_time"].replace("Z", "+00:00"))
@@ -276,3 +276,107 @@ def test_probabilities_match_the_loaded_model(run_dir: Path, capture: Path, tmp_
         for name, p in got[port].items():
             assert p == pytest.approx(want[name], abs=1e-4)
     assert np.isfinite(expected).all()
+
+
+# ------------------------------------------------------------------ times, bytes, Community ID
+
+
+def _directions(client: str, server: str) -> tuple[int, int, int, int]:
+    """(IP bytes client->server, server->client, first and last packet ns) of one flow of
+    :func:`_conversations`, counted from the packets themselves."""
+    import ipaddress
+
+    c2s = s2c = 0
+    stamps = []
+    client, server = ipaddress.ip_address(client), ipaddress.ip_address(server)
+    for r in _conversations():
+        v6 = r.data[0] >> 4 == 6
+        src = ipaddress.ip_address(r.data[8:24] if v6 else r.data[12:16])
+        dst = ipaddress.ip_address(r.data[24:40] if v6 else r.data[16:20])
+        if (src, dst) == (client, server):
+            c2s += len(r.data)
+        elif (src, dst) == (server, client):
+            s2c += len(r.data)
+        else:
+            continue
+        stamps.append(r.ts_ns)
+    return c2s, s2c, min(stamps), max(stamps)
+
+
+def test_output_has_end_time_duration_bytes_per_direction_and_community_id(
+    run_dir: Path, capture: Path, tmp_path: Path
+) -> None:
+    from dmfnet.classify import PREDICTION_FIELDS
+    from dmfnet.flows.community_id import community_id
+
+    out = tmp_path / "pred.csv"
+    classify_captures(run_dir, [capture], out, progress=False)
+    with open(out, newline="", encoding="utf-8") as handle:
+        assert tuple(next(csv.reader(handle))) == PREDICTION_FIELDS
+    for row in _read_csv(out):
+        client = row["client_ip"]
+        c2s, s2c, first, last = _directions(client, row["server_ip"])
+        assert (int(row["bytes_c2s"]), int(row["bytes_s2c"])) == (c2s, s2c)
+        assert c2s > 0 and s2c > 0
+        start = datetime.fromisoformat(row["start_time"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(row["end_time"].replace("Z", "+00:00"))
+        assert start.timestamp() == pytest.approx(first / 1e9, abs=1e-6)
+        assert end.timestamp() == pytest.approx(last / 1e9, abs=1e-6)
+        assert float(row["duration"]) == pytest.approx((last - first) / 1e9, abs=1e-6)
+        assert last > first
+        want = community_id(6, client, int(row["client_port"]), row["server_ip"],
+                            int(row["server_port"]))  # fmt: skip
+        assert row["community_id"] == want and want.startswith("1:")
+    records = [
+        json.loads(line)
+        for line in classify_captures(run_dir, [capture], tmp_path / "p.jsonl", progress=False)
+        and (tmp_path / "p.jsonl").read_text().splitlines()
+    ]
+    assert [list(r) for r in records] == [list(PREDICTION_FIELDS)] * 3
+    assert {r["protocol"] for r in records} == {6}
+
+
+def test_iter_predictions_yields_one_dict_per_flow_like_the_file(
+    run_dir: Path, capture: Path, tmp_path: Path
+) -> None:
+    from dmfnet.classify import ClassifySummary, iter_predictions
+
+    out = tmp_path / "p.jsonl"
+    classify_captures(run_dir, [capture], out, progress=False)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    summary = ClassifySummary(out="")
+    records = iter_predictions(run_dir, [capture], summary=summary)
+    assert not isinstance(records, list)
+    got = list(records)
+    assert len(got) == 3 == summary.flows_classified
+    assert summary.removed == {"dns": 1, "failed_handshake": 1}
+    for mine, line in zip(got, written, strict=True):
+        assert mine["start_time"].tzinfo is not None
+        iso = mine["start_time"].isoformat(timespec="microseconds").replace("+00:00", "Z")
+        assert iso == line["start_time"]
+        assert {k: v for k, v in mine.items() if not k.endswith("_time")} == {
+            k: v for k, v in line.items() if not k.endswith("_time")
+        }
+    with pytest.raises(ClassifyError, match="no such file"):
+        iter_predictions(run_dir, [tmp_path / "missing.pcap"])  # raised at once, not on next
+
+
+def test_classify_captures_as_dataframe(run_dir: Path, capture: Path, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    from dmfnet.classify import PREDICTION_FIELDS
+
+    frame = classify_captures(run_dir, [capture], as_dataframe=True, progress=False)
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == list(PREDICTION_FIELDS) and len(frame) == 3
+    assert str(frame["start_time"].dt.tz) == "UTC"
+    assert (frame["end_time"] >= frame["start_time"]).all()
+    assert frame.attrs["summary"].flows_classified == 3
+    assert set(frame["protocol"]) == {6}
+    # with a file as well: the same rows
+    both = classify_captures(
+        run_dir, [capture], tmp_path / "p.csv", as_dataframe=True, progress=False
+    )
+    rows = _read_csv(tmp_path / "p.csv")
+    assert both["community_id"].tolist() == [r["community_id"] for r in rows]
+    with pytest.raises(ClassifyError, match="as_dataframe"):
+        classify_captures(run_dir, [capture])

@@ -6,13 +6,18 @@ filters), so a flow is seen by the model as it was seen in training. Flows are p
 and written chunk by chunk as flow assembly emits them: memory stays bounded by the flows
 open at once, whatever the capture size, and the output grows while the capture is read.
 
-One output line per kept flow: the capture, protocol, endpoints as seen in the capture
-(never anonymised: this is what an analyst looks up), start time, packet count, the
-predicted class with its probability, and the top classes.
+One output line per kept flow: the capture, the IP protocol number (as in the dataset:
+6 TCP, 17 UDP), the endpoints as seen in the capture (never anonymised: this is what an
+analyst looks up), the flow's Community ID (the hash that joins it with Zeek's and
+Suricata's logs), start and end time, duration, packets, IP bytes per direction, the
+predicted class with its probability, and the top classes. In Python the same records
+come from :func:`iter_predictions` (an iterator of dicts) or
+``classify_captures(..., as_dataframe=True)`` (a pandas DataFrame).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -21,7 +26,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,12 +34,13 @@ from typing import IO, Any
 
 import numpy as np
 
+from dmfnet.flows.community_id import community_ids
 from dmfnet.flows.config import FlowConfig
 from dmfnet.problems import ProblemLog
 from dmfnet.progress import byte_progress
 
 FORMATS = ("csv", "jsonl")
-PROTOCOL_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 47: "gre", 50: "esp", 132: "sctp"}
+# Dataset columns read for the output (besides the model's inputs).
 METADATA_COLUMNS = (
     "capture",
     "protocol",
@@ -43,9 +49,32 @@ METADATA_COLUMNS = (
     "server_ip",
     "server_port",
     "start_time",
+    "end_time",
     "packets",
+    "ip_bytes_c2s",
+    "ip_bytes_s2c",
 )
-PREDICTION_FIELDS = (*METADATA_COLUMNS, "predicted", "probability", "top")
+# One output record per flow, in this order. ``protocol`` is the IANA number (as in the
+# dataset), ``bytes_c2s``/``bytes_s2c`` the IP bytes of each direction, ``duration``
+# seconds from the first packet to the last.
+PREDICTION_FIELDS = (
+    "capture",
+    "protocol",
+    "client_ip",
+    "client_port",
+    "server_ip",
+    "server_port",
+    "community_id",
+    "start_time",
+    "end_time",
+    "duration",
+    "packets",
+    "bytes_c2s",
+    "bytes_s2c",
+    "predicted",
+    "probability",
+    "top",
+)
 
 
 class ClassifyError(ValueError):
@@ -144,49 +173,64 @@ class PredictionWriter:
     def write(
         self, meta: Mapping[str, np.ndarray], classes: Sequence[str], proba: np.ndarray
     ) -> None:
-        n = len(proba)
-        if n == 0:
+        rows = prediction_rows(meta, classes, proba, self.top_k)
+        if not rows:
             return
-        k = min(self.top_k, proba.shape[1])
-        top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-        top_p = np.take_along_axis(proba, top, axis=1)
-        names = np.asarray(classes, dtype=object)
-        start = [_iso_time(t) for t in meta["start_time"].tolist()]
-        protocol = [PROTOCOL_NAMES.get(p, str(p)) for p in meta["protocol"].tolist()]
-        captures = meta["capture"].tolist()
-        client_ip, server_ip = meta["client_ip"].tolist(), meta["server_ip"].tolist()
-        client_port, server_port = meta["client_port"].tolist(), meta["server_port"].tolist()
-        packets = meta["packets"].tolist()
-        top_names, top_values = names[top].tolist(), top_p.tolist()
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n") if self.fmt == "csv" else None
-        for i in range(n):
-            row = [
-                captures[i],
-                protocol[i],
-                client_ip[i],
-                client_port[i],
-                server_ip[i],
-                server_port[i],
-                start[i],
-                packets[i],
-                top_names[i][0],
-                round(top_values[i][0], 4),
-            ]
+        for row in rows:
+            row["start_time"] = _iso_time(row["start_time"])
+            row["end_time"] = _iso_time(row["end_time"])
             if writer is not None:
-                ranked = ";".join(
-                    f"{c}:{p:.4f}" for c, p in zip(top_names[i], top_values[i], strict=True)
-                )
-                writer.writerow([*row, ranked])
+                row["top"] = ";".join(f"{c}:{p:.4f}" for c, p in row["top"])
+                writer.writerow(row.values())
             else:
-                ranked = [
-                    {"class": c, "probability": round(p, 4)}
-                    for c, p in zip(top_names[i], top_values[i], strict=True)
-                ]
-                record = dict(zip(PREDICTION_FIELDS, [*row, ranked], strict=True))
-                buf.write(json.dumps(record) + "\n")
+                row["top"] = [{"class": c, "probability": round(p, 4)} for c, p in row["top"]]
+                buf.write(json.dumps(row) + "\n")
         self.handle.write(buf.getvalue())
         self.handle.flush()
+
+
+def prediction_rows(
+    meta: Mapping[str, np.ndarray], classes: Sequence[str], proba: np.ndarray, top_k: int
+) -> list[dict[str, Any]]:
+    """One dict per flow, keys :data:`PREDICTION_FIELDS`: plain Python values, times in
+    epoch seconds, ``top`` a list of ``(class, probability)`` best first."""
+    n = len(proba)
+    if n == 0:
+        return []
+    k = min(top_k, proba.shape[1])
+    top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    top_p = np.take_along_axis(proba, top, axis=1)
+    names = np.asarray(classes, dtype=object)
+    start, end = meta["start_time"].tolist(), meta["end_time"].tolist()
+    protocol = meta["protocol"].tolist()
+    client_ip, server_ip = meta["client_ip"].tolist(), meta["server_ip"].tolist()
+    client_port, server_port = meta["client_port"].tolist(), meta["server_port"].tolist()
+    ids = community_ids(protocol, client_ip, client_port, server_ip, server_port)
+    columns = zip(
+        meta["capture"].tolist(),
+        protocol,
+        client_ip,
+        client_port,
+        server_ip,
+        server_port,
+        ids,
+        start,
+        end,
+        [round(e - s, 6) for s, e in zip(start, end, strict=True)],
+        meta["packets"].tolist(),
+        meta["ip_bytes_c2s"].tolist(),
+        meta["ip_bytes_s2c"].tolist(),
+        names[top[:, 0]].tolist(),
+        [round(p, 4) for p in top_p[:, 0].tolist()],
+        [
+            list(zip(c, p, strict=True))
+            for c, p in zip(names[top].tolist(), top_p.tolist(), strict=True)
+        ],
+        strict=True,
+    )
+    return [dict(zip(PREDICTION_FIELDS, values, strict=True)) for values in columns]
 
 
 def _iso_time(epoch: float) -> str:
@@ -219,7 +263,7 @@ def predict_chunk(trained: Any, chunk: Mapping[str, np.ndarray]) -> tuple[dict, 
 def classify_captures(
     run: str | Path | Any,
     captures: Sequence[str | Path],
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     fmt: str | None = None,
     top_k: int = 3,
@@ -227,7 +271,8 @@ def classify_captures(
     progress: bool = True,
     chunk_bytes: int = 64 << 20,
     on_chunk: Callable[[int], None] | None = None,
-) -> ClassifySummary:
+    as_dataframe: bool = False,
+) -> Any:
     """Classify every kept flow of ``captures`` with the run ``run``; write ``out``.
 
     ``run`` is a run folder or an already loaded :class:`~dmfnet.training.runs.TrainedModel`.
@@ -237,14 +282,106 @@ def classify_captures(
     listed in ``captures_failed``. Raises :class:`ClassifyError` for a bad run folder,
     a missing input or a bad option. ``chunk_bytes`` bounds the capture bytes read at
     once; ``on_chunk(n)`` is called after each chunk of ``n`` flows is written.
+
+    Returns the :class:`ClassifySummary`; with ``as_dataframe`` (pandas needed) a pandas
+    DataFrame of the predictions instead, one row per flow with the columns
+    :data:`PREDICTION_FIELDS` (times as UTC timestamps, ``top`` as a list of
+    ``{"class", "probability"}``) and the summary in ``df.attrs["summary"]``; ``out`` is
+    then optional (given, the file is written too). :func:`iter_predictions` gives the
+    same records one at a time, without holding them.
     """
-    from dmfnet.capture import read_packets
+    if out is None and not as_dataframe:
+        raise ClassifyError("give an output file (out) or as_dataframe=True")
+    if as_dataframe:
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ClassifyError("as_dataframe needs pandas (pip install pandas)") from None
+    if out is not None:
+        fmt = output_format(out, fmt)
+    trained, files, config = _prepare_inputs(run, captures, top_k, config)
+
+    summary = ClassifySummary(out=str(out) if out is not None else "(DataFrame)")
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    handle = _open_output(out) if out is not None else None
+    writer = PredictionWriter(handle, fmt, top_k) if handle is not None else None
+    chunks = _predicted_chunks(trained, files, config, summary, progress, chunk_bytes)
+    try:
+        for meta, proba in chunks:
+            if as_dataframe:
+                records += _python_records(prediction_rows(meta, trained.classes, proba, top_k))
+            if writer is not None:
+                writer.write(meta, trained.classes, proba)
+            if on_chunk is not None:
+                on_chunk(len(proba))
+    finally:
+        chunks.close()  # the progress bar, at once also when writing failed
+        if handle is not None and handle is not sys.stdout:
+            handle.close()
+    summary.seconds = time.perf_counter() - started
+    if not as_dataframe:
+        return summary
+    frame = pd.DataFrame.from_records(records, columns=list(PREDICTION_FIELDS))
+    for name in ("start_time", "end_time"):
+        frame[name] = pd.to_datetime(frame[name], utc=True)
+    frame.attrs["summary"] = summary
+    return frame
+
+
+def iter_predictions(
+    run: str | Path | Any,
+    captures: Sequence[str | Path],
+    *,
+    top_k: int = 3,
+    config: FlowConfig | None = None,
+    progress: bool = False,
+    chunk_bytes: int = 64 << 20,
+    summary: ClassifySummary | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The predictions of :func:`classify_captures`, one dict per flow, as flows complete.
+
+    Keys are :data:`PREDICTION_FIELDS`; ``start_time`` and ``end_time`` are timezone-aware
+    UTC datetimes, ``top`` a list of ``{"class", "probability"}`` best first. Nothing is
+    held beyond the flows of one chunk, so captures of any size can be streamed. Pass a
+    :class:`ClassifySummary` as ``summary`` to have it filled (counts, filters, problems)
+    as the captures are read. A bad run, capture or option raises :class:`ClassifyError`
+    here, before the iterator is returned.
+    """
+    trained, files, config = _prepare_inputs(run, captures, top_k, config)
+    summary = summary if summary is not None else ClassifySummary(out="(iterator)")
+    chunks = _predicted_chunks(trained, files, config, summary, progress, chunk_bytes)
+
+    def records() -> Iterator[dict[str, Any]]:
+        started = time.perf_counter()
+        with contextlib.closing(chunks):
+            for meta, proba in chunks:
+                yield from _python_records(prediction_rows(meta, trained.classes, proba, top_k))
+                summary.seconds = time.perf_counter() - started
+
+    return records()
+
+
+def _python_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of :func:`prediction_rows` with datetimes and ``top`` as in the JSON output."""
+    for row in rows:
+        row["start_time"] = datetime.fromtimestamp(row["start_time"], tz=timezone.utc)
+        row["end_time"] = datetime.fromtimestamp(row["end_time"], tz=timezone.utc)
+        row["top"] = [{"class": c, "probability": round(p, 4)} for c, p in row["top"]]
+    return rows
+
+
+def _prepare_inputs(
+    run: str | Path | Any,
+    captures: Sequence[str | Path] | str | Path,
+    top_k: int,
+    config: FlowConfig | None,
+) -> tuple[Any, list[Path], FlowConfig]:
+    """The loaded run, the capture files and the flow configuration; bad input raises."""
     from dmfnet.data.prepare import PrepareError, find_captures
-    from dmfnet.flows import assemble_flows
 
     if top_k < 1:
         raise ClassifyError(f"top must be at least 1, not {top_k}")
-    fmt = output_format(out, fmt)
     if isinstance(captures, (str, Path)):
         captures = [captures]
     if not captures:
@@ -262,13 +399,24 @@ def classify_captures(
     config = dataclasses.replace(
         config, payload_packet_bytes="payload_packet_bytes" in trained.inputs
     )
+    return trained, files, config
 
-    summary = ClassifySummary(out=str(out), captures=len(files))
+
+def _predicted_chunks(
+    trained: Any,
+    files: Sequence[Path],
+    config: FlowConfig,
+    summary: ClassifySummary,
+    progress: bool,
+    chunk_bytes: int,
+) -> Iterator[tuple[dict, np.ndarray]]:
+    """(metadata columns, probabilities) of each flow chunk of the captures, in order;
+    ``summary`` counts captures, packets, flows, filters, predictions and problems."""
+    from dmfnet.capture import read_packets
+    from dmfnet.flows import assemble_flows
+
+    summary.captures = len(files)
     sizes = [_size(p) for p in files]
-    started = time.perf_counter()
-    handle = _open_output(out)
-    writer = PredictionWriter(handle, fmt, top_k)
-
     bar = byte_progress(sum(sizes), "classify", enabled=progress)
     try:
         for path in files:
@@ -281,14 +429,12 @@ def classify_captures(
                 for chunk in assemble_flows(packets, config, capture=str(path)):
                     _count_filtered(chunk, summary)
                     meta, proba = predict_chunk(trained, chunk)
-                    writer.write(meta, trained.classes, proba)
                     summary.flows_classified += len(proba)
                     if len(proba):
                         summary.predicted.update(
                             np.asarray(trained.classes)[proba.argmax(axis=1)].tolist()
                         )
-                    if on_chunk is not None:
-                        on_chunk(len(proba))
+                    yield meta, proba
             except (MemoryError, OSError):
                 raise
             except Exception as exc:  # one capture must not take the others down
@@ -300,10 +446,6 @@ def classify_captures(
             summary.problems.extend(problems)
     finally:
         bar.close()
-        if handle is not sys.stdout:
-            handle.close()
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _load(run: str | Path | Any) -> Any:
