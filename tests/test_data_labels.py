@@ -120,6 +120,34 @@ def test_csv_errors_name_the_problem(tmp_path):
         make_labeller(tmp_path / "missing.csv")
 
 
+def test_csv_takes_the_dataset_endpoint_names_and_protocol_names_or_numbers(tmp_path):
+    flows = _chunk([(6, "10.0.0.1", 1234, "10.0.0.2", 443), (17, "10.0.0.3", 5, "10.0.0.4", 53)])
+    want = ["TLS", "DNS"]
+    for header in (
+        "file,protocol,client_ip,client_port,server_ip,server_port,label",
+        "label,server_port,server_ip,client_port,client_ip,protocol,file",  # any order
+        "file,protocol,src_ip,src_port,dst_ip,dst_port,label",
+        "File,Protocol,Client_IP,src_port,server_ip,DST_PORT,label",  # mixed, any case
+    ):
+        names = [h.strip().lower() for h in header.split(",")]
+        canonical = {"src_ip": "client_ip", "src_port": "client_port", "dst_ip": "server_ip",
+                     "dst_port": "server_port"}  # fmt: skip
+        rows = [
+            {"file": "a.pcap", "protocol": "tcp", "client_ip": "10.0.0.1", "client_port": "1234",
+             "server_ip": "10.0.0.2", "server_port": "443", "label": "TLS"},
+            {"file": "a.pcap", "protocol": "17", "client_ip": "10.0.0.4", "client_port": "53",
+             "server_ip": "10.0.0.3", "server_port": "5", "label": "DNS"},
+        ]  # fmt: skip
+        lines = [header] + [",".join(r[canonical.get(n, n)] for n in names) for r in rows]
+        path = tmp_path / "labels.csv"
+        path.write_text("\n".join(lines) + "\n")
+        assert make_labeller(path).label_chunk(flows, "a.pcap").tolist() == want, header
+    missing = tmp_path / "m.csv"
+    missing.write_text("file,protocol,client_ip,client_port,server_ip,label\n")
+    with pytest.raises(ValueError, match="lacks column.*server_port.*also accepted"):
+        FlowTableLabeller(missing)
+
+
 def test_csv_conflicting_rows_are_counted(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text(

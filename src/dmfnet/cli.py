@@ -44,7 +44,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         help="class of each flow: 'folder' = the capture's parent folder name (default); "
         "'file' = the capture file name without extension and numeric part suffix "
         "(SMB-1.pcap -> SMB); or a CSV of flows with header "
-        "file,protocol,src_ip,src_port,dst_ip,dst_port,label (matched in both directions)",
+        "file,protocol,client_ip,client_port,server_ip,server_port,label (src_ip,src_port,"
+        "dst_ip,dst_port also accepted; protocol as a number or a name; matched in both "
+        "directions)",
     )
     p.add_argument(
         "--workers",

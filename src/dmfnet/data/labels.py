@@ -20,7 +20,16 @@ import numpy as np
 
 UNLABELLED = "unlabelled"  # label of flows kept without a CSV match (keep_unlabelled)
 
-CSV_COLUMNS = ("file", "protocol", "src_ip", "src_port", "dst_ip", "dst_port", "label")
+# The label CSV's header, with the dataset's names for the endpoints (either may be named
+# first: flows match in both directions). ``protocol`` is a number (6) or a name (TCP).
+CSV_COLUMNS = ("file", "protocol", "client_ip", "client_port", "server_ip", "server_port", "label")
+# Other accepted names for the endpoint columns (nDPI's and CIC's tables use these).
+CSV_ALIASES = {
+    "src_ip": "client_ip",
+    "src_port": "client_port",
+    "dst_ip": "server_ip",
+    "dst_port": "server_port",
+}
 
 PROTOCOL_NUMBERS = {
     "icmp": 1,
@@ -130,8 +139,10 @@ class CaptureLabeller(Labeller):
 
 
 class FlowTableLabeller(Labeller):
-    """Labels from a CSV of flows: ``file,protocol,src_ip,src_port,dst_ip,dst_port,label``.
+    """Labels from a CSV of flows:
+    ``file,protocol,client_ip,client_port,server_ip,server_port,label``.
 
+    ``src_ip,src_port,dst_ip,dst_port`` are accepted for the endpoint columns too.
     ``file`` is matched by base name (empty: any capture); the two endpoints match in
     either direction, so the CSV may name the server first. Lookup is one dict probe per
     flow, so a chunk costs O(flows) whatever the size of the table.
@@ -155,11 +166,13 @@ class FlowTableLabeller(Labeller):
             if header is None:
                 raise ValueError(f"{self.path}: empty label CSV")
             header = [h.strip().lower() for h in header]
+            header = _canonical_header(header)
             missing = [c for c in CSV_COLUMNS if c not in header]
             if missing:
                 raise ValueError(
                     f"{self.path}: label CSV lacks column(s) {', '.join(missing)}; "
-                    f"header must be {','.join(CSV_COLUMNS)}"
+                    f"header must be {','.join(CSV_COLUMNS)} "
+                    "(src_ip,src_port,dst_ip,dst_port also accepted for the endpoints)"
                 )
             pos = [header.index(c) for c in CSV_COLUMNS]
             for line, row in enumerate(reader, start=2):
@@ -227,6 +240,14 @@ class FlowTableLabeller(Labeller):
             "bad_rows": self.bad_rows,
             "first_bad_row": self.first_bad,
         }
+
+
+def _canonical_header(header: list[str]) -> list[str]:
+    """Header names with the aliases of :data:`CSV_ALIASES` replaced; an alias is left as
+    it is when its canonical name is in the header too (that column wins)."""
+    return [
+        CSV_ALIASES[h] if h in CSV_ALIASES and CSV_ALIASES[h] not in header else h for h in header
+    ]
 
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
