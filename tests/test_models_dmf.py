@@ -162,7 +162,7 @@ def test_default_length_scaling_keeps_neighbouring_lengths_apart():
 
 
 def test_bad_configuration_and_inputs_are_refused():
-    with pytest.raises(ValueError, match="modality"):
+    with pytest.raises(ValueError, match="modalities must be one or both of"):
         DMF(DMFConfig(modalities=("payload",)))
     with pytest.raises(ValueError, match="length_scaling"):
         DMF(DMFConfig(length_scaling="cubic"))

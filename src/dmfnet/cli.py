@@ -312,6 +312,20 @@ def _parse_overrides(items: list[str]) -> dict:
     return config
 
 
+def _check_overrides(model: str, config: dict, items: list[str], prefix: str = "") -> None:
+    """Each ``--set`` value checked against the model's configuration before anything is
+    read or written: one line naming the option, the key and the bad value."""
+    from dmfnet.models.config import ConfigError
+    from dmfnet.models.registry import check_model_config
+
+    try:
+        check_model_config(model, config)
+    except ConfigError as exc:
+        given = next((i for i in items if i.partition("=")[0].strip() == exc.key), None)
+        where = f"--set {prefix}{given}: " if given is not None else f"--set ({model}): "
+        raise UserError(f"{where}{exc}") from None
+
+
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
     """Show warnings (small classes, empty parts of a split) as one 'warning:' line each."""
@@ -346,6 +360,8 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UserError(f"unknown model {args.model!r}; known: {', '.join(available_models())}")
     if args.threads < 0:
         raise UserError(f"--threads must be 0 (torch's choice) or more, not {args.threads}")
+    model_config = _parse_overrides(args.overrides)
+    _check_overrides(args.model, model_config, args.overrides)
     if args.threads:
         import torch
 
@@ -367,7 +383,7 @@ def _run_train(args: argparse.Namespace) -> int:
             min_class_flows=args.min_class_flows,
             drop_classes=_class_list(args.drop_classes),
             device=args.device,
-            model_config=_parse_overrides(args.overrides),
+            model_config=model_config,
             num_workers=args.num_workers,
             progress=not args.quiet,
         )
@@ -508,6 +524,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
             )
         per_model.setdefault(model, []).append(rest)
     model_config = {m: _parse_overrides(items) for m, items in per_model.items()}
+    for model, items in per_model.items():
+        _check_overrides(model, model_config[model], items, prefix=f"{model}:")
 
     if args.complexity_only:
         from dmfnet.data import load_dataset

@@ -43,6 +43,16 @@ from dmfnet.models.blocks import (
     scale_log,
     scale_sqrt,
 )
+from dmfnet.models.config import (
+    ConfigError,
+    check_types,
+    fail,
+    fraction,
+    non_negative,
+    one_of,
+    positive,
+    positive_items,
+)
 from dmfnet.models.registry import register_model
 
 MODALITIES = ("bytes", "lengths")
@@ -121,8 +131,43 @@ class DMFConfig:
 
     def __post_init__(self) -> None:
         # Configurations read back from JSON carry lists; keep tuples so configs compare equal.
-        for name in ("modalities", "channels", "kernels", "strides"):
-            setattr(self, name, tuple(getattr(self, name)))
+        # check_types does that, after checking every value's type.
+        check_types(self)
+        _check_values(self)
+
+
+def _check_values(c: DMFConfig) -> None:
+    """Ranges and choices of a DMF configuration: a bad value names its key (ConfigError)."""
+    positive(c, "num_classes", "bytes_len", "lengths_len", "bytes_hidden", "lengths_hidden")
+    positive(c, "embed_len", "fusion_tokens", "fusion_dim", "fusion_heads", "fusion_layers")
+    positive(c, "fusion_ffn_mult", "projection_dim")
+    fraction(c, "mlp_dropout", "fusion_dropout", "head_dropout", "label_smoothing", "byte_mask")
+    non_negative(c, "alpha", "beta", "gamma", "margin")
+    positive_items(c, "channels", "kernels", "strides")
+    if not len(c.channels) == len(c.kernels) == len(c.strides):
+        raise ConfigError(
+            "channels",
+            "channels, kernels and strides must have one entry per stage, got "
+            f"{list(c.channels)}, {list(c.kernels)} and {list(c.strides)}",
+        )
+    if not c.modalities or len(set(c.modalities)) != len(c.modalities):
+        raise fail("modalities", f"one or both of {', '.join(MODALITIES)}", c.modalities)
+    for m in c.modalities:
+        if m not in MODALITIES:
+            raise fail("modalities", f"one or both of {', '.join(MODALITIES)}", c.modalities)
+    one_of(c, "length_scaling", LENGTH_SCALINGS)
+    one_of(c, "length_direction", LENGTH_DIRECTIONS)
+    one_of(c, "length_packets", LENGTH_PACKETS)
+    one_of(c, "byte_column", BYTE_COLUMNS)
+    if c.deep_fusion:  # each stage's Transformer splits its width over the heads
+        widths = [c.fusion_dim] if c.fusion_dim is not None else list(c.channels)
+        if any(w % c.fusion_heads for w in widths):
+            key = "fusion_dim" if c.fusion_dim is not None else "channels"
+            raise ConfigError(
+                key,
+                f"{key} must be divisible by fusion_heads ({c.fusion_heads}), "
+                f"got {widths if key == 'channels' else c.fusion_dim}",
+            )
 
 
 # --------------------------------------------------------------------------------------
@@ -518,6 +563,7 @@ def _register(name: str, defaults: dict, group: str, description: str) -> None:
         group=group,
         description=description,
         inputs_for=inputs_for,
+        config=DMFConfig,
     )(build)
 
 

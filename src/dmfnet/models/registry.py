@@ -39,6 +39,9 @@ class ModelEntry:
     # inputs_for(config) -> the columns a model of that configuration reads, for models
     # whose inputs follow their configuration (DMF's byte column, its length direction).
     inputs_for: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
+    # The configuration dataclass: its fields are the keys a user may set (checked by
+    # check_model_config before the builder runs).
+    config: type | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -52,11 +55,13 @@ def register_model(
     group: str,
     description: str = "",
     inputs_for: Callable[[dict[str, Any]], tuple[str, ...]] | None = None,
+    config: type | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``builder(num_classes, **config)`` under ``name``.
 
     ``inputs`` are the columns of the default configuration; ``inputs_for(config)``, when
-    given, says which columns a configuration with those overrides reads.
+    given, says which columns a configuration with those overrides reads. ``config`` is
+    the model's configuration dataclass, whose fields are the keys a user may set.
     """
     if kind not in ("torch", "estimator"):
         raise ValueError(f"kind must be 'torch' or 'estimator', not {kind!r}")
@@ -65,7 +70,7 @@ def register_model(
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelEntry(
-            name, builder, tuple(inputs), kind, group, description, inputs_for
+            name, builder, tuple(inputs), kind, group, description, inputs_for, config
         )
         return builder
 
@@ -90,13 +95,32 @@ def model_inputs(name: str, config: dict[str, Any] | None = None) -> tuple[str, 
     entry = get_entry(name)
     if entry.inputs_for is None or not config:
         return entry.inputs
+    check_model_config(name, {k: v for k, v in config.items() if k != "num_classes"})
     return tuple(entry.inputs_for(dict(config)))
 
 
+def check_model_config(name: str, config: dict[str, Any]) -> None:
+    """Raise :class:`~dmfnet.models.config.ConfigError` (a ValueError naming the key and
+    the value) when ``config`` holds a key the model ``name`` does not know or a value it
+    cannot take. Cheap: nothing is built."""
+    entry = get_entry(name)
+    if entry.config is None:
+        return
+    from dmfnet.models.config import check_keys
+
+    check_keys(entry.config, config)
+    entry.config(**config)  # its __post_init__ checks types and ranges
+
+
 def create_model(name: str, num_classes: int, **config: Any) -> Any:
-    """Build the registered model ``name`` for ``num_classes`` classes."""
+    """Build the registered model ``name`` for ``num_classes`` classes.
+
+    A configuration key or value the model cannot take raises
+    :class:`~dmfnet.models.config.ConfigError`, naming both.
+    """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    check_model_config(name, {k: v for k, v in config.items() if k != "num_classes"})
     return get_entry(name).builder(num_classes, **config)
 
 

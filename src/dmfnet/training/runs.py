@@ -230,7 +230,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> T
     dev = torch.device("cpu" if device is None else device)
     try:
         model = create_model(name, len(classes), **config)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # ValueError: a value the model cannot take
         raise ValueError(f"{run_file}: model config does not fit model {name!r}: {exc}") from None
 
     if kind == "estimator":

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmfnet.models.blocks import FLOW_STATISTICS_INPUTS, flow_statistics, signed_log
+from dmfnet.models.config import check_types, fail, fraction, non_negative, positive, positive_items
 from dmfnet.models.registry import register_model
 
 NO_CENTRE_LOGIT = -1e4  # finite, so cross-entropy and softmax stay finite
@@ -59,7 +60,14 @@ class ACIDConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(self.hidden)
+        check_types(self)  # lists from JSON become tuples
+        positive(self, "num_classes", "n_features", "embedding_dim", "kernel_sigma")
+        positive(self, "max_clusters", "max_cluster_samples")
+        positive_items(self, "hidden")
+        fraction(self, "dropout")
+        non_negative(self, "ce_weight", "seed")
+        if not -1.0 <= self.min_silhouette <= 1.0:
+            raise fail("min_silhouette", "in [-1, 1]", self.min_silhouette)
 
 
 @dataclass
@@ -186,6 +194,7 @@ def _adaptive_kmeans(points: np.ndarray, config: ACIDConfig, kmeans, silhouette)
     group="non-multimodal",
     description="ACID: kernel-separating flow embedding + adaptive per-class k-means "
     "(Diallo & Patras, INFOCOM 2021)",
+    config=ACIDConfig,
 )
 def acid(num_classes: int, **config) -> ACID:
     return ACID(ACIDConfig(num_classes=num_classes, **config))

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dmfnet.models.config import check_types, fraction, positive, positive_items
 from dmfnet.models.registry import register_model
 
 
@@ -50,7 +51,12 @@ class AppNetConfig:
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        self.conv_channels = tuple(self.conv_channels)
+        check_types(self)  # lists from JSON become tuples
+        positive(self, "num_classes", "exact_lengths", "coarse_step", "length_embedding")
+        positive(self, "lstm_hidden", "lstm_layers", "first_packet_bytes", "byte_embedding")
+        positive(self, "conv_kernel", "conv_pool", "hidden")
+        positive_items(self, "conv_channels")
+        fraction(self, "dropout")
 
 
 class AppNet(nn.Module):
@@ -123,6 +129,7 @@ class AppNet(nn.Module):
     group="multimodal",
     description="App-Net: bi-LSTM over signed packet lengths + 1D CNN over the first "
     "packet's bytes, late fusion (Wang et al., INFOCOM WKSHPS 2020)",
+    config=AppNetConfig,
 )
 def appnet(num_classes: int, **config) -> AppNet:
     return AppNet(AppNetConfig(num_classes=num_classes, **config))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from dmfnet.models.blocks import scale_bytes
+from dmfnet.models.config import check_types, fail, fraction, positive, positive_items
 from dmfnet.models.registry import register_model
 
 
@@ -38,7 +39,16 @@ class CNN1DConfig:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        self.channels = tuple(self.channels)
+        check_types(self)  # lists from JSON become tuples
+        positive(self, "num_classes", "input_bytes", "kernel", "pool", "hidden")
+        positive_items(self, "channels")
+        fraction(self, "dropout")
+        if self.input_bytes // self.pool ** len(self.channels) < 1:
+            raise fail(
+                "input_bytes",
+                f"at least pool^stages = {self.pool ** len(self.channels)}",
+                self.input_bytes,
+            )
 
 
 class CNN1D(nn.Module):
@@ -77,6 +87,7 @@ class CNN1D(nn.Module):
     inputs=("flow_head",),
     group="non-multimodal",
     description="1D CNN over the flow's first 784 bytes (Wang et al., ISI 2017)",
+    config=CNN1DConfig,
 )
 def cnn1d(num_classes: int, **config) -> CNN1D:
     return CNN1D(CNN1DConfig(num_classes=num_classes, **config))

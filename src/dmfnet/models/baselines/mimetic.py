@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from dmfnet.models.blocks import MAX_IP_LENGTH, scale_bytes, scale_lengths, scale_log
+from dmfnet.models.config import check_types, fail, fraction, positive, positive_items
 from dmfnet.models.registry import register_model
 
 
@@ -48,7 +49,17 @@ class MIMETICConfig:
     max_iat: float = 3600.0  # seconds that map to 1.0 in the log scaling
 
     def __post_init__(self) -> None:
-        self.conv_channels = tuple(self.conv_channels)
+        check_types(self)  # lists from JSON become tuples
+        positive(self, "num_classes", "payload_bytes", "conv_kernel", "conv_pool", "packets")
+        positive(self, "gru_hidden", "branch_dense", "shared_dense", "max_iat")
+        positive_items(self, "conv_channels")
+        fraction(self, "dropout")
+        if self.payload_bytes // self.conv_pool ** len(self.conv_channels) < 1:
+            raise fail(
+                "payload_bytes",
+                f"at least conv_pool^stages = {self.conv_pool ** len(self.conv_channels)}",
+                self.payload_bytes,
+            )
 
 
 class MIMETIC(nn.Module):
@@ -120,6 +131,7 @@ class MIMETIC(nn.Module):
     group="multimodal",
     description="MIMETIC: 1D CNN over the first 576 payload bytes + bi-GRU over four "
     "per-packet fields, late fusion (Aceto et al., Computer Networks 2019)",
+    config=MIMETICConfig,
 )
 def mimetic(num_classes: int, **config) -> MIMETIC:
     return MIMETIC(MIMETICConfig(num_classes=num_classes, **config))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dmfnet.models.blocks import FLOW_STATISTICS_INPUTS, flow_statistics, flow_statistics_names
+from dmfnet.models.config import check_types, fraction, non_negative, positive
 from dmfnet.models.registry import register_model
 
 BOOSTER_FILE = "booster.json"
@@ -54,6 +55,12 @@ class XGBoostConfig:
     min_child_weight: float = 1.0
     n_jobs: int = 0  # 0: every core this process may use
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        positive(self, "num_classes", "learning_rate", "n_estimators", "early_stopping_rounds")
+        non_negative(self, "max_depth", "min_child_weight", "n_jobs", "seed")
+        fraction(self, "subsample", "colsample_bytree", closed=True)
 
 
 class XGBoostFlowClassifier:
@@ -181,6 +188,7 @@ class XGBoostFlowClassifier:
     kind="estimator",
     group="non-multimodal",
     description="XGBoost on flow statistics (counts, bytes, duration, length/IAT summaries)",
+    config=XGBoostConfig,
 )
 def xgboost(num_classes: int, **config) -> XGBoostFlowClassifier:
     return XGBoostFlowClassifier(XGBoostConfig(num_classes=num_classes, **config))
