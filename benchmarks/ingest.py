@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -479,11 +480,20 @@ def _flow_table(files: list[Path]) -> dict[tuple, list[tuple[list[int], bytes]]]
                 int(data["client_port"][i]),
                 ips[1],
                 int(data["server_port"][i]),
-                round(float(data["start_time"][i]) * 1e6),
+                _micros(data["start_time"][i]),
             )
             flow = (list(data["lengths"][i]), bytes(data["bytes"][i]))
             table.setdefault(key, []).append(flow)
     return table
+
+
+def _micros(value) -> int:
+    """Epoch microseconds of a start time: a timestamp (dmfnet's datasets) or float seconds
+    (the reference's output, and datasets made before times were timestamps)."""
+    if hasattr(value, "timestamp"):
+        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        return (value - epoch) // timedelta(microseconds=1)
+    return round(float(value) * 1e6)
 
 
 def compare_outputs(prepared: Path, reference_output: Path) -> dict[str, int]:

@@ -33,8 +33,8 @@ def synthetic_flows(n: int, seed: int = 0, widths: dict | None = None) -> dict:
             chunk[name] = np.array([f"{name}-{i % 7}" for i in range(n)], dtype=object)
         elif dtype == "bool":
             chunk[name] = rng.integers(0, 2, n).astype(bool)
-        elif dtype == "float64":
-            chunk[name] = rng.random(n) * 1e9
+        elif dtype == "float64":  # times: epoch seconds to the microsecond, as captured
+            chunk[name] = np.round(1.7e9 + rng.random(n) * 1e8, 6)
         else:
             chunk[name] = rng.integers(0, 200, n).astype(dtype)
     chunk["filter_reason"] = np.array(["", "dns"] * (n // 2) + [""] * (n % 2), dtype=object)
@@ -103,7 +103,8 @@ def test_parquet_uses_plain_types(tmp_path):
     assert schema.field("lengths").type == pa.list_(pa.int32())
     assert schema.field("iat").type == pa.list_(pa.float32())
     assert schema.field("label").type == pa.string()
-    assert schema.field("start_time").type == pa.float64()
+    assert schema.field("start_time").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("end_time").type == pa.timestamp("us", tz="UTC")
     for field in schema:
         assert not isinstance(field.type, pa.ExtensionType)
 
@@ -118,6 +119,36 @@ def test_pandas_reads_the_parquet(tmp_path):
     assert list(frame["lengths"].iloc[1]) == chunk["lengths"][1].tolist()
 
 
+def test_times_are_utc_timestamps_on_disk_and_epoch_seconds_in_memory(tmp_path):
+    pd = pytest.importorskip("pandas")
+    chunk = synthetic_flows(4)
+    chunk["start_time"] = np.array([1.7e9, 1.7e9 + 0.000001, 1_700_000_123.456789, 0.5])
+    chunk["end_time"] = chunk["start_time"] + 2.25
+    (path,) = _write(tmp_path, [(chunk, "x")])
+    frame = pd.read_parquet(path)
+    assert str(frame["start_time"].dt.tz) == "UTC"
+    assert frame["start_time"].iloc[2] == pd.Timestamp("2023-11-14 22:15:23.456789", tz="UTC")
+    ds = load_dataset(tmp_path)
+    assert ds["start_time"].dtype == np.float64
+    assert ds["start_time"].tolist() == chunk["start_time"].tolist()  # exact to the µs
+    assert ds["end_time"].tolist() == chunk["end_time"].tolist()
+
+
+def test_datasets_with_float_seconds_still_load(tmp_path):
+    chunk = synthetic_flows(6)
+    (path,) = _write(tmp_path, [(chunk, "x")])
+    table = pq.read_table(path)
+    schema = table.schema
+    for name in ("start_time", "end_time"):  # the layout of datasets made before
+        at = schema.get_field_index(name)
+        table = table.set_column(at, pa.field(name, pa.float64(), nullable=False),
+                                 pa.array(chunk[name] + 1e-7))  # fmt: skip
+    pq.write_table(table, path)
+    assert pq.read_schema(path).field("start_time").type == pa.float64()
+    ds = load_dataset(tmp_path)
+    assert ds["start_time"].tolist() == (chunk["start_time"] + 1e-7).tolist()
+
+
 def test_other_widths_round_trip(tmp_path):
     chunk = synthetic_flows(7, widths={"bytes": 320, "lengths": 10})
     _write(tmp_path, [(chunk, "x")])
@@ -129,7 +160,7 @@ def test_other_widths_round_trip(tmp_path):
 
 def test_folder_without_card_is_refused(tmp_path):
     PartWriter(tmp_path, 0).close()
-    with pytest.raises(ValueError, match="no dataset.json"):
+    with pytest.raises(ValueError, match="no _dataset.json"):
         load_dataset(tmp_path)
 
 

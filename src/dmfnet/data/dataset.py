@@ -3,7 +3,8 @@
 On disk every column of :mod:`dmfnet.flows.schema` plus ``label`` is a plain Parquet type
 that pandas, polars, DuckDB and Spark read: ``uint8`` sequences (``bytes``,
 ``payload_packet_bytes``, ``flow_head``, ``payload_head``) as fixed-size binary, numeric
-sequences as lists, scalars as they are. The schema's optional columns
+sequences as lists, ``start_time``/``end_time`` as timestamps (microseconds, UTC), other
+scalars as they are. The schema's optional columns
 (``OPTIONAL_COLUMNS``, e.g. ``payload_packet_bytes``) are written when the flows have them
 (a flow setting can leave them out). In memory a :class:`FlowDataset` holds 2-D arrays for
 sequences (``bytes`` is uint8 ``(N, 1600)``) and 1-D arrays for scalars, built without a
@@ -44,6 +45,14 @@ BINARY_COLUMNS = ("bytes", "payload_packet_bytes", "flow_head", "payload_head")
 
 WIDTHS_KEY = b"dmfnet.widths"  # Parquet schema metadata: values per row of each sequence
 
+# Flow times: float64 epoch seconds in memory (flow assembly's values, from which models
+# compute durations); on disk Arrow/Parquet timestamps in microseconds, UTC, so that
+# readers see times (float64 seconds carry about 0.24 µs at today's dates: microseconds
+# keep all of it). Datasets written with float64 seconds load as before.
+TIME_COLUMNS = ("start_time", "end_time")
+TIME_TYPE = pa.timestamp("us", tz="UTC")
+_TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
 
 def default_widths() -> dict[str, int]:
     """Values per row of each sequence column with the default flow parameters."""
@@ -58,6 +67,8 @@ def _arrow_type(name: str, widths: Mapping[str, int]) -> pa.DataType:
         if name in BINARY_COLUMNS:
             return pa.binary(widths[name])
         return pa.list_(pa.from_numpy_dtype(np.dtype(dtype)))
+    if name in TIME_COLUMNS:
+        return TIME_TYPE
     dtype = SCALAR_COLUMNS[name]
     if dtype == _STRING:
         return pa.string()
@@ -155,6 +166,9 @@ def _to_arrow(name: str, values: np.ndarray | str, n: int) -> pa.Array:
     array = np.asarray(values, dtype=SCALAR_COLUMNS[name])
     if array.shape != (n,):
         raise ValueError(f"column {name!r}: shape {array.shape}, expected ({n},)")
+    if name in TIME_COLUMNS:  # epoch seconds -> integer microseconds
+        micros = np.rint(array * 1e6).astype(np.int64)
+        return pa.Array.from_buffers(TIME_TYPE, n, [None, pa.py_buffer(micros)])
     return _primitive_array(array)
 
 
@@ -545,6 +559,8 @@ def column_to_numpy(
         dtype = SEQUENCE_COLUMNS[name][0]
         width = out.shape[1] if out is not None else None
         convert = lambda c: _sequence_chunk(name, c, dtype, width)  # noqa: E731
+    elif name in TIME_COLUMNS:
+        convert = _seconds_chunk
     else:
         dtype = SCALAR_COLUMNS[name]
         convert = lambda c: np.asarray(c.to_numpy(zero_copy_only=False), dtype=dtype)  # noqa: E731
@@ -561,6 +577,17 @@ def column_to_numpy(
     if start != len(out):
         raise ValueError(f"column {name!r}: {start} rows, expected {len(out)}")
     return out
+
+
+def _seconds_chunk(chunk: pa.Array) -> np.ndarray:
+    """A time column chunk as float64 epoch seconds: from a timestamp of any unit, or the
+    float64 seconds of datasets written before times were timestamps."""
+    if pa.types.is_timestamp(chunk.type):
+        if chunk.null_count:
+            raise ValueError(f"time column has {chunk.null_count} null value(s)")
+        ticks = chunk.view(pa.int64()).to_numpy(zero_copy_only=False)
+        return ticks / _TIME_UNITS[chunk.type.unit]
+    return np.asarray(chunk.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def _sequence_chunk(name: str, chunk: pa.Array, dtype: str, width: int | None) -> np.ndarray:

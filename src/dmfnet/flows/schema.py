@@ -53,8 +53,10 @@ SCALAR_COLUMNS: dict[str, str] = {
     "client_port": "int32",
     "server_ip": "str",
     "server_port": "int32",
-    "start_time": "float64",  # epoch seconds of the first packet
-    "end_time": "float64",  # epoch seconds of the last packet
+    # Epoch seconds of the first / last packet in memory; in dataset files a UTC timestamp
+    # in microseconds (dmfnet.data.dataset.TIME_TYPE).
+    "start_time": "float64",
+    "end_time": "float64",
     "packets": "int64",
     "packets_c2s": "int64",
     "packets_s2c": "int64",
