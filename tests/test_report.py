@@ -74,3 +74,51 @@ def test_mismatched_class_names_fail(tmp_path):
     m = classification_metrics([0, 1], [0, 1], ["a", "b"])
     with pytest.raises(ValueError):
         write_run_report(tmp_path, m, [], ["a", "b", "c"], {})
+
+
+def _many_class_metrics(k=300, absent=40, seed=2):
+    """A k-class test set where the last ``absent`` classes have no test flows (a few flows
+    are predicted as them) and classes 0-4 are confused with each other."""
+    rng = np.random.default_rng(seed)
+    names = [f"Application-with-a-rather-long-protocol-name-{i:03d}" for i in range(k)]
+    y = rng.integers(0, k - absent, 6000)
+    pred = y.copy()
+    mix = rng.random(y.size) < 0.03
+    pred[mix] = rng.integers(0, k, int(mix.sum()))
+    pred[y < 5] = rng.integers(0, 5, int((y < 5).sum()))  # classes 0-4 confused
+    return classification_metrics(y, pred, names), names
+
+
+def test_many_classes_draw_a_bounded_figure_of_the_worst_confusions(tmp_path):
+    import time
+
+    from dmfnet.training.report import MAX_FIGURE_CLASSES, confusion_focus
+
+    m, names = _many_class_metrics()
+    start = time.perf_counter()
+    write_run_report(tmp_path, m, HISTORY, names, {"model": "dmf"})
+    seconds = time.perf_counter() - start
+    width, height = _png_size(tmp_path / "confusion.png")
+    assert width <= 3000 and height <= 3000, (width, height)
+    assert seconds < 20, seconds  # 374 classes took minutes before
+    shown = confusion_focus(m["confusion"])
+    assert len(shown) == MAX_FIGURE_CLASSES
+    assert set(range(5)) <= set(shown.tolist())  # the confused classes are in the figure
+    md = (tmp_path / "report.md").read_text()
+    assert "The figure shows the 30 of 300 classes most involved in errors" in md
+    rows = list(csv.reader((tmp_path / "confusion.csv").open()))
+    assert len(rows) == 301 and len(rows[0]) == 301  # the CSV keeps every class
+
+
+def test_classes_without_test_flows_are_one_line_not_rows(tmp_path):
+    from dmfnet.training.report import per_class_table
+
+    m, names = _many_class_metrics()
+    table = per_class_table(m)
+    assert names[0] in table and f"| {names[-1]} |" not in table
+    assert table.count("\n| ") == 260  # one row per class with test flows
+    last = table.splitlines()[-1]
+    assert last.startswith("40 class(es) with no test flows, not listed: ")
+    assert names[260] in last and "and 30 more" in last and "test flows predicted as" in last
+    small = classification_metrics([0, 1], [0, 1], ["a", "b"])
+    assert "no test flows" not in per_class_table(small)

@@ -49,6 +49,11 @@ _INFO_LABELS = {
     "device": "Device",
 }
 
+# Above this many classes the confusion figure shows the classes most involved in errors.
+MAX_FIGURE_CLASSES = 30
+LABEL_CHARS = 32  # class names longer than this are cut on the figure's axes
+ABSENT_NAMES_SHOWN = 10  # classes with no test flows named in the per-class summary line
+
 _SPLIT_DESCRIPTIONS = {
     "random": "random 8:1:1, stratified by class (the paper's protocol)",
     "file": "by capture file (no capture contributes flows to two of train/val/test)",
@@ -77,17 +82,43 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
 
 
 def per_class_table(metrics: Mapping[str, Any]) -> str:
-    """Per-class precision, recall, F1, FPR (percent) and support as a Markdown table."""
+    """Per-class precision, recall, F1, FPR (percent) and support as a Markdown table.
+
+    Classes without test flows have no row (their recall means nothing): one line after
+    the table names them, with the test flows predicted as them.
+    """
     lines = [
         "| Class | Precision | Recall | F1 | FPR | Support |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    absent = []
     for name, row in metrics["per_class"].items():
+        if not row["support"]:
+            absent.append(name)
+            continue
         lines.append(
             f"| {name} | {100 * row['precision']:.2f} | {100 * row['recall']:.2f} | "
             f"{100 * row['f1']:.2f} | {100 * row['fpr']:.2f} | {row['support']:,} |"
         )
+    if absent:
+        lines += ["", _absent_line(metrics, absent)]
     return "\n".join(lines)
+
+
+def _absent_line(metrics: Mapping[str, Any], absent: Sequence[str]) -> str:
+    """One line for the classes with no test flows: how many, which, and predicted how often."""
+    shown = ", ".join(absent[:ABSENT_NAMES_SHOWN])
+    if len(absent) > ABSENT_NAMES_SHOWN:
+        shown += f" and {len(absent) - ABSENT_NAMES_SHOWN:,} more"
+    line = f"{len(absent):,} class(es) with no test flows, not listed: {shown}"
+    names = list(metrics["per_class"])
+    if "confusion" in metrics:
+        cm = np.asarray(metrics["confusion"], dtype=np.int64)
+        if cm.shape == (len(names), len(names)):
+            index = [names.index(n) for n in absent]
+            predicted = int(cm[:, index].sum())
+            line += f" ({predicted:,} test flows predicted as one of them)"
+    return line + "."
 
 
 def write_confusion_csv(
@@ -101,40 +132,79 @@ def write_confusion_csv(
             writer.writerow([name, *(int(v) for v in row)])
 
 
+def confusion_focus(
+    confusion: Sequence[Sequence[int]], limit: int = MAX_FIGURE_CLASSES
+) -> np.ndarray:
+    """Indices (in class order) of the at most ``limit`` classes a confusion figure shows:
+    those most involved in errors (wrong predictions of the class plus wrong predictions
+    as the class), then the largest by test flows. All classes when there are ``limit``
+    or fewer."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    k = cm.shape[0]
+    if k <= limit:
+        return np.arange(k)
+    off = cm - np.diag(np.diag(cm))
+    errors = off.sum(axis=1) + off.sum(axis=0)
+    support = cm.sum(axis=1)
+    order = np.lexsort((np.arange(k), -support, -errors))  # most errors, then most flows
+    return np.sort(order[:limit])
+
+
 def plot_confusion(
     confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str = ""
-) -> None:
+) -> str:
     """Row-normalised heatmap (colour = share of the true class) with the counts written in.
 
     The figure grows with the number of classes so that 20-40 class names stay readable;
-    zero cells are left blank so the errors stand out.
+    zero cells are left blank so the errors stand out. Above :data:`MAX_FIGURE_CLASSES`
+    classes it shows the classes most involved in errors (:func:`confusion_focus`), with
+    a last column counting their flows predicted as any class not shown, so the image
+    stays readable and bounded (about 2,500 px a side); the returned note says so ("" when
+    every class is shown).
     """
-    cm = np.asarray(confusion, dtype=np.int64)
+    full = np.asarray(confusion, dtype=np.int64)
+    keep = confusion_focus(full)
+    note = ""
+    support = full.sum(axis=1, keepdims=True)[keep]
+    cm = full[np.ix_(keep, keep)]
+    class_names = [str(class_names[i]) for i in keep]
+    rows = list(class_names)
+    columns = list(class_names)
+    if len(keep) < full.shape[0]:
+        note = (
+            f"The figure shows the {len(keep)} of {full.shape[0]:,} classes most involved "
+            "in errors; the last column counts their test flows predicted as any other class. "
+            "Every count is in confusion.csv."
+        )
+        cm = np.concatenate([cm, support - cm.sum(axis=1, keepdims=True)], axis=1)
+        columns.append("(other classes)")
     k = cm.shape[0]
-    support = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, support, out=np.zeros(cm.shape, dtype=np.float64), where=support > 0)
+    rows = [_short(n) for n in rows]
+    columns = [_short(n) for n in columns]
 
-    longest = max((len(str(n)) for n in class_names), default=1)
+    longest = max((len(n) for n in rows + columns), default=1)
     cell = 0.6 if k <= 12 else 0.5 if k <= 30 else 0.4
     side = max(4.5, k * cell)
     margin = min(4.0, 0.9 + 0.075 * longest)
     fig, ax = plt.subplots(figsize=(side + margin + 1.6, side + margin + 0.6), dpi=120)
     im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
 
-    ylabels = [f"{name} ({int(s):,})" for name, s in zip(class_names, support[:, 0], strict=True)]
-    ax.set_xticks(
-        range(k), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor"
-    )
+    ylabels = [f"{name} ({int(s):,})" for name, s in zip(rows, support[:, 0], strict=True)]
+    kx = cm.shape[1]
+    ax.set_xticks(range(kx), labels=columns, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(k), labels=ylabels)
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class (test flows)")
+    if note:
+        title = f"{title} ({len(keep)} of {full.shape[0]:,} classes: most errors)".lstrip()
     if title:
         ax.set_title(title, fontsize=11, pad=10)
 
     text_size = 9 if k <= 10 else 7.5 if k <= 20 else 6.5 if k <= 30 else 5.5 if k <= 40 else 0
     if text_size:
         for i in range(k):
-            for j in range(k):
+            for j in range(kx):
                 if cm[i, j] == 0:
                     continue
                 colour = "white" if share[i, j] > 0.55 else "#1a1a1a"
@@ -148,7 +218,7 @@ def plot_confusion(
                     color=colour,
                 )
     # Thin grid lines between cells help follow long rows.
-    ax.set_xticks(np.arange(-0.5, k, 1), minor=True)
+    ax.set_xticks(np.arange(-0.5, kx, 1), minor=True)
     ax.set_yticks(np.arange(-0.5, k, 1), minor=True)
     ax.grid(which="minor", color="white", linewidth=0.6)
     ax.tick_params(which="minor", length=0)
@@ -156,6 +226,16 @@ def plot_confusion(
     cbar.set_label("share of the true class")
     fig.savefig(path, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
+    return note
+
+
+def _short(name: str, width: int = LABEL_CHARS) -> str:
+    """A class name cut to ``width`` characters for a figure's axis, in the middle: names
+    of one family often differ only at the end."""
+    if len(name) <= width:
+        return name
+    tail = (width - 1) // 3
+    return name[: width - 1 - tail] + "\u2026" + name[-tail:]
 
 
 def plot_training_curve(history: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> bool:
@@ -263,7 +343,9 @@ def write_run_report(
 
     write_confusion_csv(confusion, names, run_dir / "confusion.csv")
     title = f"{model} on {Path(str(dataset)).name}" if dataset else str(model)
-    plot_confusion(confusion, names, run_dir / "confusion.png", title=f"{title} - test confusion")
+    note = plot_confusion(
+        confusion, names, run_dir / "confusion.png", title=f"{title} - test confusion"
+    )
     has_curve = plot_training_curve(history, run_dir / "training_curve.png", title=title)
 
     parts = [f"# {model}: test report", ""]
@@ -278,6 +360,8 @@ def write_run_report(
     parts += ["## Per class", "", per_class_table(metrics), ""]
     parts += ["## Confusion matrix", "", "![confusion matrix](confusion.png)", ""]
     parts += ["Counts in [confusion.csv](confusion.csv) (rows = true class).", ""]
+    if note:
+        parts += [note, ""]
     if has_curve:
         best = max(history, key=lambda h: h.get("val_f1_macro") or -1.0)
         parts += [
