@@ -730,8 +730,27 @@ def _column_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def _report_info(info: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat run facts shown at the top of report.md."""
+    """The flat run facts shown at the top of report.md.
+
+    The options of the torch training loop (epochs, batch size, learning rate, device,
+    best epoch) are shown for torch models only: an estimator (XGBoost) fits by its own
+    procedure and is described as such.
+    """
     training = info.get("training", {})
+    if info.get("kind") == "estimator":
+        loop = {
+            "training": "the estimator's own fit (early stopping on the validation split); "
+            "the epochs, batch size and learning rate of the torch loop do not apply"
+        }
+    else:
+        loop = {
+            "epochs": training.get("epochs"),
+            "best_epoch": info["best_epoch"] or None,
+            "stopped": info["stopped"],
+            "batch_size": training.get("batch_size"),
+            "learning_rate": training.get("lr"),
+            "device": training.get("device"),
+        }
     return {
         "model": info["model"],
         "dataset": info["dataset"]["path"] or "(in memory)",
@@ -743,12 +762,9 @@ def _report_info(info: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[st
         "train_size": info["split_sizes"]["train"],
         "val_size": info["split_sizes"]["val"],
         "test_size": info["split_sizes"]["test"],
-        "epochs": training.get("epochs"),
-        "best_epoch": info["best_epoch"] or None,
-        "stopped": info["stopped"],
+        **loop,
         "train_seconds": round(float(metrics["train_seconds"]), 2),
         "infer_flows_per_s": round(float(metrics["infer_flows_per_s"])),
-        "device": training.get("device"),
     }
 
 
