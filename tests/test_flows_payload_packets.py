@@ -21,7 +21,7 @@ from dmfnet.capture import read_packets
 from dmfnet.classify import classify_captures
 from dmfnet.cli import main
 from dmfnet.data import load_dataset, prepare
-from dmfnet.data.dataset import flows_to_dataset
+from dmfnet.data.dataset import CARD_NAME, flows_to_dataset
 from dmfnet.flows import FlowConfig, assemble_flows, schema
 from dmfnet.flows import assemble as assemble_module
 from dmfnet.problems import ProblemLog
@@ -269,7 +269,7 @@ def test_prepare_writes_and_loads_the_column_and_records_the_switch(tmp_path):
     code = main(["prepare", str(captures), "-o", str(out), "--workers", "1", "--no-progress",
                  "--no-payload-packet-bytes"])  # fmt: skip
     assert code == 0
-    card = json.loads((out / "dataset.json").read_text())
+    card = json.loads((out / CARD_NAME).read_text())
     assert card["parameters"]["flow_config"][COLUMN] is False
     off = load_dataset(out)
     assert COLUMN not in off and np.array_equal(off["bytes"], ds["bytes"])
@@ -287,7 +287,7 @@ def test_files_are_the_same_with_any_workers_and_buckets(tmp_path, monkeypatch):
         out = tmp_path / f"w{workers}"
         prepare([captures], out, workers=workers, progress=False, warn=False)
         outs.append(out)
-    files = json.loads((outs[0] / "dataset.json").read_text())["files"]
+    files = json.loads((outs[0] / CARD_NAME).read_text())["files"]
     assert files and files[0].startswith("part-000000-b")
     for out in outs[1:]:
         for name in files:

@@ -14,7 +14,7 @@ import pytest
 
 from dmfnet.cli import main
 from dmfnet.data import PrepareError, load_dataset, prepare
-from dmfnet.data.dataset import PartWriter
+from dmfnet.data.dataset import CARD_NAME, PartWriter
 from dmfnet.data.labels import FlowTableLabeller
 from pcapbuild import (
     ETHERTYPE_ARP,
@@ -103,7 +103,7 @@ def _prepare(captures, out, **kw):
 
 def test_classes_removals_and_problems(captures, tmp_path):
     summary = _prepare(captures, tmp_path / "ds", workers=1)
-    card = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    card = json.loads((tmp_path / "ds" / CARD_NAME).read_text())
     assert summary.classes == {"chat": 3, "web": 5}
     assert card["removed"]["dns"] == {"web": 1}
     assert card["removed"]["failed_handshake"] == {"web": 1}
@@ -137,8 +137,8 @@ def test_two_workers_give_the_same_rows(captures, tmp_path):
     assert one.labels.tolist() == two.labels.tolist()
     for name in one.columns:
         assert np.array_equal(one[name], two[name]), name
-    card_one = json.loads((tmp_path / "one" / "dataset.json").read_text())
-    card_two = json.loads((tmp_path / "two" / "dataset.json").read_text())
+    card_one = json.loads((tmp_path / "one" / CARD_NAME).read_text())
+    card_two = json.loads((tmp_path / "two" / CARD_NAME).read_text())
     for key in ("classes", "removed", "problems", "totals", "files"):
         assert card_one[key] == card_two[key], key
 
@@ -181,7 +181,7 @@ def test_output_folder_in_use_needs_force(captures, tmp_path):
     with pytest.raises(PrepareError, match="not empty.*--force"):
         _prepare(captures / "web", out)
     _prepare(captures / "web", out, force=True)
-    assert (out / "dataset.json").is_file() and (out / "old.txt").is_file()
+    assert (out / CARD_NAME).is_file() and (out / "old.txt").is_file()
 
 
 def test_nothing_readable_exits_non_zero_with_one_line(tmp_path, capsys):
@@ -242,7 +242,7 @@ def test_the_dmfnet_command_ends_with_all_its_output(captures, tmp_path):
     again = dmfnet("prepare", captures, "-o", out, "--no-progress")
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [
-        f"dmfnet prepare: error: {out}: folder exists and is not empty (use --force to overwrite)"
+        f"dmfnet prepare: error: {out}: holds a finished dataset (use --force to replace it)"
     ]
 
 
@@ -258,7 +258,7 @@ def test_cli_keep_options_reach_the_filters(captures, tmp_path, capsys):
     out = tmp_path / "ds"
     args = ["prepare", str(captures / "web"), "-o", str(out), "--no-progress", "--keep-dns"]
     assert main(args + ["--keep-no-payload", "--keep-failed-handshakes"]) == 0
-    card = json.loads((out / "dataset.json").read_text())
+    card = json.loads((out / CARD_NAME).read_text())
     assert card["classes"]["web"]["flows"] == 8
     assert card["parameters"]["flow_config"]["drop_dns"] is False
 
@@ -406,7 +406,7 @@ def test_a_worker_killed_fails_only_its_capture_and_leaves_no_broken_file(
 
     monkeypatch.setattr(prepare_module, "prepare_capture", dies_on_c)
     summary = _prepare(captures, tmp_path / "ds", workers=2)
-    card = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    card = json.loads((tmp_path / "ds" / CARD_NAME).read_text())
     died = [p for p in card["problems"]["listed"] if "worker process died" in p["reason"]]
     assert [Path(p["file"]).name for p in died] == ["c.pcap"]
     assert summary.classes == {"chat": 1, "web": 5}  # c.pcap's two chat flows are missing

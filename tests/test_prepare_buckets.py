@@ -11,7 +11,7 @@ import pytest
 
 from dmfnet.capture import read_packets
 from dmfnet.data import load_dataset, prepare
-from dmfnet.data.dataset import PartWriter
+from dmfnet.data.dataset import CARD_NAME, PartWriter
 from dmfnet.flows import Buckets, FlowConfig, assemble_flows
 from dmfnet.problems import ProblemLog
 from pcapbuild import (
@@ -139,7 +139,7 @@ def test_buckets_are_a_range_of_the_count():
 
 
 def _card(folder):
-    card = json.loads((folder / "dataset.json").read_text())
+    card = json.loads((folder / CARD_NAME).read_text())
     for key in ("created", "elapsed_s"):
         card.pop(key)
     return card

@@ -1,4 +1,4 @@
-"""The dataset card (``dataset.json``): what went in, what came out, what was removed and why.
+"""The dataset card (``_dataset.json``): what went in, what came out, what was removed and why.
 
 A dataset is only as trustworthy as the record of how it was made: the card keeps the
 preprocessing parameters, the flows per class, the flows each filter removed per class,
@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from dmfnet.data.dataset import CARD_NAME
+from dmfnet.data.dataset import CARD_NAME, card_path, no_card_message
 
 FILTER_RULES = ("failed_handshake", "no_payload", "dns", "llmnr", "non_tcp_udp")
 MIN_CLASS_FLOWS = 10  # a class with fewer kept flows is flagged
@@ -47,19 +47,20 @@ def class_warnings(
 def read_card(path: str | Path) -> dict:
     """The card of a prepared dataset folder (or of the folder holding a Parquet file)."""
     path = Path(path)
-    card_path = path / CARD_NAME if path.is_dir() else path.parent / CARD_NAME
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such dataset folder")
-    if not card_path.is_file():
-        raise ValueError(f"{path}: no {CARD_NAME}; not a finished `dmfnet prepare` output")
+    folder = path if path.is_dir() else path.parent
+    card_file = card_path(folder)
+    if card_file is None:
+        raise ValueError(no_card_message(folder))
     try:
-        return json.loads(card_path.read_text())
+        return json.loads(card_file.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{card_path}: not valid JSON ({exc})") from None
+        raise ValueError(f"{card_file}: not valid JSON ({exc})") from None
 
 
 def write_card(folder: str | Path, card: dict) -> Path:
-    """Write ``dataset.json`` (atomically: a reader never sees half a card)."""
+    """Write ``_dataset.json`` (atomically: a reader never sees half a card)."""
     path = Path(folder) / CARD_NAME
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")

@@ -14,7 +14,6 @@ Python loop over rows.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +31,11 @@ from dmfnet.flows.schema import (
 )
 from dmfnet.memory import page_slabs
 
-CARD_NAME = "dataset.json"
+# The card is named so that Parquet readers pass over it (Arrow, pandas and Spark skip
+# names starting with "_" or "."), and a reader of the whole folder reads the parts only;
+# datasets made before it was renamed have ``dataset.json``, which is read as well.
+CARD_NAME = "_dataset.json"
+LEGACY_CARD_NAME = "dataset.json"
 PART_GLOB = "part-*.parquet"
 PARQUET_COMPRESSION = "snappy"  # cheapest to write and read; every Parquet reader has it
 ROW_GROUP_ROWS = 16384  # flows per Parquet row group (about 70 MB before compression)
@@ -416,7 +419,7 @@ class FlowDataset:
     """Flows as numpy arrays: ``columns`` by schema name, plus labels and class codes.
 
     ``classes`` are the sorted class names and ``y`` each flow's index into them; ``card``
-    is the dataset's ``dataset.json`` (empty when there is none).
+    is the dataset's card, ``_dataset.json`` (empty when there is none).
     """
 
     columns: dict[str, np.ndarray]
@@ -447,22 +450,40 @@ class FlowDataset:
         )
 
 
+def card_path(folder: str | Path) -> Path | None:
+    """The card of a dataset folder (``_dataset.json``, or ``dataset.json`` of a dataset
+    made before the rename), or None when it has none."""
+    folder = Path(folder)
+    for name in (CARD_NAME, LEGACY_CARD_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def no_card_message(folder: str | Path) -> str:
+    """Why a folder without a card is not a dataset (an unfinished one says so)."""
+    from dmfnet.outputs import unfinished_note
+
+    note = unfinished_note(folder)
+    if note:
+        return f"{folder}: {note}, no {CARD_NAME}; run `dmfnet prepare` again"
+    return f"{folder}: no {CARD_NAME}; not a finished `dmfnet prepare` output folder"
+
+
 def dataset_files(path: str | Path) -> tuple[list[Path], dict]:
     """The Parquet files of a prepared dataset (folder or one file) and its card."""
     path = Path(path)
     if path.is_dir():
-        card_path = path / CARD_NAME
-        if not card_path.is_file():
-            raise ValueError(
-                f"{path}: no {CARD_NAME}; not a finished `dmfnet prepare` output folder"
-            )
-        card = json.loads(card_path.read_text())
+        card_file = card_path(path)
+        if card_file is None:
+            raise ValueError(no_card_message(path))
+        card = json.loads(card_file.read_text())
         files = sorted(path.glob(PART_GLOB))
         return files, card
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such dataset file or folder")
-    card_path = path.parent / CARD_NAME
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card_file = card_path(path.parent)
+    card = json.loads(card_file.read_text()) if card_file is not None else {}
     return [path], card
 
 
@@ -495,7 +516,7 @@ def load_dataset(path: str | Path, columns: Sequence[str] | None = None) -> Flow
         if absent:
             raise ValueError(
                 f"{file}: no column(s) {', '.join(absent)} (prepared without them: "
-                "see the flow parameters in its dataset.json)"
+                f"see the flow parameters in its {CARD_NAME})"
             )
     counts = [m.metadata.num_rows for m in metas]
     widths = schema_widths(metas[0].schema_arrow) if metas else default_widths()
@@ -698,8 +719,8 @@ def _as_schema_array(name: str, values: np.ndarray | str, n: int) -> np.ndarray:
 
 
 def remove_dataset_files(folder: str | Path) -> None:
-    """Delete what ``prepare`` writes in ``folder`` (its part files and card), nothing else."""
-    folder = Path(folder)
-    for path in [*folder.glob(PART_GLOB), folder / CARD_NAME]:
-        if path.is_file():
-            os.remove(path)
+    """Delete what ``prepare`` writes in ``folder`` (its part files, card and unfinished
+    parts), nothing else."""
+    from dmfnet.outputs import DATASET, clear
+
+    clear(folder, DATASET)

@@ -6,17 +6,26 @@ parallel. A large capture's flows are shared out into buckets by a hash of their
 when there are more cores than captures, several processes read one large capture, each
 assembling the flows of some of its buckets. Its rows come bucket by bucket, the same
 however many processes shared it. Every worker writes its own part files; when all are
-done the optional per-class sample is applied and ``dataset.json`` records how the
+done the optional per-class sample is applied and ``_dataset.json`` records how the
 dataset was made.
+
+Part files are written into ``OUT/_unfinished/`` (which Parquet readers pass over) and
+moved up into ``OUT`` when all are done, just before the card is written: a run that is
+interrupted or fails leaves no part file that a reader would take for the dataset, and
+removes what it wrote (see :mod:`dmfnet.outputs`). Worker processes ignore Ctrl-C (the
+parent stops them) and, on Linux, are killed when the parent dies, however it dies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import gc
 import itertools
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -33,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmfnet import __version__
+from dmfnet import __version__, outputs
 from dmfnet.background import run_ahead
 from dmfnet.capture import read_packets
 from dmfnet.data.card import class_warnings, format_summary, warning_lines, write_card
@@ -43,7 +52,6 @@ from dmfnet.data.dataset import (
     PartWriter,
     open_parquet_writer,
     part_stem,
-    remove_dataset_files,
     take_rows,
 )
 from dmfnet.data.labels import UNLABELLED, Labeller, make_labeller
@@ -70,7 +78,7 @@ PROGRESS_STEP = 1 << 20  # workers report progress every MiB read
 # Parts of fewer flows (about 5 MB) are merged with their neighbours into larger files; a
 # capture with more flows keeps its own part (rewriting it would cost as much as writing).
 SMALL_PART_ROWS = 1024
-PROBLEMS_LISTED = 10_000  # problems listed in full in dataset.json (all are counted)
+PROBLEMS_LISTED = 10_000  # problems listed in full in the card (all are counted)
 # A capture of at least SPLIT_MIN_BYTES has its flows in BUCKETS buckets (rows bucket by
 # bucket), so that up to BUCKETS processes can share it. Both are fixed, not taken from the
 # number of cores: the dataset must not depend on the machine that made it.
@@ -200,9 +208,17 @@ _WORKER: dict = {}
 
 
 def _init_worker(
-    labeller: Labeller, config: FlowConfig, keep_unlabelled: bool, out: str, ahead: bool, queue
+    labeller: Labeller,
+    config: FlowConfig,
+    keep_unlabelled: bool,
+    out: str,
+    ahead: bool,
+    queue,
+    parent: int | None = None,
 ) -> None:
     """Runs once in each worker process: what every capture task needs."""
+    if parent is not None:
+        _die_with_parent(parent)
     _WORKER.update(
         labeller=labeller,
         config=config,
@@ -211,6 +227,21 @@ def _init_worker(
         ahead=ahead,
         queue=queue,
     )
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent ends
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker ignores Ctrl-C (the parent, which gets it too, stops the workers) and, on
+    Linux, is killed by the kernel when the parent ends, however it ends (killed, or an
+    exit that skips the pool's shutdown): no worker outlives the command."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent ended before the request above took effect
+        os._exit(1)
 
 
 def _worker_task(index: int, path: str, size: int, buckets: Buckets) -> CaptureResult:
@@ -422,6 +453,9 @@ class _WorkerPool:
         self.out = Path(init_args[3])
         self.workers = workers
         self.queue = self.ctx.Queue()
+        self._retries: set[ProcessPoolExecutor] = set()  # pools of tasks run again, alone
+        self._stopping = False
+        self._lock = threading.Lock()
         # The workers' garbage collections leave what exists now (modules, mostly) alone:
         # they neither walk it nor write to its pages, which fork shares with this process.
         gc.freeze()
@@ -436,8 +470,24 @@ class _WorkerPool:
             max_workers=workers,
             mp_context=self.ctx,
             initializer=_init_worker,
-            initargs=(*self.init_args, queue),
+            initargs=(*self.init_args, queue, os.getpid()),
         )
+
+    def stop(self) -> None:
+        """End every worker process now, their tasks abandoned (Ctrl-C, an error): the
+        workers ignore SIGINT and would otherwise finish their captures first."""
+        with self._lock:
+            self._stopping = True
+            pools = [self.pool, *self._retries]
+        for pool in pools:
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                with contextlib.suppress(OSError, ValueError):
+                    process.kill()
+            for process in processes:
+                with contextlib.suppress(OSError, ValueError, AssertionError):
+                    process.join(timeout=10)
 
     def run(self, tasks: list[_Task], bar) -> list[CaptureResult]:
         """Run the tasks, most bytes per process first; a dead worker fails only its task.
@@ -470,7 +520,7 @@ class _WorkerPool:
                 except BrokenProcessPool:
                     broken.append(futures[future])
         except BaseException:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.stop()
             raise
         finally:
             self.pool.shutdown(wait=True)
@@ -478,24 +528,35 @@ class _WorkerPool:
             reader.join(timeout=5)
         if broken:  # each in a process of its own, as many at once as there were workers
             broken.sort(key=lambda t: (t.index, t.buckets.lo))
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="dmfnet-retry") as retry:
+            retry = ThreadPoolExecutor(self.workers, thread_name_prefix="dmfnet-retry")
+            try:
                 results += list(retry.map(self._run_alone, broken))
+            except BaseException:
+                self.stop()
+                retry.shutdown(wait=True, cancel_futures=True)
+                raise
+            retry.shutdown(wait=True)
         if broken:  # the bar counted the broken tasks' bytes in part; retries count none
             bar.update(max((bar.total or 0) - bar.n, 0))
         return results
 
     def _run_alone(self, task: _Task) -> CaptureResult:
+        failed = CaptureResult(task.index, task.path, task.size, task.buckets)
+        with self._lock:
+            if self._stopping:
+                return failed
+            pool = self._pool(1, None)
+            self._retries.add(pool)
         _remove_parts(self.out, task)
-        pool = self._pool(1, None)
         try:
             return pool.submit(_worker_task, *task).result()
         except BrokenProcessPool:
-            failed = CaptureResult(task.index, task.path, task.size, task.buckets)
             failed.problems.add(task.path, -1, "worker process died (out of memory?)")
             _remove_parts(self.out, task)
             return failed
         finally:
             pool.shutdown(wait=True)
+            self._retries.discard(pool)
 
 
 def _remove_parts(out: Path, task: _Task) -> None:
@@ -695,9 +756,11 @@ def prepare(
     left over share the captures of at least ``SPLIT_MIN_BYTES`` by flow buckets, and a
     process with a second core to spare reads its capture one chunk ahead in a thread.
     The files written do not depend on ``workers``.
-    Warnings go to stderr unless ``warn`` is off. Raises
-    :class:`PrepareError` when nothing could be read or kept (the card is still written),
-    or when ``out`` holds files and ``force`` is off.
+    Warnings go to stderr unless ``warn`` is off. Raises :class:`PrepareError` when
+    nothing could be read or kept, or when ``out`` may not be written (see
+    :mod:`dmfnet.outputs`: a folder that is not empty needs ``force``, and a finished
+    dataset is replaced only with it). A run that fails or is interrupted leaves no
+    dataset behind: no card and no part file in ``out``.
     """
     started = time.monotonic()
     if isinstance(inputs, (str, Path)):
@@ -716,79 +779,106 @@ def prepare(
             + (f" ({len(skipped)} other file(s) skipped)" if skipped else "")
         )
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PrepareError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise PrepareError(f"{out}: folder exists and is not empty (use --force to overwrite)")
-        remove_dataset_files(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    sizes = []
-    for path in captures:
-        try:
-            sizes.append(path.stat().st_size)
-        except OSError:
-            sizes.append(0)
-    cores = workers or os.cpu_count() or 1
-    tasks = _plan(
-        [(i, str(p), s) for i, (p, s) in enumerate(zip(captures, sizes, strict=True))], cores
-    )
-    n_workers = min(cores, len(tasks))
-    # A core to spare for each worker: reading runs one chunk ahead in a thread.
-    ahead = cores >= 2 * n_workers
-
-    pool = None
-    if n_workers > 1:
-        pool = _WorkerPool(n_workers, (labeller, config, keep_unlabelled, str(out), ahead))
-    bar = byte_progress(sum(sizes), "prepare", enabled=progress)
     try:
-        if pool is not None:
-            results = pool.run(tasks, bar)
-        else:
-            results = [
-                prepare_capture(
-                    t.index,
-                    t.path,
-                    t.size,
-                    out=out,
-                    labeller=labeller,
-                    config=config,
-                    keep_unlabelled=keep_unlabelled,
-                    progress=bar.update,
-                    ahead=ahead,
-                    buckets=t.buckets,
-                )
-                for t in tasks
-            ]
-    except OutputError as exc:
+        output = outputs.open_output(out, outputs.DATASET, force=force)
+    except outputs.OutputError as exc:
         raise PrepareError(str(exc)) from None
-    finally:
-        bar.close()
-    results = _join_buckets(results)
+    stage = output.staging  # the parts are written here, and moved up when all are done
+    pool = None
+    try:
+        sizes = []
+        for path in captures:
+            try:
+                sizes.append(path.stat().st_size)
+            except OSError:
+                sizes.append(0)
+        cores = workers or os.cpu_count() or 1
+        tasks = _plan(
+            [(i, str(p), s) for i, (p, s) in enumerate(zip(captures, sizes, strict=True))], cores
+        )
+        n_workers = min(cores, len(tasks))
+        # A core to spare for each worker: reading runs one chunk ahead in a thread.
+        ahead = cores >= 2 * n_workers
 
-    card = _build_card(results, skipped, inputs, out, labeller, config, keep_unlabelled)
-    card["parameters"].update(
-        max_flows_per_class=max_flows_per_class,
-        seed=seed,
-        flow_buckets={"count": BUCKETS, "captures_from_bytes": SPLIT_MIN_BYTES},
-    )
-    parts = [p for r in results for p in r.parts]
-    written = {k: v["flows"] for k, v in card["classes"].items()}
-    if max_flows_per_class is not None and parts:
-        written, parts = _sample_per_class(out, parts, max_flows_per_class, seed)
-    parts = _merge_small_parts(out, parts)
-    for label, entry in card["classes"].items():
-        entry["flows"] = int(written.get(label, 0))
-    card["files"] = parts
-    card["totals"]["flows_written"] = int(sum(written.values()))
-    card["elapsed_s"] = round(time.monotonic() - started, 3)
-    write_card(out, card)
+        if n_workers > 1:
+            pool = _WorkerPool(n_workers, (labeller, config, keep_unlabelled, str(stage), ahead))
+        bar = byte_progress(sum(sizes), "prepare", enabled=progress)
+        try:
+            if pool is not None:
+                results = pool.run(tasks, bar)
+            else:
+                results = [
+                    prepare_capture(
+                        t.index,
+                        t.path,
+                        t.size,
+                        out=stage,
+                        labeller=labeller,
+                        config=config,
+                        keep_unlabelled=keep_unlabelled,
+                        progress=bar.update,
+                        ahead=ahead,
+                        buckets=t.buckets,
+                    )
+                    for t in tasks
+                ]
+        except OutputError as exc:
+            raise PrepareError(str(exc)) from None
+        finally:
+            bar.close()
+        results = _join_buckets(results)
+
+        card = _build_card(results, skipped, inputs, out, labeller, config, keep_unlabelled)
+        card["parameters"].update(
+            max_flows_per_class=max_flows_per_class,
+            seed=seed,
+            flow_buckets={"count": BUCKETS, "captures_from_bytes": SPLIT_MIN_BYTES},
+        )
+        parts = [p for r in results for p in r.parts]
+        written = {k: v["flows"] for k, v in card["classes"].items()}
+        if max_flows_per_class is not None and parts:
+            written, parts = _sample_per_class(stage, parts, max_flows_per_class, seed)
+        parts = _merge_small_parts(stage, parts)
+        for label, entry in card["classes"].items():
+            entry["flows"] = int(written.get(label, 0))
+        card["files"] = parts
+        card["totals"]["flows_written"] = int(sum(written.values()))
+        _raise_if_empty(results, card)
+        card["elapsed_s"] = round(time.monotonic() - started, 3)
+        with _interrupts_deferred():  # the dataset appears whole, or not at all
+            for part in parts:
+                (stage / part).replace(out / part)
+            write_card(out, card)
+            output.finish()
+    except BaseException:
+        if pool is not None:
+            pool.stop()  # normally done already: the workers must end before the clean-up
+        output.fail()
+        raise
     summary = PrepareSummary(out=out, card=card)
-    _raise_if_empty(results, card, out)
     if warn:
         summary.print_warnings()
     return summary
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM (in the main thread) until the block is done, then deliver
+    them: the few renames and the card that make the dataset are not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _build_card(
@@ -873,7 +963,7 @@ def _build_card(
     }
 
 
-def _raise_if_empty(results: list[CaptureResult], card: dict, out: Path) -> None:
+def _raise_if_empty(results: list[CaptureResult], card: dict) -> None:
     """One clear line when the run produced nothing usable."""
     n = len(results)
     totals = card["totals"]
@@ -895,4 +985,4 @@ def _raise_if_empty(results: list[CaptureResult], card: dict, out: Path) -> None
     first = next((str(p) for r in results for p in r.problems.problems[:1]), None)
     if first:
         why += f"; first problem: {first}"
-    raise PrepareError(f"no flows kept from {n} capture(s): {why} (see {out / 'dataset.json'})")
+    raise PrepareError(f"no flows kept from {n} capture(s): {why}")
