@@ -100,8 +100,9 @@ class ClassifySummary:
     def flows_per_s(self) -> float:
         return self.flows_classified / self.seconds if self.seconds > 0 else 0.0
 
-    def report(self) -> str:
-        """The lines printed at the end of ``dmfnet classify``."""
+    def report(self, *, problems: bool = True) -> str:
+        """The lines printed at the end of ``dmfnet classify`` (``problems=False``: without
+        the problems met, which :meth:`problem_report` gives, for stderr)."""
         lines = [
             f"{self.flows_classified} flows classified from {self.captures} capture(s) "
             f"({self.packets} packets, {self.seconds:.1f} s, {self.flows_per_s:.0f} flows/s)"
@@ -116,6 +117,13 @@ class ClassifySummary:
             lines.append("predicted classes:")
             for name, n in self.predicted.most_common():
                 lines.append(f"  {name:<{width}}  {n:>8}  {n / self.flows_classified:6.1%}")
+        if problems and self.problem_report():
+            lines.append(self.problem_report())
+        return "\n".join(lines)
+
+    def problem_report(self) -> str:
+        """The problems met while reading and the captures not read at all ("" if none)."""
+        lines = []
         if self.problems.total:
             lines.append(f"{self.problems.total} problem(s) while reading; first ones:")
             lines += [f"  {p}" for p in self.problems.problems[:5]]

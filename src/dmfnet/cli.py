@@ -21,6 +21,27 @@ class UserError(Exception):
     """A failure the user can fix (bad path, bad option, unreadable input): one line, exit 2."""
 
 
+# One rule for every command (in `dmfnet --help`): 1 means the work was done and written,
+# but some input could not be read at all; 2 that nothing usable came out.
+EXIT_NOTHING_READ = 2
+EXIT_STATUS = """exit status (every command):
+  0    done
+  1    done and written, but some input could not be read at all (named on stderr),
+       or, for benchmark, some runs failed (rerun to retry them)
+  2    usage error or nothing usable: bad option or value, missing file or folder,
+       no readable input, or another error (one line on stderr)
+  130  interrupted (Ctrl-C)
+
+progress: -q/--quiet turns progress output off; bars are drawn only on a terminal."""
+
+
+def _add_quiet(p: argparse.ArgumentParser, what: str) -> None:
+    """``-q/--quiet`` on every command that shows progress (``--no-progress`` is accepted
+    as another name for it). Progress bars are drawn only when stderr is a terminal."""
+    p.add_argument("-q", "--quiet", action="store_true", help=f"no {what}")
+    p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
+
+
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
@@ -127,7 +148,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "(default: count them and leave them out)",
     )
     p.add_argument("--force", action="store_true", help="write into OUT even if it is not empty")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_quiet(p, "progress bar on stderr")
     p.set_defaults(func=_run_prepare)
 
 
@@ -157,7 +178,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
             max_flows_per_class=args.max_flows_per_class,
             seed=args.seed,
             keep_unlabelled=args.keep_unlabelled,
-            progress=not args.no_progress,
+            progress=not args.quiet,
             force=args.force,
             warn=False,
         )
@@ -166,7 +187,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     print(summary.report(warnings=False))
     print(f"dataset: {summary.out} ({summary.flows:,} flows)", flush=True)
     summary.print_warnings()  # last, where they are seen
-    return 0
+    return 1 if summary.card["totals"]["captures_failed"] else 0  # see EXIT_STATUS
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -288,7 +309,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="torch CPU threads per process (default: torch's choice); 1 is often fastest "
         "on a busy machine or with small batches",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
+    _add_quiet(p, "per-epoch progress lines")
     p.set_defaults(func=_run_train)
 
 
@@ -494,7 +515,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         default=256,
         help="flows per batch for the latency and throughput figures (default: 256)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
+    _add_quiet(p, "per-epoch progress lines")
     p.set_defaults(func=_run_benchmark)
 
 
@@ -602,7 +623,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("csv", "jsonl"), help="override the format of -o")
     p.add_argument("--top", type=int, default=3, help="classes listed per flow (default: 3)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p, "progress bar")
     p.set_defaults(func=_run_classify)
 
 
@@ -621,14 +642,17 @@ def _run_classify(args: argparse.Namespace) -> int:
         )
     except ClassifyError as exc:
         raise UserError(str(exc)) from None
-    print(summary.report(), file=sys.stderr if args.output == "-" else sys.stdout)
+    print(summary.report(problems=False), file=sys.stderr if args.output == "-" else sys.stdout)
+    problems = summary.problem_report()
+    if problems:
+        print(problems, file=sys.stderr)
     if summary.captures_failed:
         print(
             f"dmfnet classify: error: {len(summary.captures_failed)} of {summary.captures} "
             f"capture(s) could not be read: {summary.captures_failed[0]}",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_NOTHING_READ if len(summary.captures_failed) == summary.captures else 1
     return 0
 
 
@@ -664,7 +688,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="torch CPU threads (default: 1, fastest for the demo's small batches on a busy CPU)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p, "progress bars")
     p.set_defaults(func=_run_demo)
 
 
@@ -692,6 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dmfnet",
         description="Encrypted and malicious traffic classification with DMF "
         "(deep multimodal fusion, Wang et al. 2025).",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dmfnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -737,20 +763,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dmfnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (`dmfnet classify RUN x.pcap -o - | head`)
+        _stdout_to_devnull()
+        return 0
     except (OSError, ValueError, KeyError) as exc:
         if os.environ.get("DMFNET_DEBUG"):
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"dmfnet {args.command}: error: {msg}", file=sys.stderr)
-        return 1
+        return 2  # nothing usable came out (EXIT_STATUS)
+
+
+def _stdout_to_devnull() -> None:
+    """Quiet end when the reader of stdout has gone, as Unix tools end: what is still
+    buffered for stdout goes nowhere (so the exit's flush raises nothing), no message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor
+        pass
 
 
 def run() -> None:
     """The ``dmfnet`` console command: :func:`main`, then the exit."""
     argv = sys.argv[1:]
     code = main(argv)
-    if _command(argv) in _QUICK_EXIT:
+    try:
         sys.stdout.flush()
+    except BrokenPipeError:  # `dmfnet info DS | head`: the reader has gone, end quietly
+        _stdout_to_devnull()
+    if _command(argv) in _QUICK_EXIT:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)

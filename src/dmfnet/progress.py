@@ -21,8 +21,9 @@ class _Silent:
 
 
 def byte_progress(total: int, desc: str, enabled: bool = True) -> Any:
-    """A tqdm bar on stderr counting bytes of captures read (disabled: a silent stand-in)."""
-    if not enabled:
+    """A tqdm bar on stderr counting bytes of captures read; a silent stand-in when disabled
+    or when stderr is not a terminal (a log file or a pipe gets no bar redrawn in it)."""
+    if not enabled or not _is_terminal(sys.stderr):
         return _Silent(total)
     from tqdm import tqdm
 
@@ -35,3 +36,10 @@ def byte_progress(total: int, desc: str, enabled: bool = True) -> Any:
         file=sys.stderr,
         dynamic_ncols=True,
     )
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
