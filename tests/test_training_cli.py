@@ -41,8 +41,10 @@ def test_evaluate_prints_metrics_and_unknown_classes(trained, capsys):
     other = write_flow_file(synthetic_flows(("chat", "zoom"), 10), root / "other.parquet")
     capsys.readouterr()
     assert main(["evaluate", str(root / "run"), str(other), "-o", str(root / "ev")]) == 0
-    out = capsys.readouterr().out
-    assert "10 flows of class 'zoom'" in out
+    printed = capsys.readouterr()
+    out = printed.out
+    assert "left out, unknown to the model: 1 class, 10 flows: zoom (10)" in out
+    assert "trained on" not in printed.err  # another dataset: no warning
     assert "| Accuracy |" in out and "| chat |" in out
     assert f"report: {root / 'ev' / 'report.md'}" in out
     assert (root / "ev" / "metrics.json").is_file()
@@ -86,5 +88,45 @@ def test_evaluate_report_goes_into_the_run_folder_by_default(trained, capsys):
     root, _ = trained
     assert main(["evaluate", str(root / "run"), str(root / "flows.parquet")]) == 0
     report = root / "run" / "evaluation-flows" / "report.md"
-    assert f"report: {report}" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert f"report: {report}" in printed.out
     assert report.is_file()
+    # the run's own training dataset: scores include training flows, said once on stderr
+    warning = [line for line in printed.err.splitlines() if "trained on" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: ")
+    assert "held-out test scores are in its metrics.json" in warning[0]
+
+
+def test_unknown_classes_are_one_summary_line():
+    from dmfnet.training.trainer import unknown_summary
+
+    unknown = {f"proto{i:03d}": i + 1 for i in range(388)}
+    text = unknown_summary(unknown)
+    assert text.startswith(f"388 classes, {sum(unknown.values()):,} flows: proto387 (388), ")
+    assert text.endswith("proto383 (384) and 383 more") and "\n" not in text
+    assert unknown_summary({}) == ""
+
+
+def test_evaluate_device_defaults_to_auto_like_train():
+    from dmfnet.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "R", "D"]).device == "auto"
+    assert parser.parse_args(["train", "D", "-o", "R"]).device == "auto"
+
+
+def test_training_dataset_is_recognised_by_path_or_by_its_card(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from dmfnet.training.trainer import _is_training_dataset
+
+    card = {"created": "2025-01-01T00:00:00+00:00", "classes": {"a": {"flows": 3}}}
+    info = {"dataset": {"path": "data/ds", "card": card}}
+    monkeypatch.chdir(tmp_path)
+    plain = SimpleNamespace(card={})
+    assert _is_training_dataset(info, str(tmp_path / "data" / "ds"), plain)  # same folder
+    assert not _is_training_dataset(info, str(tmp_path / "other"), plain)
+    moved = SimpleNamespace(card=dict(card))  # copied or moved elsewhere: the same card
+    assert _is_training_dataset(info, "/mnt/copy/ds", moved)
+    remade = SimpleNamespace(card={**card, "created": "2025-02-02T00:00:00+00:00"})
+    assert not _is_training_dataset(info, "/mnt/copy/ds", remade)

@@ -76,8 +76,9 @@ def test_select_classes_keeps_large_classes_and_renumbers_them():
     assert set(kept.labels.tolist()) == {"download", "ssh"}
     assert kept.y.tolist() == [kept.classes.index(str(c)) for c in kept.labels]
     assert select_classes(uneven) is uneven  # nothing to remove
-    with pytest.raises(ValueError, match="cannot drop unknown class"):
-        select_classes(uneven, drop_classes=["Unknown"])
+    # a class the dataset lacks (the README's --drop-classes Unknown on the demo): a warning
+    with pytest.warns(UserWarning, match="the dataset has no class Unknown; nothing dropped"):
+        assert select_classes(uneven, drop_classes=["Unknown"]) is uneven
     with pytest.raises(ValueError, match="training needs at least 2"):
         select_classes(uneven, min_class_flows=10, drop_classes=["chat", "ssh"])
 

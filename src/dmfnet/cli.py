@@ -441,8 +441,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
-        default="cpu",
-        help="device to score on (default: cpu)",
+        default="auto",
+        help="auto: CUDA when present, else CPU (default: auto)",
     )
     p.set_defaults(func=_run_evaluate)
 
@@ -450,7 +450,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dmfnet.training.trainer import evaluate
+    from dmfnet.training.trainer import evaluate, unknown_summary
 
     if not (Path(args.run) / "run.json").is_file():
         raise UserError(
@@ -461,8 +461,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     with _warnings_as_lines():
         result = evaluate(args.run, args.dataset, args.output, device=args.device)
     print(f"evaluated {result['evaluated_flows']} flows of {args.dataset} with {args.run}")
-    for name, count in result["unknown_classes"].items():
-        print(f"  left out: {count} flows of class {name!r}, unknown to the model")
+    if result["unknown_classes"]:
+        print(
+            f"  left out, unknown to the model: {unknown_summary(result['unknown_classes'])} "
+            f"(all in {Path(result['report_dir']) / 'evaluation.json'})"
+        )
     print()
     _print_metrics(result)
     print(f"\nreport: {Path(result['report_dir']) / 'report.md'}")

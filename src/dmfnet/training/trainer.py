@@ -16,10 +16,12 @@ loop runs DistributedDataParallel and only rank 0 writes the run folder.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,7 +113,9 @@ def select_classes(
     Real captures label many protocols with a handful of flows (and a catch-all such as
     ``Unknown``); a classifier cannot learn or be scored on a class with 3 flows. Class
     codes are renumbered over the kept classes. Returns ``dataset`` itself when nothing is
-    removed; an error names what is left when fewer than two classes remain.
+    removed; an error names what is left when fewer than two classes remain. A class of
+    ``drop_classes`` that the dataset does not have is a warning (``UserWarning``): one
+    command line then serves datasets with and without a catch-all class.
     """
     if min_class_flows < 0:
         raise ValueError(f"min_class_flows must be 0 or more, got {min_class_flows}")
@@ -119,7 +123,11 @@ def select_classes(
     names, counts = np.unique(labels, return_counts=True)
     unknown = sorted(set(drop_classes) - set(names.tolist()))
     if unknown:
-        raise ValueError(f"cannot drop unknown class(es) {', '.join(unknown)}")
+        warnings.warn(
+            f"drop classes: the dataset has no class {', '.join(unknown)}; nothing dropped "
+            "for it",
+            stacklevel=2,
+        )
     keep = [
         str(n)
         for n, c in zip(names, counts, strict=True)
@@ -800,6 +808,36 @@ def _write_report(run_dir, metrics, history, class_names, info) -> None:
         print(f"warning: report for {run_dir} not written: {exc}", flush=True)
 
 
+def _is_training_dataset(info: Mapping[str, Any], path: str, ds: Any) -> bool:
+    """Whether the dataset at ``path`` (loaded as ``ds``) is the one the run recorded in
+    run.json: the same resolved path, or the same dataset card (a folder moved or copied)."""
+    trained_on = info.get("dataset") or {}
+    recorded = str(trained_on.get("path") or "")
+    if path and recorded:
+        try:
+            if Path(path).resolve() == Path(recorded).resolve():
+                return True
+        except OSError:
+            pass
+    card, recorded_card = _card_summary(ds), trained_on.get("card") or {}
+    return bool(card) and bool(recorded_card.get("created")) and (
+        json.loads(json.dumps(card, default=str)) == recorded_card
+    )
+
+
+def unknown_summary(unknown: Mapping[str, int], shown: int = 5) -> str:
+    """``{class: flows}`` of classes unknown to a model as one short text: how many classes
+    and flows, the largest few (``"3 classes, 12 flows: a (7), b (4), c (1)"``)."""
+    if not unknown:
+        return ""
+    top = sorted(unknown.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{name} ({n:,})" for name, n in top[:shown])
+    if len(top) > shown:
+        text += f" and {len(top) - shown:,} more"
+    n_classes, flows = len(top), sum(unknown.values())
+    return f"{n_classes:,} class{'es' if n_classes != 1 else ''}, {flows:,} flows: {text}"
+
+
 def evaluate(
     run_dir: str | Path,
     dataset: Any,
@@ -812,10 +850,19 @@ def evaluate(
     Classes are matched by name. Flows of classes the model does not know are counted per
     class (``unknown_classes``) and left out of the metrics; a dataset with none of the
     model's classes is an error. The report goes to ``out_dir`` (default
-    ``RUN/evaluation-<dataset name>``).
+    ``RUN/evaluation-<dataset name>``). ``device=None`` picks CUDA when present, as
+    :func:`train` does. Warns (``UserWarning``) when ``dataset`` is the run's own
+    training dataset: its scores then include the flows the model was trained on.
     """
-    trained = load_run(run_dir, device=resolve_device(device or "cpu"))
+    trained = load_run(run_dir, device=resolve_device(device))
     ds, dataset_path = _load(dataset, trained.inputs)
+    if _is_training_dataset(trained.info, dataset_path, ds):
+        warnings.warn(
+            f"{dataset_path or 'the dataset'} is the dataset {run_dir} was trained on: "
+            "these scores include its training and validation flows; the run's held-out "
+            "test scores are in its metrics.json",
+            stacklevel=2,
+        )
     labels = np.asarray(ds.labels).astype(str)
     index = {c: i for i, c in enumerate(trained.classes)}
     y_true = np.array([index.get(label, -1) for label in labels], dtype=np.int64)
@@ -858,7 +905,7 @@ def evaluate(
         "run": str(run_dir),
         "test_size": int(idx.size),
         "unknown_flows": int((~known).sum()),
-        "unknown_classes": ", ".join(f"{k} ({v})" for k, v in unknown.items()) or "none",
+        "unknown_classes": unknown_summary(unknown) or "none",
         "infer_flows_per_s": round(flows_per_s),
     }
     _write_report(out, result, [], trained.classes, report_info)
