@@ -130,3 +130,11 @@ def test_training_dataset_is_recognised_by_path_or_by_its_card(tmp_path, monkeyp
     assert _is_training_dataset(info, "/mnt/copy/ds", moved)
     remade = SimpleNamespace(card={**card, "created": "2025-02-02T00:00:00+00:00"})
     assert not _is_training_dataset(info, "/mnt/copy/ds", remade)
+
+
+def test_drop_classes_absent_from_the_dataset_is_a_warning(trained, tmp_path, capsys):
+    root, _ = trained
+    argv = ["train", str(root / "flows.parquet"), "-o", str(tmp_path / "r"), "-q"]
+    assert main([*argv, "--model", "xgboost", "--drop-classes", "Unknown"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: drop classes: the dataset has no class Unknown; nothing dropped" in err

@@ -562,26 +562,27 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         print(f"complexity: {path}")
         return 0
 
-    out = run_benchmark(
-        args.dataset,
-        args.output,
-        models=models,
-        seeds=args.seeds,
-        split=args.split,
-        keep_duplicates=args.keep_duplicates,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        device=args.device,
-        model_config=model_config,
-        complexity=not args.no_complexity,
-        complexity_batch=args.complexity_batch,
-        progress=not args.quiet,
-        min_class_flows=args.min_class_flows,
-        drop_classes=_class_list(args.drop_classes),
-    )
+    with _warnings_as_lines():  # small classes, --drop-classes absent from the dataset
+        out = run_benchmark(
+            args.dataset,
+            args.output,
+            models=models,
+            seeds=args.seeds,
+            split=args.split,
+            keep_duplicates=args.keep_duplicates,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            patience=args.patience,
+            device=args.device,
+            model_config=model_config,
+            complexity=not args.no_complexity,
+            complexity_batch=args.complexity_batch,
+            progress=not args.quiet,
+            min_class_flows=args.min_class_flows,
+            drop_classes=_class_list(args.drop_classes),
+        )
     written = out["written"]
     print()
     if "markdown" in written:
