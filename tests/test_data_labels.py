@@ -166,3 +166,79 @@ def test_real_ndpi_label_csv_loads_every_row():
     assert labeller.rows == 9169
     chunk = _chunk([(6, "161.117.13.29", 80, "192.168.2.126", 45380)])
     assert labeller.label_chunk(chunk, "1kxun.pcap").tolist() == ["1kxun"]
+
+
+HEADER = "file,protocol,client_ip,client_port,server_ip,server_port,label\n"
+
+
+def test_malformed_rows_are_counted_and_named_by_line(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text(
+        HEADER
+        + "a.pcap,TCP,10.0.0.1,1,10.0.0.2,443,ok\n"  # line 2
+        + "a.pcap,TCP,10.0.0.1,2,10.0.0.2\n"  # 3: too few fields
+        + "a.pcap,TCP,10.0.0.1,3,10.0.0.2,443,Web,extra\n"  # 4: a field too many
+        + "a.pcap,TCP,10.0.0.1,4,10.0.0.2,443,,\n"  # 5: empty label (the trailing comma is fine)
+        + "\n"  # 6: blank, not a row
+        + "a.pcap,TCP,10.0.0.1,5,10.0.0.2,443,ok,\n"  # 7: a trailing empty field: fine
+        + "a.pcap,TCP,10.0.0.1,99999,10.0.0.2,443,ok\n"  # 8: port out of range
+    )
+    labeller = FlowTableLabeller(path)
+    assert (labeller.rows, labeller.bad_rows) == (2, 4)
+    assert labeller.bad_lines == [3, 4, 5, 8]
+    assert labeller.describe()["bad_lines"] == [3, 4, 5, 8]
+    [warning] = labeller.warnings()
+    assert warning.startswith(f"label CSV {path}: 4 malformed row(s) skipped (line(s) 3, 4, 5, 8;")
+    assert "line 3: 5 fields, the header has 7" in warning
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + "a.pcap,TCP,10.0.0.1,1,10.0.0.2,443,ok\n")
+    assert FlowTableLabeller(good).warnings() == []
+    assert CaptureLabeller("folder").warnings() == []
+
+
+def test_many_malformed_rows_name_the_first_lines(tmp_path):
+    path = tmp_path / "labels.csv"
+    bad = "".join(f"a.pcap,TCP,10.0.0.1,x{i},10.0.0.2,443,ok\n" for i in range(30))
+    path.write_text(HEADER + "a.pcap,TCP,10.0.0.1,1,10.0.0.2,443,ok\n" + bad)
+    [warning] = FlowTableLabeller(path).warnings()
+    assert "30 malformed row(s) skipped (line(s) 3, 4, 5, 6, 7 and 25 more;" in warning
+
+
+def test_a_label_csv_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(
+        HEADER.encode() + "a.pcap,TCP,10.0.0.1,1,10.0.0.2,443,Café\n".encode("latin-1")
+    )
+    with pytest.raises(ValueError) as info:
+        FlowTableLabeller(path)
+    message = str(info.value)
+    assert message.startswith(
+        f"{path}: label CSV is not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"
+    )
+
+
+def test_prepare_reports_malformed_label_rows(tmp_path, capsys):
+    import pcapbuild as pb
+    from dmfnet.cli import main
+
+    captures = tmp_path / "in"
+    captures.mkdir()
+    flows = pb.tcp_conversation(("10.0.0.1", 40000), ("10.0.0.2", 443), (("c", b"hi"),))
+    flows += pb.tcp_conversation(("10.0.0.1", 40001), ("10.0.0.2", 443), (("c", b"yo"),))
+    pb.write_pcap(captures / "a.pcap", pb.wrap(flows, pb.LINKTYPE_ETHERNET))
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        HEADER
+        + "a.pcap,TCP,10.0.0.1,40000,10.0.0.2,443,tls\n"
+        + "a.pcap,TCP,10.0.0.1,40001,10.0.0.2,443,tls\n"
+        + "a.pcap,TCP,10.0.0.1,40002,10.0.0.2,https,tls\n"
+    )
+    out = tmp_path / "ds"
+    assert main(["prepare", str(captures), "-o", str(out), "--labels", str(labels), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"label CSV {labels}: 1 malformed row(s) skipped (line(s) 4;" in err
+    from dmfnet.data import load_dataset
+
+    card = load_dataset(out, columns=[]).card
+    assert any("malformed row(s)" in w for w in card["warnings"])
+    assert card["parameters"]["labels"]["bad_lines"] == [4]

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 UNLABELLED = "unlabelled"  # label of flows kept without a CSV match (keep_unlabelled)
+BAD_LINES_KEPT = 20  # line numbers of skipped label CSV rows kept for the card
+BAD_LINES_SHOWN = 5  # ... and named in the warning
 
 # The label CSV's header, with the dataset's names for the endpoints (either may be named
 # first: flows match in both directions). ``protocol`` is a number (6) or a name (TCP).
@@ -118,6 +120,10 @@ class Labeller:
         """How flows are labelled, for the dataset card."""
         return {"mode": self.mode}
 
+    def warnings(self) -> list[str]:
+        """Problems of the labels themselves (skipped rows of a label CSV), for the card."""
+        return []
+
 
 class CaptureLabeller(Labeller):
     """Every flow of a capture gets the capture's label (folder or file name)."""
@@ -155,9 +161,13 @@ class FlowTableLabeller(Labeller):
         self.table: dict[tuple, str] = {}
         self.conflicts = 0  # rows naming an already listed flow with another label
         self.rows = 0
-        self.bad_rows = 0  # rows skipped: bad protocol, port or label
+        self.bad_rows = 0  # rows skipped: bad protocol, port, address or label, fields astray
         self.first_bad: str | None = None
-        self._load()
+        self.bad_lines: list[int] = []  # line numbers of the first BAD_LINES_KEPT of them
+        try:
+            self._load()
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.path}: {_not_utf8(self.path)}; save it as UTF-8") from None
 
     def _load(self) -> None:
         with open(self.path, newline="", encoding="utf-8-sig") as handle:
@@ -175,10 +185,16 @@ class FlowTableLabeller(Labeller):
                     "(src_ip,src_port,dst_ip,dst_port also accepted for the endpoints)"
                 )
             pos = [header.index(c) for c in CSV_COLUMNS]
-            for line, row in enumerate(reader, start=2):
+            width = len(header)
+            for row in reader:
+                line = reader.line_num
                 if not row or all(not cell.strip() for cell in row):
                     continue
                 try:
+                    if len(row) < width:
+                        raise ValueError(f"{len(row)} fields, the header has {width}")
+                    if any(cell.strip() for cell in row[width:]):
+                        raise ValueError(f"{len(row)} fields, the header has {width}")
                     file, proto, sip, sport, dip, dport, label = (row[i].strip() for i in pos)
                     if not label:
                         raise ValueError("empty label")
@@ -192,6 +208,8 @@ class FlowTableLabeller(Labeller):
                     )
                 except (IndexError, ValueError) as exc:
                     self.bad_rows += 1
+                    if len(self.bad_lines) < BAD_LINES_KEPT:
+                        self.bad_lines.append(line)
                     if self.first_bad is None:
                         self.first_bad = f"line {line}: {exc or 'too few fields'}"
                     continue
@@ -239,7 +257,30 @@ class FlowTableLabeller(Labeller):
             "conflicting_rows": self.conflicts,
             "bad_rows": self.bad_rows,
             "first_bad_row": self.first_bad,
+            "bad_lines": list(self.bad_lines),
         }
+
+    def warnings(self) -> list[str]:
+        if not self.bad_rows:
+            return []
+        lines = ", ".join(str(n) for n in self.bad_lines[:BAD_LINES_SHOWN])
+        if self.bad_rows > BAD_LINES_SHOWN:
+            lines += f" and {self.bad_rows - BAD_LINES_SHOWN:,} more"
+        return [
+            f"label CSV {self.path}: {self.bad_rows:,} malformed row(s) skipped (line(s) "
+            f"{lines}; {self.first_bad})"
+        ]
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8: ``label CSV is not UTF-8 text (byte 0xe9 on line 2)``."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"label CSV is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})"
+    return "label CSV is not UTF-8 text"
 
 
 def _canonical_header(header: list[str]) -> list[str]:

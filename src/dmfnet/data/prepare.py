@@ -908,6 +908,7 @@ def _build_card(
             f"{unlabelled} flows matched no row of the label CSV and were left out "
             f"(more than the {sum(kept.values())} labelled ones)"
         )
+    warnings += labeller.warnings()  # rows of a label CSV skipped as malformed
     failed = [r for r in results if r.failed]
     if failed:
         warnings.append(f"{len(failed)} of {len(results)} capture(s) could not be read at all")
