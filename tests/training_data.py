@@ -32,16 +32,27 @@ def synthetic_flows(
     labels = np.repeat(np.array(classes), n_per_class)
     raw = rng.integers(0, 256, (n, SEQUENCE_COLUMNS["bytes"][1]), dtype=np.uint8)
     lengths = np.zeros((n, SEQUENCE_COLUMNS["lengths"][1]), dtype=np.int32)
+    directions = np.zeros_like(lengths, dtype=np.int8)
     captures = np.empty(n, dtype=object)
     for row, name in enumerate(labels):
         k = PATTERNS[name]
         raw[row, :80] = 30 + 50 * k
         packets = 6 + 3 * k
         lengths[row, :packets] = 80 + 250 * k + rng.integers(0, 60, packets)
+        directions[row, :packets] = np.where(np.arange(packets) % 2 == 0, 1, -1)
         captures[row] = f"{name}-{row % n_captures}.pcap"
+    # Every packet carries payload: the first payload packets are the first packets.
+    payload_lengths = np.maximum(lengths - 40, 0) * (directions != 0)
     class_names, y = np.unique(labels, return_inverse=True)
     return FlowDataset(
-        columns={"bytes": raw, "lengths": lengths, "capture": captures.astype(str)},
+        columns={
+            "bytes": raw,
+            "payload_packet_bytes": raw.copy(),
+            "lengths": lengths,
+            "directions": directions,
+            "payload_lengths": payload_lengths.astype(np.int32),
+            "capture": captures.astype(str),
+        },
         labels=labels,
         classes=[str(c) for c in class_names],
         y=y.astype(np.int64),
