@@ -42,13 +42,23 @@ def _add_quiet(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 
+def _add_force(p: argparse.ArgumentParser, replaced: str, kept: str) -> None:
+    """``--force``: the one rule for output folders (:mod:`dmfnet.outputs`)."""
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help=f"replace {replaced}, or write into a non-empty folder that is not one "
+        f"({kept}); without it such a folder is refused",
+    )
+
+
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
         help="captures -> bidirectional flows -> DMF modalities -> Parquet dataset",
         description="Read pcap/pcapng captures (files or folders, .gz too), assemble "
         "bidirectional flows, filter and anonymise them, and write a Parquet dataset "
-        "(one row per flow) with OUT/dataset.json recording parameters, flows per class, "
+        "(one row per flow) with OUT/_dataset.json recording parameters, flows per class, "
         "flows removed by each filter per class and every problem met.",
     )
     p.add_argument(
@@ -147,7 +157,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         help="with a label CSV, keep flows it does not list, labelled 'unlabelled' "
         "(default: count them and leave them out)",
     )
-    p.add_argument("--force", action="store_true", help="write into OUT even if it is not empty")
+    _add_force(p, "a finished dataset in OUT", "its other files are kept")
     _add_quiet(p, "progress bar on stderr")
     p.set_defaults(func=_run_prepare)
 
@@ -309,6 +319,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="torch CPU threads per process (default: torch's choice); 1 is often fastest "
         "on a busy machine or with small batches",
     )
+    _add_force(p, "an existing run in RUN (with its evaluation-* folders)", "its files are kept")
     _add_quiet(p, "per-epoch progress lines")
     p.set_defaults(func=_run_train)
 
@@ -407,6 +418,7 @@ def _run_train(args: argparse.Namespace) -> int:
             model_config=model_config,
             num_workers=args.num_workers,
             progress=not args.quiet,
+            force=args.force,
         )
     if distributed.requested() and int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -444,6 +456,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: CUDA when present, else CPU (default: auto)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty OUT that is not an evaluation (an evaluation is replaced)",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -459,7 +476,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if not Path(args.dataset).exists():
         raise UserError(f"dataset {args.dataset} does not exist")
     with _warnings_as_lines():
-        result = evaluate(args.run, args.dataset, args.output, device=args.device)
+        result = evaluate(args.run, args.dataset, args.output, device=args.device, force=args.force)
     print(f"evaluated {result['evaluated_flows']} flows of {args.dataset} with {args.run}")
     if result["unknown_classes"]:
         print(
@@ -518,6 +535,12 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         default=256,
         help="flows per batch for the latency and throughput figures (default: 256)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty REPORT that is not a benchmark report (a report folder "
+        "is resumed)",
+    )
     _add_quiet(p, "per-epoch progress lines")
     p.set_defaults(func=_run_benchmark)
 
@@ -553,11 +576,13 @@ def _run_benchmark(args: argparse.Namespace) -> int:
 
     if args.complexity_only:
         from dmfnet.data import load_dataset
+        from dmfnet.outputs import BENCHMARK, open_output
 
         classes = len(load_dataset(args.dataset, columns=[]).classes)
-        path = write_complexity_report(
-            args.output, models, num_classes=classes, batch_size=args.complexity_batch
-        )
+        with open_output(args.output, BENCHMARK, force=args.force, inputs=[args.dataset]):
+            path = write_complexity_report(
+                args.output, models, num_classes=classes, batch_size=args.complexity_batch
+            )
         print(Path(path).read_text())
         print(f"complexity: {path}")
         return 0
@@ -582,6 +607,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             min_class_flows=args.min_class_flows,
             drop_classes=_class_list(args.drop_classes),
+            force=args.force,
         )
     written = out["written"]
     print()
@@ -692,6 +718,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="torch CPU threads (default: 1, fastest for the demo's small batches on a busy CPU)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty folder that is not a demo's (an earlier demo is replaced)",
+    )
     _add_quiet(p, "progress bars")
     p.set_defaults(func=_run_demo)
 
@@ -709,6 +740,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             captures=args.captures,
             progress=not args.quiet,
+            force=args.force,
         )
     except (DemoError, PrepareError) as exc:
         raise UserError(str(exc)) from None

@@ -3,19 +3,23 @@
 ``demo/captures/<class>/*.pcap`` (real encrypted traffic recorded on loopback by
 ``scripts/make_demo_captures.py``) -> ``prepare`` (labels from the folders) -> ``train``
 DMF -> test metrics and report -> ``classify`` one capture. Everything goes into one
-output folder: ``dataset/``, ``run/`` and ``predictions.csv``.
+output folder: ``dataset/``, ``run/``, ``predictions.csv`` and, written last,
+``demo.json``, which marks it as a finished demo: a rerun replaces it. Any other
+non-empty folder is refused unless ``force`` (see :mod:`dmfnet.outputs`).
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dmfnet
+from dmfnet.outputs import DEMO, open_output
 
 CAPTURES_ENV = "DMFNET_DEMO_CAPTURES"
 DEFAULT_CAPTURE = Path("tls-chat") / "tls-chat-2.pcap"  # the capture classified at the end
@@ -74,8 +78,12 @@ def run_demo(
     shown: int = 8,
     workers: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> DemoResult:
-    """Prepare the bundled captures, train DMF, print metrics, classify one capture."""
+    """Prepare the bundled captures, train DMF, print metrics, classify one capture.
+
+    ``out`` may be new, empty or an earlier demo's (replaced); another non-empty folder
+    needs ``force``. A demo that fails or is interrupted removes what it wrote."""
     from dmfnet.classify import classify_captures
     from dmfnet.data import prepare
     from dmfnet.training.report import metrics_table, per_class_table
@@ -89,48 +97,62 @@ def run_demo(
     if not source.is_dir():
         raise DemoError(f"{source}: no such folder")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DemoError(f"{out}: exists and is not a folder")
-    dataset_dir, run_dir = out / "dataset", out / "run"
-    predictions = out / "predictions.csv"
+    try:
+        output = open_output(out, DEMO, force=force)
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
+    with output:
+        dataset_dir, run_dir = out / "dataset", out / "run"
+        predictions = out / "predictions.csv"
 
-    _say(f"1/3 prepare: {source} -> {dataset_dir} (labels from the class folders)")
-    summary = prepare(
-        source, dataset_dir, labels="folder", workers=workers, progress=progress, force=True
-    )
-    print(summary.report(warnings=False), flush=True)
+        _say(f"1/3 prepare: {source} -> {dataset_dir} (labels from the class folders)")
+        summary = prepare(
+            source, dataset_dir, labels="folder", workers=workers, progress=progress, force=force
+        )
+        print(summary.report(warnings=False), flush=True)
 
-    _say(f"2/3 train DMF: {epochs} epochs at most, batch {batch_size}, seed {seed} -> {run_dir}")
-    metrics = train(
-        dataset_dir,
-        run_dir,
-        model="dmf",
-        seed=seed,
-        epochs=epochs,
-        batch_size=batch_size,
-        patience=patience,
-        device="cpu",
-        progress=progress,
-    )
-    print()
-    print(f"test metrics ({metrics['test_size']} held-out flows, random 8:1:1 split):")
-    print(metrics_table(metrics))
-    print()
-    print(per_class_table(metrics))
-    report = run_dir / "report.md"
-    print(f"\nreport: {report}", flush=True)
+        _say(
+            f"2/3 train DMF: {epochs} epochs at most, batch {batch_size}, seed {seed} -> {run_dir}"
+        )
+        metrics = train(
+            dataset_dir,
+            run_dir,
+            model="dmf",
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            patience=patience,
+            device="cpu",
+            progress=progress,
+            force=force,
+        )
+        print()
+        print(f"test metrics ({metrics['test_size']} held-out flows, random 8:1:1 split):")
+        print(metrics_table(metrics))
+        print()
+        print(per_class_table(metrics))
+        report = run_dir / "report.md"
+        print(f"\nreport: {report}", flush=True)
 
-    target = Path(classify_capture) if classify_capture else source / DEFAULT_CAPTURE
-    if not target.exists():
-        target = next(iter(sorted(source.rglob("*.pcap*"))), target)
-    _say(f"3/3 classify: {target} -> {predictions}")
-    result = classify_captures(run_dir, [target], predictions, progress=False)
-    print(_first_rows(predictions, shown))
-    print(result.report())
-    print(
-        "(the demo model was trained on most flows of the bundled captures; "
-        "classify your own: dmfnet classify " + f"{run_dir} CAPTURE... -o predictions.csv)"
-    )
+        target = Path(classify_capture) if classify_capture else source / DEFAULT_CAPTURE
+        if not target.exists():
+            target = next(iter(sorted(source.rglob("*.pcap*"))), target)
+        _say(f"3/3 classify: {target} -> {predictions}")
+        result = classify_captures(run_dir, [target], predictions, progress=False)
+        print(_first_rows(predictions, shown))
+        print(result.report())
+        print(
+            "(the demo model was trained on most flows of the bundled captures; "
+            "classify your own: dmfnet classify " + f"{run_dir} CAPTURE... -o predictions.csv)"
+        )
+        record = {
+            "dataset": dataset_dir.name,
+            "run": run_dir.name,
+            "predictions": predictions.name,
+            "captures": str(source),
+            "test_metrics": {k: metrics[k] for k in ("accuracy", "f1_macro") if k in metrics},
+        }
+        (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")  # last: finished
     return DemoResult(dataset_dir, run_dir, report, predictions, metrics)
 
 

@@ -52,6 +52,7 @@ class Kind:
     entries: tuple[str, ...] = ()  # glob patterns of what the kind writes (cleared)
     staging: bool = False  # _unfinished is a folder that the outputs are written into
     keep: tuple[str, ...] = ()  # a failed run of the command keeps a folder holding these
+    legacy: tuple[str, ...] = ()  # all of these: a finished one written before the mark was
 
 
 DATASET = Kind(
@@ -75,7 +76,13 @@ BENCHMARK = Kind(
     "resume",
     keep=("results.csv", "complexity.json"),
 )
-DEMO = Kind("demo", ("demo.json",), "replace", ("demo.json", "dataset", "run", "predictions.csv"))
+DEMO = Kind(
+    "demo",
+    ("demo.json",),
+    "replace",
+    ("demo.json", "dataset", "run", "predictions.csv"),
+    legacy=("dataset", "run/run.json", "predictions.csv"),
+)
 
 
 class Output:
@@ -129,16 +136,16 @@ class Output:
             self.finish()
 
 
-def open_output(
+def check_output(
     path: str | Path,
     kind: Kind,
     *,
     force: bool = False,
     inputs: Iterable[str | Path | None] = (),
-) -> Output:
-    """Check ``path`` against the rule (module docstring), clear it where the rule says
-    so, create it and mark it unfinished. ``inputs``: the dataset folders (or files) the
-    command reads. Raises :class:`OutputError`."""
+) -> str:
+    """Raise :class:`OutputError` when the rule (module docstring) refuses ``path`` as an
+    output of ``kind``; else return its :func:`folder_state` (``"new"`` when it does not
+    exist). Changes nothing. ``inputs``: the dataset folders (or files) the command reads."""
     path = Path(path)
     for source in inputs:
         folder = _dataset_folder(source)
@@ -147,37 +154,46 @@ def open_output(
             raise OutputError(
                 f"{path}: {where} the input dataset {source}; write the {kind.name} elsewhere"
             )
-    if path.exists() and not path.is_dir():
+    if not path.exists():
+        return "new"
+    if not path.is_dir():
         raise OutputError(f"{path}: exists and is not a folder")
+    state = folder_state(path, kind)
+    if force:
+        return state
+    if state.startswith("busy"):
+        raise OutputError(
+            f"{path}: {state[5:]} is writing it now (a {kind.name}); wait for it, "
+            f"or remove {path / UNFINISHED} if no such process runs"
+        )
+    if state == "finished" and kind.existing == "refuse":
+        raise OutputError(f"{path}: holds a finished {kind.name} (use --force to replace it)")
+    if state == "other":
+        raise OutputError(
+            f"{path}: folder exists, is not empty and is not a dmfnet {kind.name} "
+            "(use --force to write into it)"
+        )
+    return state
+
+
+def open_output(
+    path: str | Path,
+    kind: Kind,
+    *,
+    force: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+) -> Output:
+    """Check ``path`` (:func:`check_output`), clear it where the rule says so, create it
+    and mark it unfinished. Raises :class:`OutputError`."""
+    path = Path(path)
+    state = check_output(path, kind, force=force, inputs=inputs)
     created = [p for p in (path, *path.parents) if not p.exists()][::-1]
-    foreign = False
-    if path.is_dir():
-        state = folder_state(path, kind)
-        if state.startswith("busy"):
-            if not force:
-                raise OutputError(
-                    f"{path}: {state[5:]} is writing it now (a {kind.name}); wait for it, "
-                    f"or remove {path / UNFINISHED} if no such process runs"
-                )
+    foreign = state == "other"
+    if state in ("unfinished", "finished") or state.startswith("busy"):
+        if not (state == "finished" and kind.existing == "resume"):
             clear(path, kind)
-        elif state == "unfinished":
-            clear(path, kind)
-        elif state == "finished":
-            if kind.existing == "refuse" and not force:
-                raise OutputError(
-                    f"{path}: holds a finished {kind.name} (use --force to replace it)"
-                )
-            if kind.existing != "resume":
-                clear(path, kind)
-        elif state == "other":
-            if not force:
-                raise OutputError(
-                    f"{path}: folder exists, is not empty and is not a dmfnet {kind.name} "
-                    "(use --force to write into it)"
-                )
-            foreign = True
-            if kind.staging:  # a dataset's files left there would join the new one
-                clear(path, kind)
+    elif foreign and kind.staging:  # a dataset's files left there would join the new one
+        clear(path, kind)
     path.mkdir(parents=True, exist_ok=True)
     output = Output(path, kind, created, foreign)
     if kind.existing != "resume":
@@ -198,6 +214,8 @@ def folder_state(path: str | Path, kind: Kind) -> str:
         if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
             return f"busy process {pid}"
     if any((path / m).is_file() for m in kind.marks):
+        return "finished"
+    if kind.legacy and all((path / m).exists() for m in kind.legacy):
         return "finished"
     if owner is not None and owner.get("kind") == kind.name:
         return "unfinished"

@@ -18,12 +18,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dmfnet.outputs import BENCHMARK, open_output
 
 DEFAULT_MODELS = (
     "dmf",
@@ -750,6 +753,7 @@ def run_benchmark(
     train_fn: Callable[..., dict[str, Any]] | None = None,
     min_class_flows: int = 0,
     drop_classes: Sequence[str] = (),
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train and test ``models`` for seeds ``0..seeds-1`` and write the report folder.
 
@@ -765,6 +769,11 @@ def run_benchmark(
     when all benchmarked models' inputs together equal a training flow's, so the models of
     one seed are scored on the same test flows (paired comparison). The columns are part of
     the report folder's settings: a folder with results under another rule is refused.
+
+    ``report_dir`` follows :mod:`dmfnet.outputs`: a report folder is resumed, another
+    non-empty folder is written into only with ``force``, and one inside the dataset is
+    refused. A benchmark that fails before any result removes the folder it made; a run
+    of the report that did not finish is trained again from scratch.
     """
     if train_fn is None:
         from dmfnet.training.trainer import train as train_fn
@@ -778,108 +787,115 @@ def run_benchmark(
     for m in models:
         get_entry(m)  # unknown names fail here, before any training
     report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    dataset_name = (
-        str(Path(dataset).resolve())
-        if isinstance(dataset, (str, Path))
-        else str(getattr(dataset, "path", "") or "(in memory)")
-    )
-    model_config = {k: dict(v) for k, v in (model_config or {}).items()}
-    if min_class_flows or drop_classes:  # filter once: every run sees the same classes
-        from dmfnet.data import load_dataset
-        from dmfnet.training.trainer import select_classes
-
-        loaded = load_dataset(dataset) if isinstance(dataset, (str, Path)) else dataset
-        dataset = select_classes(loaded, min_class_flows=min_class_flows, drop_classes=drop_classes)
-    duplicate_inputs = None if keep_duplicates else shared_duplicate_inputs(models, model_config)
-    settings = {
-        "dataset": dataset_name,
-        "split": split,
-        "keep_duplicates": bool(keep_duplicates),
-        "duplicate_inputs": duplicate_inputs,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "patience": patience,
-        "model_config": model_config,
-    }
-    if min_class_flows or drop_classes:  # absent otherwise: older reports still resume
-        settings["classes_kept"] = {
-            "min_class_flows": min_class_flows,
-            "drop_classes": sorted(drop_classes),
-        }
-    _check_settings(report_dir, settings)
-    results_csv = report_dir / "results.csv"
-    done = {(r["model"], r["seed"]) for r in read_results(results_csv)}
-
-    trained, skipped, failed = [], [], []
-    todo = [(seed, m) for seed in range(seeds) for m in models]
-    for i, (seed, model) in enumerate(todo, start=1):
-        if (model, seed) in done:
-            skipped.append((model, seed))
-            continue
-        run_dir = report_dir / "runs" / model / f"seed{seed}"
-        metrics = _finished_run(run_dir, model, seed, settings)
-        if metrics is None:
-            if progress:
-                print(f"[{i}/{len(todo)}] {model}, seed {seed}", flush=True)
-            try:
-                metrics = train_fn(
-                    dataset,
-                    run_dir,
-                    model=model,
-                    seed=seed,
-                    split=split,
-                    keep_duplicates=keep_duplicates,
-                    epochs=epochs,
-                    batch_size=batch_size,
-                    lr=lr,
-                    weight_decay=weight_decay,
-                    patience=patience,
-                    device=device,
-                    model_config=model_config.get(model),
-                    duplicate_inputs=duplicate_inputs,
-                    progress=progress,
-                )
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as exc:
-                failed.append((model, seed, f"{type(exc).__name__}: {exc}"))
-                with open(report_dir / "failures.log", "a", encoding="utf-8") as fh:
-                    fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
-                             f"{model} seed {seed}: {type(exc).__name__}: {exc}\n")  # fmt: skip
-                if progress:
-                    print(f"  {model}, seed {seed} failed: {exc}", flush=True)
-                continue
-        row = {"model": model, "seed": seed, **{c: metrics[c] for c in METRIC_COLUMNS},
-               **{c: metrics.get(c) for c in SIZE_COLUMNS}}  # fmt: skip
-        append_result(results_csv, row)
-        trained.append((model, seed))
-        if progress:
-            print(
-                f"  {model}, seed {seed}: accuracy {100 * row['accuracy']:.2f} %, "
-                f"macro-F1 {100 * row['f1_macro']:.2f} %, {row['train_seconds']:.0f} s",
-                flush=True,
-            )
-
-    info = {"dataset": dataset_name, **_dataset_facts(dataset), "split": split,
-            "keep_duplicates": bool(keep_duplicates), "duplicate_inputs": duplicate_inputs,
-            "epochs (max)": epochs, "early stopping patience": patience}  # fmt: skip
-    if min_class_flows:
-        info["classes kept"] = f"at least {min_class_flows} flows"
-    if drop_classes:
-        info["classes left out"] = ", ".join(sorted(drop_classes))
-    written = write_tables(results_csv, report_dir, info) if results_csv.exists() else {}
-    if complexity:
-        written["complexity"] = write_complexity_report(
-            report_dir,
-            models,
-            num_classes=info.get("classes"),
-            batch_size=complexity_batch,
-            progress=progress,
+    source = dataset if isinstance(dataset, (str, Path)) else getattr(dataset, "path", None)
+    with open_output(report_dir, BENCHMARK, force=force, inputs=[source or None]):
+        dataset_name = (
+            str(Path(dataset).resolve())
+            if isinstance(dataset, (str, Path))
+            else str(getattr(dataset, "path", "") or "(in memory)")
         )
-    return {"trained": trained, "skipped": skipped, "failed": failed, "written": written}
+        model_config = {k: dict(v) for k, v in (model_config or {}).items()}
+        if min_class_flows or drop_classes:  # filter once: every run sees the same classes
+            from dmfnet.data import load_dataset
+            from dmfnet.training.trainer import select_classes
+
+            loaded = load_dataset(dataset) if isinstance(dataset, (str, Path)) else dataset
+            dataset = select_classes(
+                loaded, min_class_flows=min_class_flows, drop_classes=drop_classes
+            )
+        duplicate_inputs = (
+            None if keep_duplicates else shared_duplicate_inputs(models, model_config)
+        )
+        settings = {
+            "dataset": dataset_name,
+            "split": split,
+            "keep_duplicates": bool(keep_duplicates),
+            "duplicate_inputs": duplicate_inputs,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "patience": patience,
+            "model_config": model_config,
+        }
+        if min_class_flows or drop_classes:  # absent otherwise: older reports still resume
+            settings["classes_kept"] = {
+                "min_class_flows": min_class_flows,
+                "drop_classes": sorted(drop_classes),
+            }
+        _check_settings(report_dir, settings)
+        results_csv = report_dir / "results.csv"
+        done = {(r["model"], r["seed"]) for r in read_results(results_csv)}
+
+        trained, skipped, failed = [], [], []
+        todo = [(seed, m) for seed in range(seeds) for m in models]
+        for i, (seed, model) in enumerate(todo, start=1):
+            if (model, seed) in done:
+                skipped.append((model, seed))
+                continue
+            run_dir = report_dir / "runs" / model / f"seed{seed}"
+            metrics = _finished_run(run_dir, model, seed, settings)
+            if metrics is None:
+                if run_dir.exists():  # this report's run, unfinished or of other settings
+                    shutil.rmtree(run_dir)
+                if progress:
+                    print(f"[{i}/{len(todo)}] {model}, seed {seed}", flush=True)
+                try:
+                    metrics = train_fn(
+                        dataset,
+                        run_dir,
+                        model=model,
+                        seed=seed,
+                        split=split,
+                        keep_duplicates=keep_duplicates,
+                        epochs=epochs,
+                        batch_size=batch_size,
+                        lr=lr,
+                        weight_decay=weight_decay,
+                        patience=patience,
+                        device=device,
+                        model_config=model_config.get(model),
+                        duplicate_inputs=duplicate_inputs,
+                        progress=progress,
+                    )
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as exc:
+                    failed.append((model, seed, f"{type(exc).__name__}: {exc}"))
+                    with open(report_dir / "failures.log", "a", encoding="utf-8") as fh:
+                        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                                 f"{model} seed {seed}: {type(exc).__name__}: {exc}\n")  # fmt: skip
+                    if progress:
+                        print(f"  {model}, seed {seed} failed: {exc}", flush=True)
+                    continue
+            row = {"model": model, "seed": seed, **{c: metrics[c] for c in METRIC_COLUMNS},
+                   **{c: metrics.get(c) for c in SIZE_COLUMNS}}  # fmt: skip
+            append_result(results_csv, row)
+            trained.append((model, seed))
+            if progress:
+                print(
+                    f"  {model}, seed {seed}: accuracy {100 * row['accuracy']:.2f} %, "
+                    f"macro-F1 {100 * row['f1_macro']:.2f} %, {row['train_seconds']:.0f} s",
+                    flush=True,
+                )
+
+        info = {"dataset": dataset_name, **_dataset_facts(dataset), "split": split,
+                "keep_duplicates": bool(keep_duplicates), "duplicate_inputs": duplicate_inputs,
+                "epochs (max)": epochs, "early stopping patience": patience}  # fmt: skip
+        if min_class_flows:
+            info["classes kept"] = f"at least {min_class_flows} flows"
+        if drop_classes:
+            info["classes left out"] = ", ".join(sorted(drop_classes))
+        written = write_tables(results_csv, report_dir, info) if results_csv.exists() else {}
+        if complexity:
+            written["complexity"] = write_complexity_report(
+                report_dir,
+                models,
+                num_classes=info.get("classes"),
+                batch_size=complexity_batch,
+                progress=progress,
+            )
+        return {"trained": trained, "skipped": skipped, "failed": failed, "written": written}
 
 
 def write_complexity_report(

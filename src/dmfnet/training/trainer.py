@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dmfnet.outputs import EVALUATION, RUN, Output, check_output, open_output
 from dmfnet.training import distributed
 from dmfnet.training.metrics import classification_metrics
 from dmfnet.training.runs import (
@@ -541,6 +542,7 @@ def train(
     drop_classes: Sequence[str] = (),
     duplicate_inputs: Sequence[str] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on a FlowDataset (or the path of one) and write the run folder ``run_dir``.
 
@@ -564,6 +566,11 @@ def train(
     models' inputs, so that every model of one seed is scored on the same test flows. The
     columns compared are recorded in ``run.json`` (``duplicate_inputs``; ``None`` when
     duplicates are kept).
+
+    ``run_dir`` follows :mod:`dmfnet.outputs`: an existing run is replaced (its
+    ``evaluation-*`` folders too) only with ``force``, another non-empty folder is written
+    into only with it, and a folder inside the dataset is refused. ``run.json`` is written
+    last; a run that fails or is interrupted removes what it wrote.
     """
     from dmfnet.models import create_model, get_entry, model_inputs
 
@@ -598,15 +605,22 @@ def train(
             raise ValueError("duplicate_inputs is empty: no columns to compare test flows on")
     extra = [c for c in compared or () if c not in inputs]
     columns = [*inputs, *extra] + (["capture"] if split == "file" else [])
-    ds, dataset_path = _load(dataset, columns)
-    ds = select_classes(ds, min_class_flows=min_class_flows, drop_classes=drop_classes)
-    class_names = [str(c) for c in ds.classes]
-    if len(class_names) < 2:
-        raise ValueError(f"the dataset has {len(class_names)} class(es); training needs at least 2")
-    y_np = np.asarray(ds.y, dtype=np.int64)
-    arrays = {c: column(ds, c) for c in inputs}
-
-    distributed.setup(device)
+    output = _open_run_folder(run_dir, dataset, force)
+    try:
+        ds, dataset_path = _load(dataset, columns)
+        ds = select_classes(ds, min_class_flows=min_class_flows, drop_classes=drop_classes)
+        class_names = [str(c) for c in ds.classes]
+        if len(class_names) < 2:
+            raise ValueError(
+                f"the dataset has {len(class_names)} class(es); training needs at least 2"
+            )
+        y_np = np.asarray(ds.y, dtype=np.int64)
+        arrays = {c: column(ds, c) for c in inputs}
+        distributed.setup(device)
+    except BaseException:
+        if output is not None:
+            output.fail()
+        raise
     try:
         dev = distributed.device()
         dev = resolve_device(device) if dev is None else dev
@@ -727,10 +741,32 @@ def train(
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             _write_run(run_dir, net, entry.kind, info, history, result, class_names)
+            if output is not None:
+                output.finish()
         result = distributed.broadcast(result)
         return result
+    except BaseException:
+        if output is not None:
+            output.fail()
+        raise
     finally:
         distributed.teardown()
+
+
+def _open_run_folder(run_dir: Path, dataset: Any, force: bool) -> Output | None:
+    """The run folder, checked, cleared where :mod:`dmfnet.outputs` says so and marked
+    unfinished; None in the processes of a torchrun job other than rank 0 (they write
+    nothing)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    return open_output(run_dir, RUN, force=force, inputs=[_source(dataset)])
+
+
+def _source(dataset: Any) -> Any:
+    """The path a dataset argument (a path or a FlowDataset) was read from, or None."""
+    if isinstance(dataset, (str, os.PathLike)):
+        return dataset
+    return getattr(dataset, "path", None) or None
 
 
 def _column_tensor(array: np.ndarray) -> torch.Tensor:
@@ -785,18 +821,18 @@ def _write_run(
     metrics: dict[str, Any],
     class_names: Sequence[str],
 ) -> None:
-    """Model, run.json, history.csv and metrics.json first; the report last, so a plotting
-    failure never loses a trained model."""
+    """Model, history.csv and metrics.json, the report (a plotting failure is a warning),
+    then run.json: written last, it marks a finished run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if kind == "estimator":
         (run_dir / ESTIMATOR_DIR).mkdir(exist_ok=True)
         model.save(run_dir / ESTIMATOR_DIR)
     else:
         save_weights(run_dir / WEIGHTS_FILE, model)
-    write_json(run_dir / RUN_FILE, info)
     write_history(run_dir / HISTORY_FILE, history)
     write_json(run_dir / METRICS_FILE, metrics)
     _write_report(run_dir, metrics, history, class_names, _report_info(info, metrics))
+    write_json(run_dir / RUN_FILE, info)
 
 
 def _write_report(run_dir, metrics, history, class_names, info) -> None:
@@ -844,6 +880,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     *,
     device: str | torch.device | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Score the model of ``run_dir`` on every flow of another prepared dataset.
 
@@ -853,8 +890,15 @@ def evaluate(
     ``RUN/evaluation-<dataset name>``). ``device=None`` picks CUDA when present, as
     :func:`train` does. Warns (``UserWarning``) when ``dataset`` is the run's own
     training dataset: its scores then include the flows the model was trained on.
+    ``out_dir`` follows :mod:`dmfnet.outputs` (``force`` to write into a non-empty folder
+    that is not an evaluation; never inside the dataset); ``evaluation.json`` is written
+    last.
     """
     trained = load_run(run_dir, device=resolve_device(device))
+    source = _source(dataset)
+    name = Path(str(source)).name.removesuffix(".parquet") if source else "dataset"
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / f"evaluation-{name}"
+    check_output(out, EVALUATION, force=force, inputs=[source])  # before the long part
     ds, dataset_path = _load(dataset, trained.inputs)
     if _is_training_dataset(trained.info, dataset_path, ds):
         warnings.warn(
@@ -884,9 +928,7 @@ def evaluate(
         unknown_classes=unknown,
         infer_flows_per_s=flows_per_s,
     )
-    name = Path(dataset_path).name.removesuffix(".parquet") if dataset_path else "dataset"
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / f"evaluation-{name}"
-    out.mkdir(parents=True, exist_ok=True)
+    output = open_output(out, EVALUATION, force=force, inputs=[source])
     info = {
         "run": str(run_dir),
         "model": trained.name,
@@ -897,7 +939,6 @@ def evaluate(
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_json(out / "evaluation.json", info)
     write_json(out / METRICS_FILE, result)
     report_info = {
         "model": trained.name,
@@ -909,5 +950,7 @@ def evaluate(
         "infer_flows_per_s": round(flows_per_s),
     }
     _write_report(out, result, [], trained.classes, report_info)
+    write_json(out / "evaluation.json", info)  # last: it marks a finished evaluation
+    output.finish()
     result["report_dir"] = str(out)
     return result
