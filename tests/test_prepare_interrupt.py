@@ -186,3 +186,14 @@ def test_a_failed_run_leaves_no_card_and_does_not_block_the_next(captures, tmp_p
     assert list(out.iterdir()) == [] if existing else not out.exists()
     _assert_no_dataset(out)
     assert prepare(captures, out, progress=False, warn=False).flows == 8  # no --force
+
+
+def test_ctrl_c_while_the_dataset_is_put_in_place_waits_until_it_is_whole():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with prepare_module._interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # a handler that raised would have raised here
+            done.append(True)
+    assert done == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
