@@ -152,6 +152,20 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "the first 5 packets that carry payload; written by default)",
     )
     p.add_argument(
+        "--addresses",
+        choices=("keep", "hash", "drop"),
+        default="keep",
+        help="what the client_ip/server_ip columns hold: the addresses as captured (keep, "
+        "default: anonymisation covers the byte columns, not these), a keyed hash that "
+        "still groups each host's flows (hash), or nothing (drop); for datasets to share",
+    )
+    p.add_argument(
+        "--address-key",
+        metavar="KEY",
+        help="with --addresses hash: the hash key (the same key gives the same values in "
+        "every dataset; default: a random key, not stored)",
+    )
+    p.add_argument(
         "--keep-unlabelled",
         action="store_true",
         help="with a label CSV, keep flows it does not list, labelled 'unlabelled' "
@@ -191,6 +205,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             force=args.force,
             warn=False,
+            addresses=args.addresses,
+            address_key=args.address_key,
         )
     except (PrepareError, ValueError) as exc:
         raise UserError(str(exc)) from None

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from dmfnet import __version__, outputs
 from dmfnet.background import run_ahead
 from dmfnet.capture import read_packets
+from dmfnet.data.addresses import AddressPolicy
 from dmfnet.data.card import class_warnings, format_summary, warning_lines, write_card
 from dmfnet.data.dataset import (
     LABEL_COLUMN,
@@ -213,6 +214,7 @@ def _init_worker(
     keep_unlabelled: bool,
     out: str,
     ahead: bool,
+    addresses: AddressPolicy,
     queue,
     parent: int | None = None,
 ) -> None:
@@ -225,6 +227,7 @@ def _init_worker(
         keep_unlabelled=keep_unlabelled,
         out=out,
         ahead=ahead,
+        addresses=addresses,
         queue=queue,
     )
 
@@ -257,6 +260,7 @@ def _worker_task(index: int, path: str, size: int, buckets: Buckets) -> CaptureR
         keep_unlabelled=_WORKER["keep_unlabelled"],
         progress=queue.put if queue is not None else None,
         ahead=_WORKER["ahead"],
+        addresses=_WORKER["addresses"],
     )
 
 
@@ -326,12 +330,14 @@ def prepare_capture(
     progress: Callable[[int], None] | None = None,
     ahead: bool = False,
     buckets: Buckets = Buckets(),
+    addresses: AddressPolicy = AddressPolicy(),
 ) -> CaptureResult:
     """Stream one capture (the flows of ``buckets``) into part files of ``out``.
 
     Never raises for bad input: a problem reading the capture is recorded (file, offset,
     reason) and what was read before it is kept. Of the readers of one capture, the one
-    holding bucket 0 records the reader's problems and counts packets.
+    holding bucket 0 records the reader's problems and counts packets. ``addresses``
+    rewrites the address columns after labelling (:mod:`dmfnet.data.addresses`).
     """
     path = str(path)
     result = CaptureResult(index=index, path=path, size=size, buckets=buckets)
@@ -345,7 +351,7 @@ def prepare_capture(
         packets = run_ahead(packets, depth=1 if ahead else 0, name="dmfnet-read")
         flows = assemble_flows(packets, config, capture=path, buckets=buckets)
         for chunk in flows:
-            _add_chunk(chunk, path, labeller, keep_unlabelled, writers, result)
+            _add_chunk(chunk, path, labeller, keep_unlabelled, writers, result, addresses)
         _count_non_ip(flows, result)
     except OutputError:
         raise
@@ -385,8 +391,9 @@ def _add_chunk(
     keep_unlabelled: bool,
     writers: dict[int, PartWriter],
     result: CaptureResult,
+    addresses: AddressPolicy = AddressPolicy(),
 ) -> None:
-    labels = labeller.label_chunk(chunk, path)
+    labels = labeller.label_chunk(chunk, path)  # on the addresses as captured
     n = len(labels)
     result.flows += n
     if n == 0:
@@ -407,7 +414,7 @@ def _add_chunk(
         kept &= ~unlabelled
     if kept.any():
         try:
-            _write_buckets(chunk, labels, kept, writers)
+            _write_buckets(addresses.apply(chunk), labels, kept, writers)
         except OSError as exc:
             folder = next(iter(writers.values())).folder
             raise OutputError(f"cannot write flows to {folder}: {exc}") from None
@@ -747,6 +754,8 @@ def prepare(
     progress: bool = True,
     force: bool = False,
     warn: bool = True,
+    addresses: str = "keep",
+    address_key: str | bytes | None = None,
 ) -> PrepareSummary:
     """Turn captures (files or folders) into a labelled Parquet flow dataset in ``out``.
 
@@ -755,7 +764,11 @@ def prepare(
     captures go to ``min(workers, captures)`` processes (this one when that is one), cores
     left over share the captures of at least ``SPLIT_MIN_BYTES`` by flow buckets, and a
     process with a second core to spare reads its capture one chunk ahead in a thread.
-    The files written do not depend on ``workers``.
+    The files written do not depend on ``workers``. ``addresses``: what the
+    ``client_ip``/``server_ip`` columns hold, ``"keep"`` (as captured: anonymisation
+    covers the byte columns only), ``"hash"`` (a keyed hash, HMAC-SHA256 with
+    ``address_key`` or a random key that is not stored) or ``"drop"`` (empty); see
+    :mod:`dmfnet.data.addresses`. Labels are found on the addresses as captured.
     Warnings go to stderr unless ``warn`` is off. Raises :class:`PrepareError` when
     nothing could be read or kept, or when ``out`` may not be written (see
     :mod:`dmfnet.outputs`: a folder that is not empty needs ``force``, and a finished
@@ -771,6 +784,10 @@ def prepare(
         raise PrepareError(f"max_flows_per_class must be at least 1, not {max_flows_per_class}")
     if workers is not None and workers < 1:
         raise PrepareError(f"workers must be at least 1, not {workers}")
+    try:
+        address_policy = AddressPolicy.create(addresses, address_key)
+    except ValueError as exc:
+        raise PrepareError(str(exc)) from None
     labeller = make_labeller(labels)
     captures, skipped = find_captures(inputs)
     if not captures:
@@ -801,7 +818,10 @@ def prepare(
         ahead = cores >= 2 * n_workers
 
         if n_workers > 1:
-            pool = _WorkerPool(n_workers, (labeller, config, keep_unlabelled, str(stage), ahead))
+            pool = _WorkerPool(
+                n_workers,
+                (labeller, config, keep_unlabelled, str(stage), ahead, address_policy),
+            )
         bar = byte_progress(sum(sizes), "prepare", enabled=progress)
         try:
             if pool is not None:
@@ -819,6 +839,7 @@ def prepare(
                         progress=bar.update,
                         ahead=ahead,
                         buckets=t.buckets,
+                        addresses=address_policy,
                     )
                     for t in tasks
                 ]
@@ -833,6 +854,7 @@ def prepare(
             max_flows_per_class=max_flows_per_class,
             seed=seed,
             flow_buckets={"count": BUCKETS, "captures_from_bytes": SPLIT_MIN_BYTES},
+            addresses=address_policy.describe(),
         )
         parts = [p for r in results for p in r.parts]
         written = {k: v["flows"] for k, v in card["classes"].items()}
