@@ -12,13 +12,18 @@ What is measured, so the numbers can be compared and repeated:
   flow, inputs already in memory, eval mode, no gradients; median and best of ``repeats``
   runs after ``warmup`` runs, with ``torch.set_num_threads`` set to the machine's cores.
   **Throughput** = batch size / median batch latency.
-* **peak memory**: the growth of the process's resident set size (RSS) while scoring
-  batches, over the RSS after the model and inputs were built: the larger of the sampled
-  RSS (every 0.5 ms from ``/proc/self/statm``) and the kernel's high-water mark
-  (``ru_maxrss``). It includes activations and allocator overhead but not the weights,
-  which are reported apart (``weights_mib``). The 1-minute load average is recorded: on
-  a busy machine latencies are inflated. :func:`measure_isolated` runs each
-  model in a fresh process, so no model inherits another's freed memory.
+* **peak memory**, torch models: the most tensor memory held at once by one forward
+  pass of the batch (activations and temporaries, the output included), over the inputs
+  and weights already held: PyTorch's profiler records every allocation and free of the
+  pass, in order, and the peak of their running sum is taken (:func:`tensor_peak_bytes`).
+  It does not depend on what the allocator kept from earlier passes, as the process's RSS
+  does (freed memory is reused: an RSS measure after a first pass reads about zero).
+  Weights are reported apart (``weights_mib``). Estimators (XGBoost), whose memory torch
+  does not see: the growth of the resident set size (RSS) while scoring batches, over the
+  RSS with the model and inputs loaded, the larger of the sampled RSS (every 0.5 ms from
+  ``/proc/self/statm``) and the kernel's high-water mark (``ru_maxrss``).
+  ``memory_method`` says which. The 1-minute load average is recorded: on a busy machine
+  latencies are inflated. :func:`measure_isolated` runs each model in a fresh process.
 
 Inputs are synthetic flows of the right dtypes and widths (:func:`synthetic_inputs`);
 cost does not depend on the values, except for tree models, whose size does: give a
@@ -27,12 +32,15 @@ trained run folder (``run_dir``) to measure the trees actually trained.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import statistics
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +131,65 @@ class _PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, _rss_bytes())
+
+
+@contextlib.contextmanager
+def _profiler_lines_dropped() -> Iterator[None]:
+    """Drop the two lines PyTorch's profiler (kineto) prints on stderr at each start and
+    stop ("USDT: ... profiler_start"); anything else written to stderr meanwhile is
+    passed on."""
+    fd = 2  # where the C++ side writes, whatever Python's sys.stderr is
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no file descriptor 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            sink.seek(0)
+            kept = [
+                line
+                for line in sink.read().splitlines(keepends=True)
+                if not (line.startswith(b"USDT:") and b"Profiler" in line)
+            ]
+            if kept:
+                os.write(fd, b"".join(kept))
+
+
+def tensor_peak_bytes(fn: Callable[[], Any]) -> int | None:
+    """The most tensor memory held at once while ``fn()`` runs, over what was held before.
+
+    PyTorch's profiler (``profile_memory``) records each allocation (+bytes) and free
+    (-bytes) of CPU tensors with its time; the peak of their running sum, in time order,
+    is the answer. ``None`` when this PyTorch gives no such records.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _profiler_lines_dropped():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    try:
+        events = prof.profiler.kineto_results.events()
+        records = [(e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"]
+    except AttributeError:  # the profiler's results have another shape in this version
+        return None
+    if not records:
+        return None
+    records.sort(key=lambda r: r[0])  # stable: records of one instant keep their order
+    held = peak = 0
+    for _, nbytes in records:
+        held += nbytes
+        peak = max(peak, held)
+    return int(peak)
 
 
 def _find_booster(obj: Any) -> Any:
@@ -335,6 +402,11 @@ def measure(
     # moves when the peak tops everything before: take the larger of the two growths.
     growth = max(rss.peak - base, _max_rss_bytes() - max_rss_before, 0)
     single_s, single_best = _timed_seconds(run_single, repeats, warmup)
+    method = "rss"
+    if entry.kind == "torch":
+        tensors_peak = tensor_peak_bytes(run_batch)
+        if tensors_peak is not None:
+            growth, method = tensors_peak, "tensor"
     result.update(
         batch_latency_ms=1000 * batch_s,
         single_flow_latency_ms=1000 * single_s,
@@ -342,6 +414,7 @@ def measure(
         single_flow_latency_best_ms=1000 * single_best,
         throughput_flows_per_s=batch_size / batch_s if batch_s > 0 else float("inf"),
         peak_memory_mib=growth / 2**20,
+        memory_method=method,
         rss_mib=max(rss.peak, _max_rss_bytes()) / 2**20,
         load_average=load_before,
     )
@@ -432,9 +505,11 @@ def write_complexity(
         "products and convolutions, 2 per multiply-add; element-wise work not counted); "
         "tree models report trees and nodes instead. Latency: median and best of repeated "
         "`predict` calls after warm-up, inputs in memory, no gradients. Throughput: batch size "
-        "/ median batch latency. Peak memory: growth of the resident set size while scoring batches, over the "
-        "RSS with model and inputs loaded (activations and allocator overhead; weights are the "
-        "Weights column), each model measured in a fresh process.",
+        "/ median batch latency. Peak memory: for torch models the most tensor memory one "
+        "forward pass of the batch holds at once (activations and temporaries, from PyTorch's "
+        "profiler: allocations and frees in order; inputs and weights, the Weights column, "
+        "not counted); for tree models the growth of the resident set size while scoring "
+        "batches. Each model is measured in a fresh process.",
         "",
     ]
     lines += ["What was measured:", ""]
