@@ -314,9 +314,13 @@ def test_a_failing_output_stops_the_run_with_one_clear_error(captures, tmp_path,
 
 
 def record_progress(monkeypatch) -> list[int]:
-    """The progress bars' increments, as the returned list fills."""
+    """The progress bars' increments, as the returned list fills (stderr taken for a
+    terminal: bars are drawn only there)."""
     import tqdm
 
+    import dmfnet.progress
+
+    monkeypatch.setattr(dmfnet.progress, "_is_terminal", lambda stream: True)
     seen: list[int] = []
     original = tqdm.tqdm.update
 
