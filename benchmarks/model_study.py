@@ -84,6 +84,12 @@ for _base in ("paper", "sign", "channel", "payload", "sign+payload", "sign+plen"
     _add(f"{_base}+R", _base, {}, {"min_steps": 128, "schedule": "cosine", "epochs": 40,
                                    "patience": 10, "ema": 0.99}, "recipe R")
 
+for _base in ("sign+R", "sign+payload+R", "paper+R"):
+    _add(f"{_base}+lb", _base, {"byte_scaling": "learned"}, {}, "learned byte values")
+    _add(f"{_base}+ll", _base, {"length_scaling": "learned"}, {}, "learned length values")
+    _add(f"{_base}+lbl", _base, {"byte_scaling": "learned", "length_scaling": "learned"}, {},
+         "learned byte and length values")
+
 
 def _batch_for(n_train: int, min_steps: int) -> int:
     """The trainer's auto batch size rule with another step target."""

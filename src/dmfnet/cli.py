@@ -261,7 +261,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         metavar="A,B",
         help="comma-separated classes left out (for example Unknown)",
     )
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs per run (default: 30)")
+    from dmfnet.training import defaults
+
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=defaults.EPOCHS,
+        help=f"maximum epochs per run (default: {defaults.EPOCHS})",
+    )
     p.add_argument(
         "--batch-size",
         type=int,
@@ -269,16 +276,36 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         help="flows per step, over all processes (default: auto, a power of two in 32-256 "
         "giving at least 32 steps per epoch where the training split allows)",
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument(
-        "--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 1e-2)"
+        "--lr", type=float, default=defaults.LR, help=f"AdamW learning rate (default: {defaults.LR})"
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=defaults.WEIGHT_DECAY,
+        help=f"AdamW weight decay (default: {defaults.WEIGHT_DECAY})",
     )
     p.add_argument(
         "--patience",
         type=int,
-        default=5,
+        default=defaults.PATIENCE,
         help="stop after this many epochs without a better validation macro-F1; 0 never stops "
-        "early (default: 5)",
+        f"early (default: {defaults.PATIENCE})",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default=defaults.SCHEDULE,
+        help="learning rate: constant, or one epoch of warm-up then cosine decay "
+        f"(default: {defaults.SCHEDULE})",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=defaults.EMA,
+        metavar="DECAY",
+        help="validate, early-stop on and keep a moving average of the weights with this "
+        f"decay per step; 0 turns it off (default: {defaults.EMA})",
     )
     p.add_argument(
         "--device",
@@ -306,13 +333,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="seed of the split, init and batch order (default: 0)"
     )
     _add_training_options(p)
-    p.add_argument(
-        "--schedule",
-        choices=("constant", "cosine"),
-        default="constant",
-        help="learning rate: constant, or one epoch of warm-up then cosine decay "
-        "(default: constant)",
-    )
     p.add_argument(
         "--num-workers",
         type=int,
@@ -428,6 +448,7 @@ def _run_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay,
             patience=args.patience,
             schedule=args.schedule,
+            ema=args.ema,
             min_class_flows=args.min_class_flows,
             drop_classes=_class_list(args.drop_classes),
             device=args.device,
@@ -616,6 +637,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
             lr=args.lr,
             weight_decay=args.weight_decay,
             patience=args.patience,
+            schedule=args.schedule,
+            ema=args.ema,
             device=args.device,
             model_config=model_config,
             complexity=not args.no_complexity,

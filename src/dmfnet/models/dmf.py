@@ -56,7 +56,8 @@ from dmfnet.models.config import (
 from dmfnet.models.registry import register_model
 
 MODALITIES = ("bytes", "lengths")
-LENGTH_SCALINGS = ("sqrt", "log", "linear")
+LENGTH_SCALINGS = ("sqrt", "log", "linear", "learned")
+BYTE_SCALINGS = ("linear", "learned")
 LENGTH_DIRECTIONS = ("none", "sign", "channel")
 LENGTH_PACKETS = ("all", "payload")
 BYTE_COLUMNS = ("bytes", "payload_packet_bytes")
@@ -124,6 +125,13 @@ class DMFConfig:
     # Dataset column of the raw-byte modality: "bytes" (the first N packets, the paper) or
     # "payload_packet_bytes" (the first N packets that carry payload; same layout).
     byte_column: str = "bytes"
+    # How a byte value becomes the MLP's input: "linear" (value / 255, the paper) or
+    # "learned" (one learned number per byte value, initialised to value / 255). Likewise
+    # length_scaling "learned": one learned number per length (1..1500 exactly, longer ones
+    # per 256 bytes), initialised to the "sqrt" scaling. The MLP widths do not change; what
+    # changes is that a value the classes hinge on (a protocol's type byte, a message's
+    # exact length) can be moved away from its numeric neighbours.
+    byte_scaling: str = "linear"
     # Training only: label smoothing of every cross-entropy term, and the share of byte
     # positions zeroed at random in each training flow (augmentation; 0 = off).
     label_smoothing: float = 0.0
@@ -159,6 +167,7 @@ def _check_values(c: DMFConfig) -> None:
     one_of(c, "length_direction", LENGTH_DIRECTIONS)
     one_of(c, "length_packets", LENGTH_PACKETS)
     one_of(c, "byte_column", BYTE_COLUMNS)
+    one_of(c, "byte_scaling", BYTE_SCALINGS)
     if c.deep_fusion:  # each stage's Transformer splits its width over the heads
         widths = [c.fusion_dim] if c.fusion_dim is not None else list(c.channels)
         if any(w % c.fusion_heads for w in widths):
@@ -371,6 +380,16 @@ class DMF(nn.Module):
         in_len = {"bytes": config.bytes_len, "lengths": lengths_in}
         hidden = {"bytes": config.bytes_hidden, "lengths": config.lengths_hidden}
 
+        if config.byte_scaling == "learned" and "bytes" in config.modalities:
+            self.byte_values = nn.Parameter(torch.arange(256, dtype=torch.float32) / 255.0)
+        if config.length_scaling == "learned" and "lengths" in config.modalities:
+            sizes = torch.cat(
+                [
+                    torch.arange(LEARNED_EXACT + 1, dtype=torch.float32),
+                    LEARNED_EXACT + LEARNED_STEP * torch.arange(1, _coarse_tokens() + 1),
+                ]
+            )
+            self.length_values = nn.Parameter(scale_sqrt(sizes))  # (tokens,)
         self.mlps = nn.ModuleDict(
             {
                 m: ModalityMLP(in_len[m], hidden[m], config.embed_len, config.mlp_dropout)
@@ -422,9 +441,17 @@ class DMF(nn.Module):
         """Raw column values -> floats (bytes / 255, lengths as ``length_scaling`` says,
         with the direction as ``length_direction`` says)."""
         if modality == "bytes":
+            if self.config.byte_scaling == "learned":
+                return self.byte_values[x.long()]  # (B, L): one learned number per value
             return scale_bytes(x)
         c = self.config
-        if c.length_scaling == "sqrt":
+        if c.length_scaling == "learned":
+            size = x.long().abs()
+            coarse = LEARNED_EXACT + (size - LEARNED_EXACT + LEARNED_STEP - 1) // LEARNED_STEP
+            token = torch.where(size <= LEARNED_EXACT, size, coarse)
+            scaled = self.length_values[token.clamp(max=len(self.length_values) - 1)]
+            scaled = scaled * (size > 0)  # padding stays 0
+        elif c.length_scaling == "sqrt":
             scaled = scale_sqrt(x)
         elif c.length_scaling == "log":
             scaled = scale_log(x, MAX_IP_LENGTH)
@@ -491,6 +518,14 @@ class DMF(nn.Module):
             z_lengths = F.normalize(self.projections["lengths"](output.length_rep), dim=1)
             total = total + c.gamma * contrastive_fusion_loss(z_bytes, z_lengths, target, c.margin)
         return total
+
+
+LEARNED_EXACT = 1500  # lengths up to the Ethernet MTU get their own learned value
+LEARNED_STEP = 256  # longer ones (loopback, offloaded captures) share one per 256 bytes
+
+
+def _coarse_tokens() -> int:
+    return -(-(int(MAX_IP_LENGTH) - LEARNED_EXACT) // LEARNED_STEP)
 
 
 def model_inputs(config: DMFConfig) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from dmfnet.outputs import BENCHMARK, open_output
+from dmfnet.training import defaults
 
 DEFAULT_MODELS = (
     "dmf",
@@ -77,8 +78,8 @@ ABLATION_LAYOUT = (
 # Settings that must match for results in one report folder to be comparable.
 _SETTINGS_FILE = "benchmark.json"
 _COMPARABLE = ("dataset", "split", "keep_duplicates", "duplicate_inputs", "epochs",
-               "batch_size", "lr", "weight_decay", "patience", "model_config",
-               "classes_kept")  # fmt: skip
+               "batch_size", "lr", "weight_decay", "patience", "schedule", "ema",
+               "model_config", "classes_kept")  # fmt: skip
 # Paired comparison: a per-seed difference below this many percentage points is a tie.
 PAIRED_TIE_PP = 0.05
 SHARED_DUPLICATE_RULE = (
@@ -740,11 +741,13 @@ def run_benchmark(
     seeds: int = 5,
     split: str = "random",
     keep_duplicates: bool = False,
-    epochs: int = 30,
+    epochs: int = defaults.EPOCHS,
     batch_size: int | None = None,  # None: the trainer's auto_batch_size
-    lr: float = 1e-3,
-    weight_decay: float = 1e-2,
-    patience: int = 5,
+    lr: float = defaults.LR,
+    weight_decay: float = defaults.WEIGHT_DECAY,
+    patience: int = defaults.PATIENCE,
+    schedule: str = defaults.SCHEDULE,
+    ema: float = defaults.EMA,
     device: str | None = None,
     model_config: Mapping[str, Mapping[str, Any]] | None = None,
     complexity: bool = True,
@@ -816,6 +819,8 @@ def run_benchmark(
             "lr": lr,
             "weight_decay": weight_decay,
             "patience": patience,
+            "schedule": schedule,
+            "ema": ema,
             "model_config": model_config,
         }
         if min_class_flows or drop_classes:  # absent otherwise: older reports still resume
@@ -853,6 +858,8 @@ def run_benchmark(
                         lr=lr,
                         weight_decay=weight_decay,
                         patience=patience,
+                        schedule=schedule,
+                        ema=ema,
                         device=device,
                         model_config=model_config.get(model),
                         duplicate_inputs=duplicate_inputs,
@@ -881,7 +888,8 @@ def run_benchmark(
 
         info = {"dataset": dataset_name, **_dataset_facts(dataset), "split": split,
                 "keep_duplicates": bool(keep_duplicates), "duplicate_inputs": duplicate_inputs,
-                "epochs (max)": epochs, "early stopping patience": patience}  # fmt: skip
+                "epochs (max)": epochs, "early stopping patience": patience,
+                "learning rate schedule": schedule, "weight average (EMA decay)": ema or "off"}  # fmt: skip
         if min_class_flows:
             info["classes kept"] = f"at least {min_class_flows} flows"
         if drop_classes:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dmfnet.outputs import EVALUATION, RUN, Output, check_output, open_output
-from dmfnet.training import distributed
+from dmfnet.training import defaults, distributed
 from dmfnet.training.metrics import classification_metrics
 from dmfnet.training.runs import (
     ESTIMATOR_DIR,
@@ -62,13 +62,13 @@ class TrainConfig:
     seed: int = 0
     split: str = "random"  # "random": 8:1:1 stratified (paper); "file": by capture file
     keep_duplicates: bool = False  # True keeps duplicate test flows (the paper's protocol)
-    epochs: int = 30
+    epochs: int = defaults.EPOCHS
     batch_size: int = 256  # global: divided among processes under torchrun; see auto_batch_size
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    patience: int = 5  # epochs without a better validation macro-F1 before stopping; 0: never
-    schedule: str = "constant"  # learning rate: "constant", or "cosine" (warm-up + decay)
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    lr: float = defaults.LR
+    weight_decay: float = defaults.WEIGHT_DECAY
+    patience: int = defaults.PATIENCE  # epochs without a better validation macro-F1 before stopping; 0: never
+    schedule: str = defaults.SCHEDULE  # learning rate: "constant", or "cosine" (warm-up + decay)
+    ema: float = defaults.EMA  # decay of an exponential moving average of the weights; 0 = off
     device: str = "cpu"
     num_workers: int = 0  # DataLoader workers gathering batches; 0 gathers in-process
     world_size: int = 1
@@ -208,8 +208,8 @@ def split_indices(
 
 # ----------------------------------------------------------------------------- batching
 
-MIN_STEPS_PER_EPOCH = 32  # auto batch size: enough optimiser steps per epoch on small data
-MIN_BATCH, MAX_BATCH = 32, 256
+MIN_STEPS_PER_EPOCH = defaults.MIN_STEPS_PER_EPOCH  # auto batch size: steps per epoch
+MIN_BATCH, MAX_BATCH = defaults.MIN_BATCH, defaults.MAX_BATCH
 
 
 def auto_batch_size(n_train: int) -> int:
@@ -528,13 +528,13 @@ def train(
     seed: int = 0,
     split: str = "random",
     keep_duplicates: bool = False,
-    epochs: int = 30,
+    epochs: int = defaults.EPOCHS,
     batch_size: int | None = None,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-2,
-    patience: int = 5,
-    schedule: str = "constant",
-    ema: float = 0.0,
+    lr: float = defaults.LR,
+    weight_decay: float = defaults.WEIGHT_DECAY,
+    patience: int = defaults.PATIENCE,
+    schedule: str = defaults.SCHEDULE,
+    ema: float = defaults.EMA,
     device: str | torch.device | None = None,
     model_config: Mapping[str, Any] | None = None,
     num_workers: int = 0,
