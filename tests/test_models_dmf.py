@@ -4,16 +4,21 @@ import pytest
 import torch
 
 from dmfnet.models import create_model, get_entry
-from dmfnet.models.dmf import DMF, DMFConfig, DMFOutput, contrastive_fusion_loss
+from dmfnet.models.dmf import DMF, PAPER_CONFIG, DMFConfig, DMFOutput, contrastive_fusion_loss
 
 DMF_NAMES = ["dmf", "dmf-no-lengths", "dmf-no-bytes", "dmf-late"]
 
 
 def raw_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, (batch, 1600), dtype=torch.uint8, generator=g)
+    lengths = torch.randint(40, 1500, (batch, 30), dtype=torch.int32, generator=g)
     return {
-        "bytes": torch.randint(0, 256, (batch, 1600), dtype=torch.uint8, generator=g),
-        "lengths": torch.randint(40, 1500, (batch, 30), dtype=torch.int32, generator=g),
+        "bytes": raw,
+        "payload_packet_bytes": raw.flip(1),
+        "lengths": lengths,
+        "directions": (torch.randint(0, 2, (batch, 30), generator=g) * 2 - 1).to(torch.int8),
+        "payload_lengths": (lengths - 52).clamp(min=0),
     }
 
 
@@ -27,7 +32,7 @@ def test_output_shapes(name):
     model = create_model(name, 5)
     out = call(name, model, raw_inputs(4))
     assert out.logits.shape == (4, 5)
-    has_bytes = "bytes" in get_entry(name).inputs
+    has_bytes = "payload_packet_bytes" in get_entry(name).inputs
     has_lengths = "lengths" in get_entry(name).inputs
     assert (out.byte_rep is not None) == has_bytes
     assert (out.length_rep is not None) == has_lengths
@@ -43,10 +48,14 @@ def test_registry_groups_and_inputs():
     assert get_entry("dmf").group == "multimodal"
     for name in DMF_NAMES[1:]:
         assert get_entry(name).group == "ablation"
-    assert get_entry("dmf").inputs == ("bytes", "lengths")
-    assert get_entry("dmf-no-lengths").inputs == ("bytes",)
-    assert get_entry("dmf-no-bytes").inputs == ("lengths",)
-    assert get_entry("dmf-late").inputs == ("bytes", "lengths")
+    # dmfnet's DMF: the first payload packets' bytes, lengths signed by direction; the
+    # ablations follow it, so that Tables 4-5 compare like with like.
+    both = ("payload_packet_bytes", "lengths", "directions")
+    assert get_entry("dmf").inputs == both
+    assert get_entry("dmf-no-lengths").inputs == ("payload_packet_bytes",)
+    assert get_entry("dmf-no-bytes").inputs == ("lengths", "directions")
+    assert get_entry("dmf-late").inputs == both
+    assert get_entry("dmf-paper").inputs == ("bytes", "lengths")
 
 
 def test_late_fusion_has_no_fusion_blocks_and_dmf_one_per_stage():
@@ -61,7 +70,7 @@ def test_byte_head_sees_lengths_only_with_deep_fusion(name, fused):
     a = raw_inputs(8, seed=1)
     b = dict(a, lengths=raw_inputs(8, seed=2)["lengths"])  # same bytes, other lengths
     with torch.no_grad():
-        out_a, out_b = model(a["bytes"], a["lengths"]), model(b["bytes"], b["lengths"])
+        out_a, out_b = call(name, model, a), call(name, model, b)
     changed = not torch.allclose(out_a.byte_logits, out_b.byte_logits, atol=1e-6)
     assert changed == fused
     # The length head always depends on the lengths.
@@ -81,12 +90,21 @@ def separable_batch(n_per_class: int = 8, classes: int = 3):
     return bytes_, lengths, target
 
 
+def separable_inputs(n_per_class: int = 8) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`separable_batch` as every column DMF and its variants may read."""
+    bytes_, lengths, target = separable_batch(n_per_class)
+    directions = torch.ones_like(lengths, dtype=torch.int8)
+    directions[:, 1::2] = -1
+    inputs = {"bytes": bytes_, "payload_packet_bytes": bytes_, "lengths": lengths,
+              "directions": directions, "payload_lengths": (lengths - 40).clamp(min=0)}  # fmt: skip
+    return inputs, target
+
+
 @pytest.mark.parametrize("name", DMF_NAMES)
 def test_loss_is_finite_and_decreases_on_separable_batch(name):
     torch.manual_seed(0)
     model = create_model(name, 3)
-    bytes_, lengths, target = separable_batch()
-    inputs = {"bytes": bytes_, "lengths": lengths}
+    inputs, target = separable_inputs()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(15):
@@ -102,8 +120,8 @@ def test_loss_is_finite_and_decreases_on_separable_batch(name):
 def test_dmf_loss_sums_all_four_terms():
     torch.manual_seed(0)
     model = create_model("dmf", 3, alpha=0.0, beta=0.0, gamma=0.0).eval()
-    bytes_, lengths, target = separable_batch(2)
-    out = model(bytes_, lengths)
+    inputs, target = separable_inputs(2)
+    out = call("dmf", model, inputs)
     ce = torch.nn.functional.cross_entropy(out.logits, target)
     assert torch.allclose(model.loss(out, target), ce)
     model.config.alpha = 1.0
@@ -137,15 +155,15 @@ def test_contrastive_without_negatives_is_positive_term_only():
 
 
 def test_scaling_of_raw_inputs():
-    model = DMF(DMFConfig(num_classes=2))
+    model = DMF(DMFConfig(num_classes=2, **PAPER_CONFIG))
     assert model.scale("bytes", torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [0.0, 1.0]
     signed = torch.tensor([-1500, 0, 375, 65535], dtype=torch.int32)
     expected = [1.0, 0.0, 0.5, (65535 / 1500) ** 0.5]
     assert model.scale("lengths", signed).tolist() == pytest.approx(expected)
-    log = DMF(DMFConfig(num_classes=2, length_scaling="log"))
+    log = DMF(DMFConfig(num_classes=2, length_scaling="log", length_direction="none"))
     signed = torch.tensor([-65535, 0, 65535, 255], dtype=torch.int32)
     assert log.scale("lengths", signed).tolist() == pytest.approx([1.0, 0.0, 1.0, 0.5], abs=1e-3)
-    linear = DMF(DMFConfig(num_classes=2, length_scaling="linear"))
+    linear = DMF(DMFConfig(num_classes=2, length_scaling="linear", length_direction="none"))
     assert linear.scale("lengths", signed).tolist() == pytest.approx([1.0, 0.0, 1.0, 255 / 65535])
 
 
@@ -154,7 +172,11 @@ def test_default_length_scaling_keeps_neighbouring_lengths_apart():
     # input value: the first layer could not separate them.
     lengths = torch.tensor([583, 590], dtype=torch.int32)
     gaps = {
-        name: float(DMF(DMFConfig(length_scaling=name)).scale("lengths", lengths).diff())
+        name: float(
+            DMF(DMFConfig(length_scaling=name, length_direction="none"))
+            .scale("lengths", lengths)
+            .diff()
+        )
         for name in ("sqrt", "log", "linear")
     }
     assert gaps["sqrt"] > 0.003
@@ -167,7 +189,7 @@ def test_bad_configuration_and_inputs_are_refused():
     with pytest.raises(ValueError, match="length_scaling"):
         DMF(DMFConfig(length_scaling="cubic"))
     model = create_model("dmf", 2)
-    with pytest.raises(ValueError, match="expects 2 inputs"):
+    with pytest.raises(ValueError, match="expects 3 inputs"):
         model(raw_inputs(2)["bytes"])
 
 
@@ -184,9 +206,7 @@ def test_state_dict_round_trip_gives_same_logits():
     clone.load_state_dict(model.state_dict())
     x = raw_inputs(3)
     with torch.no_grad():
-        assert torch.equal(
-            model(x["bytes"], x["lengths"]).logits, clone(x["bytes"], x["lengths"]).logits
-        )
+        assert torch.equal(call("dmf", model, x).logits, call("dmf", clone, x).logits)
 
 
 def test_transformer_layer_matches_the_reference_post_norm_layer():
@@ -237,14 +257,32 @@ def test_pooling_and_upsampling_matrices_equal_torch_ops(length):
 def test_configuration_variants_build_and_train(config):
     torch.manual_seed(0)
     model = create_model("dmf", 3, **config)
-    bytes_, lengths, target = separable_batch(2)
-    out = model(bytes_, lengths)
+    inputs, target = separable_inputs(2)
+    out = call("dmf", model, inputs)
     assert out.logits.shape == (6, 3)
     model.loss(out, target).backward()
     assert all(p.grad is not None for p in model.parameters())
 
 
 # ----------------------------------------------------------------- input representations
+
+
+def test_learned_values_start_at_the_fixed_scalings_and_are_trained():
+    model = create_model("dmf", 3)  # learned byte and length values by default
+    assert model.scale("bytes", torch.tensor([0, 51, 255], dtype=torch.uint8)).tolist() == (
+        pytest.approx([0.0, 0.2, 1.0])
+    )
+    lengths = torch.tensor([[375, 1500, 1501, 65535, 0]], dtype=torch.int32)
+    directions = torch.tensor([[1, -1, 1, 1, 0]], dtype=torch.int8)
+    got = model.scale("lengths", lengths, directions)[0].tolist()
+    # 1501 shares the value of 1501..1756 (initialised at 1756), 65535 that of 65501..65756.
+    assert got == pytest.approx([0.5, -1.0, (1756 / 1500) ** 0.5, (65756 / 1500) ** 0.5, 0.0],
+                                rel=1e-3)  # fmt: skip
+    inputs, target = separable_inputs(2)
+    model.loss(call("dmf", model, inputs), target).backward()
+    assert model.byte_values.grad.abs().sum() > 0 and model.length_values.grad.abs().sum() > 0
+    paper = create_model("dmf-paper", 2)
+    assert not hasattr(paper, "byte_values") and not hasattr(paper, "length_values")
 
 
 def test_signed_lengths_reach_the_model_with_their_sign():
@@ -272,13 +310,14 @@ def test_direction_changes_the_prediction_only_when_the_model_reads_it():
     flipped = -forward
     for direction, differs in (("sign", True), ("channel", True)):
         torch.manual_seed(0)
-        model = DMF(DMFConfig(num_classes=3, length_direction=direction)).eval()
+        model = DMF(DMFConfig(num_classes=3, length_direction=direction, byte_column="bytes"))
+        model.eval()
         assert model.inputs == ("bytes", "lengths", "directions")
         a = model(b, lengths, forward).logits
         c = model(b, lengths, flipped).logits
         assert (not torch.allclose(a, c)) == differs
     torch.manual_seed(0)
-    paper = DMF(DMFConfig(num_classes=3, length_direction="none")).eval()
+    paper = DMF(DMFConfig(num_classes=3, **PAPER_CONFIG)).eval()
     assert paper.inputs == ("bytes", "lengths")
 
 
@@ -323,7 +362,8 @@ def test_dmf_paper_is_the_papers_configuration():
 
 def test_label_smoothing_and_byte_masking_act_in_training_only():
     torch.manual_seed(0)
-    cfg = DMFConfig(num_classes=3, label_smoothing=0.2, byte_mask=0.5, gamma=0.0)
+    cfg = DMFConfig(**{**PAPER_CONFIG, "num_classes": 3, "label_smoothing": 0.2,
+                       "byte_mask": 0.5, "gamma": 0.0})  # fmt: skip
     model = DMF(cfg)
     x = raw_inputs(6)
     target = torch.tensor([0, 1, 2, 0, 1, 2])

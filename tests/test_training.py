@@ -61,7 +61,7 @@ def test_run_folder_records_model_config_split_and_history(dmf_run, dataset):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["model"] == "dmf" and info["kind"] == "torch"
     assert info["classes"] == ["chat", "download", "ssh"]
-    assert info["inputs"] == ["bytes", "lengths"]
+    assert info["inputs"] == ["payload_packet_bytes", "lengths", "directions"]
     assert info["model_config"]["channels"] == [16, 32, 64]
     assert info["seed"] == 3 and info["split"] == "random"
     assert info["training"]["epochs"] == 8 and info["training"]["batch_size"] == 16
@@ -97,7 +97,7 @@ def test_same_seed_gives_identical_metrics(dmf_run, dataset, tmp_path):
 def test_saved_run_loads_and_reproduces_the_test_metrics(dmf_run, dataset):
     run_dir, result = dmf_run
     model = load_run(run_dir)
-    assert model.classes == ["chat", "download", "ssh"] and model.inputs == ("bytes", "lengths")
+    assert model.classes == ["chat", "download", "ssh"] and model.inputs == ("payload_packet_bytes", "lengths", "directions")
     _, _, test_idx, _ = split_indices(dataset, model.inputs, seed=3)
     arrays = {c: dataset[c][test_idx] for c in model.inputs}
     proba = model.predict_proba(arrays, batch_size=5)  # several batches

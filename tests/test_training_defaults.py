@@ -20,12 +20,13 @@ from training_data import synthetic_flows
 
 @pytest.mark.parametrize(
     ("n_train", "batch"),
-    [(10, 32), (864, 32), (2_772, 64), (8_192, 256), (5_000_000, 256)],
+    [(10, 32), (864, 32), (2_772, 32), (8_308, 64), (20_000, 128), (40_000, 256),
+     (5_000_000, 256)],  # fmt: skip
 )
 def test_auto_batch_size_gives_small_datasets_enough_steps(n_train, batch):
     assert auto_batch_size(n_train) == batch
-    if n_train >= 32 * 32:  # where the data allows, at least 32 steps per epoch
-        assert math.ceil(n_train / batch) >= 32 or batch == 256
+    if n_train >= 32 * 128:  # where the data allows, at least 128 steps per epoch
+        assert math.ceil(n_train / batch) >= 128 or batch == 256
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
@@ -45,7 +46,7 @@ def test_default_batch_size_follows_the_training_split_and_is_recorded(tmp_path)
     )
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["training"]["batch_size"] == auto_batch_size(result["train_size"])
-    assert info["training"]["schedule"] == "constant"
+    assert info["training"]["schedule"] == "cosine" and info["training"]["ema"] == 0.99
 
 
 def test_cosine_schedule_trains_and_an_unknown_schedule_is_refused(tmp_path):

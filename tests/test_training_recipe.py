@@ -22,6 +22,10 @@ def test_weight_average_moves_a_share_of_the_way_and_copies_buffers():
         for p in model.parameters():
             p.add_(1.0)
         model[1].running_mean.fill_(5.0)
+    # The first updates follow the weights closely: decay (1 + n) / (10 + n), then 0.9.
+    assert [WeightAverage(model, 0.9).current_decay() for _ in range(1)] == [0.1]
+    average.updates = 100
+    assert average.current_decay() == 0.9
     average.update()
     for avg, old, new in zip(average.model.parameters(), before, model.parameters(), strict=True):
         assert torch.allclose(avg, 0.9 * old + 0.1 * new)

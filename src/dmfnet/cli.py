@@ -274,7 +274,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="flows per step, over all processes (default: auto, a power of two in 32-256 "
-        "giving at least 32 steps per epoch where the training split allows)",
+        f"giving at least {defaults.MIN_STEPS_PER_EPOCH} steps per epoch where the training "
+        "split allows)",
     )
     p.add_argument(
         "--lr", type=float, default=defaults.LR, help=f"AdamW learning rate (default: {defaults.LR})"

@@ -20,14 +20,14 @@ from typing import Any
 
 import dmfnet
 from dmfnet.outputs import DEMO, open_output
+from dmfnet.training import defaults
 
 CAPTURES_ENV = "DMFNET_DEMO_CAPTURES"
 DEFAULT_CAPTURE = Path("tls-chat") / "tls-chat-2.pcap"  # the capture classified at the end
-# Small batches: the demo dataset has about 900 training flows, so 256-flow batches would
-# give only 4 optimiser steps per epoch.
+# The demo trains as `dmfnet train` does by default (batch 32 on its ~860 training flows).
 DEMO_BATCH_SIZE = 32
-DEMO_EPOCHS = 20
-DEMO_PATIENCE = 8  # validation has about 100 flows: its macro-F1 is noisy
+DEMO_EPOCHS = defaults.EPOCHS
+DEMO_PATIENCE = defaults.PATIENCE
 
 
 class DemoError(ValueError):

@@ -45,9 +45,6 @@ _STRING = "str"
 # Byte strings of packets: fixed-size binary on disk; other sequences are lists of numbers.
 BINARY_COLUMNS = ("bytes", "payload_packet_bytes", "flow_head", "payload_head")
 
-
-WIDTHS_KEY = b"dmfnet.widths"  # Parquet schema metadata: values per row of each sequence
-
 # Flow times: float64 epoch seconds in memory (flow assembly's values, from which models
 # compute durations); on disk Arrow/Parquet timestamps in microseconds, UTC, so that
 # readers see times (float64 seconds carry about 0.24 µs at today's dates: microseconds
@@ -55,6 +52,9 @@ WIDTHS_KEY = b"dmfnet.widths"  # Parquet schema metadata: values per row of each
 TIME_COLUMNS = ("start_time", "end_time")
 TIME_TYPE = pa.timestamp("us", tz="UTC")
 _TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+WIDTHS_KEY = b"dmfnet.widths"  # Parquet schema metadata: values per row of each sequence
 
 
 def default_widths() -> dict[str, int]:

@@ -104,34 +104,31 @@ class DMFConfig:
     gamma: float = 1.0  # weight of the contrastive fusion loss, eq. 10
     margin: float = 1.0  # m in eq. 10, on squared distance; unit vectors have D^2 in [0, 4]
     projection_dim: int = 64  # space where eq. 10 compares the two modalities
-    # Packet lengths enter as sqrt(|length| / 1500) ("sqrt", the default), as
-    # log1p(|length|) / log1p(65535) ("log") or as |length| / 65535 ("linear", the IP length
-    # maximum); |.| makes a direction-signed column work too. What matters is how far apart
-    # neighbouring lengths land: 583 vs 590 bytes differ by 0.004 with "sqrt", 0.001 with
-    # "log" and 0.0001 with "linear", and the first Linear layer (weights ~0.2) barely sees
-    # the last two. Validation macro-F1, seed 0, the bundled demo (1,080 flows, batch 32) and
-    # the nDPI captures (17 classes with >= 50 flows, batch 256): lengths-only ablation
-    # "sqrt" 0.95 / 0.69, "log" 0.90 / 0.60 ("linear" 0.25 on nDPI); full DMF 0.95 / 0.88
-    # with "sqrt", 0.91 / 0.89 with "log". Trees on the same 30 lengths reach 0.98 on the demo.
-    length_scaling: str = "sqrt"
+    # How lengths become numbers: "learned" (the default: one learned number per length,
+    # 1..1500 exactly and longer ones per 256 bytes, initialised to "sqrt"), "sqrt"
+    # (sqrt(|length| / 1500): 583 vs 590 bytes land 0.004 apart), "log"
+    # (log1p(|length|) / log1p(65535): 0.001 apart) or "linear" (|length| / 65535, the IP
+    # maximum: 0.0001 apart, which the first Linear layer barely sees). dmf-paper keeps
+    # "sqrt". Defaults chosen on validation splits: docs/model-study.md.
+    length_scaling: str = "learned"
     # Direction of each packet in the length modality, from the ``directions`` column:
     # "none" (the paper: plain lengths), "sign" (+ client->server, - server->client, applied
     # after the scaling so that it survives it) or "channel" (a second 30-value input).
-    length_direction: str = "none"
+    length_direction: str = "sign"
     # Which packets the length sequence lists: "all" of the first M (the paper) or only
     # those that carry payload ("payload", from the ``payload_lengths`` column): pure ACKs
     # sit between data packets at positions that vary with timing, shifting everything after.
     length_packets: str = "all"
     # Dataset column of the raw-byte modality: "bytes" (the first N packets, the paper) or
     # "payload_packet_bytes" (the first N packets that carry payload; same layout).
-    byte_column: str = "bytes"
+    byte_column: str = "payload_packet_bytes"
     # How a byte value becomes the MLP's input: "linear" (value / 255, the paper) or
     # "learned" (one learned number per byte value, initialised to value / 255). Likewise
     # length_scaling "learned": one learned number per length (1..1500 exactly, longer ones
     # per 256 bytes), initialised to the "sqrt" scaling. The MLP widths do not change; what
     # changes is that a value the classes hinge on (a protocol's type byte, a message's
     # exact length) can be moved away from its numeric neighbours.
-    byte_scaling: str = "linear"
+    byte_scaling: str = "learned"
     # Training only: label smoothing of every cross-entropy term, and the share of byte
     # positions zeroed at random in each training flow (augmentation; 0 = off).
     label_smoothing: float = 0.0
@@ -607,7 +604,10 @@ def _register(name: str, defaults: dict, group: str, description: str) -> None:
 # validation splits (docs/model-study.md).
 PAPER_CONFIG = {
     "byte_column": "bytes",
+    "byte_scaling": "linear",
+    "length_scaling": "sqrt",
     "length_direction": "none",
+    "length_packets": "all",
     "label_smoothing": 0.0,
     "byte_mask": 0.0,
 }

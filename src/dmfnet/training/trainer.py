@@ -214,10 +214,11 @@ MIN_BATCH, MAX_BATCH = defaults.MIN_BATCH, defaults.MAX_BATCH
 
 def auto_batch_size(n_train: int) -> int:
     """Flows per step for ``n_train`` training flows: a power of two in [32, 256] giving at
-    least 32 steps per epoch where the data allows.
+    least ``MIN_STEPS_PER_EPOCH`` (128) steps per epoch where the data allows.
 
-    A fixed 256 gives the bundled demo (864 training flows) 4 steps per epoch: 30 epochs are
-    120 steps and models stop before they fit. Large datasets keep 256.
+    A fixed 256 gives the bundled demo (864 training flows) 4 steps per epoch and the IoT
+    Sentinel devices (8.3 k) 32: models stopped before they fit (docs/model-study.md).
+    Datasets of 32 k training flows and more keep 256.
     """
     target = max(n_train // MIN_STEPS_PER_EPOCH, 1)
     size = 1 << (target.bit_length() - 1)  # largest power of two <= target
@@ -315,15 +316,23 @@ class WeightAverage:
         import copy
 
         self.decay = decay
+        self.updates = 0
         self.model = copy.deepcopy(model)
         self.model.requires_grad_(False)
         self._params = [p for p in model.parameters()]
         self._avg = [p for p in self.model.parameters()]
         self._buffers = list(zip(self.model.buffers(), model.buffers(), strict=True))
 
+    def current_decay(self) -> float:
+        """The decay of the next update: ``min(decay, (1 + n) / (10 + n))`` after ``n``
+        updates, so that the average follows the first steps closely (a plain 0.99 would
+        keep the random initial weights in it for hundreds of steps)."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self._avg, self._params, 1.0 - self.decay)
+        torch._foreach_lerp_(self._avg, self._params, 1.0 - self.current_decay())
+        self.updates += 1
         for avg, current in self._buffers:
             avg.copy_(current)
 
