@@ -113,10 +113,12 @@ def test_complexity_numbers_are_positive_and_params_match(name):
 
 
 def test_flop_count_sees_the_fusion_transformer():
-    data = synthetic_inputs(["bytes", "lengths"], 16)
-    tensors = [torch.from_numpy(data[c]) for c in ("bytes", "lengths")]
-    deep = count_flops(create_model("dmf", 5).eval(), tensors)
-    late = count_flops(create_model("dmf-late", 5).eval(), tensors)
+    deep_model, late_model = create_model("dmf", 5).eval(), create_model("dmf-late", 5).eval()
+    assert deep_model.inputs == late_model.inputs
+    data = synthetic_inputs(list(deep_model.inputs), 16)
+    tensors = [torch.from_numpy(data[c]) for c in deep_model.inputs]
+    deep = count_flops(deep_model, tensors)
+    late = count_flops(late_model, tensors)
     # Hand count of the byte MLP alone: 2 * 16 flows * (1600*512 + 512*256) multiply-adds.
     assert late > 2 * 16 * (1600 * 512 + 512 * 256)
     assert deep > late * 1.2  # three Transformer fusion blocks are not free

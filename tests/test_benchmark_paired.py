@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dmfnet.models import model_inputs
 from dmfnet.training.benchmark import (
     METRIC_COLUMNS,
     SHARED_DUPLICATE_RULE,
@@ -68,7 +69,7 @@ def test_a_duplicate_in_one_models_inputs_only_is_kept_for_all(tmp_path):
         info = json.loads((tmp_path / model / "run.json").read_text())
         assert info["duplicate_inputs"] == ["bytes", "lengths"]
     info = json.loads((tmp_path / "own" / "run.json").read_text())
-    assert info["duplicate_inputs"] == ["lengths"]  # None: the model's own inputs
+    assert info["duplicate_inputs"] == list(model_inputs("dmf-no-bytes"))  # the model's own
 
 
 def test_a_full_duplicate_is_dropped_for_all_models(tmp_path):
@@ -107,7 +108,9 @@ def test_two_models_of_one_benchmark_get_the_same_test_flows(tmp_path):
 
     run_benchmark(ds, tmp_path, models=["dmf-no-bytes", "dmf-no-lengths"], seeds=1,
                   complexity=False, train_fn=recording, **ONE_EPOCH)  # fmt: skip
-    assert seen == [["bytes", "lengths"], ["bytes", "lengths"]]
+    union = sorted(set(model_inputs("dmf-no-bytes")) | set(model_inputs("dmf-no-lengths")))
+    assert union == ["directions", "lengths", "payload_packet_bytes"]
+    assert seen == [union, union]
     rows = {r["model"]: r for r in read_results(tmp_path / "results.csv")}
     all_test, twin = _twin_in_train(0, ds)
     assert twin.sum() > 0  # each model's own inputs would have given different test sets
@@ -115,9 +118,9 @@ def test_two_models_of_one_benchmark_get_the_same_test_flows(tmp_path):
     assert rows["dmf-no-bytes"]["test_size"] == len(all_test)
     assert rows["dmf-no-bytes"]["duplicates_removed"] == 0
     settings = json.loads((tmp_path / "benchmark.json").read_text())
-    assert settings["duplicate_inputs"] == ["bytes", "lengths"]
+    assert settings["duplicate_inputs"] == union
     md = (tmp_path / "tables.md").read_text()
-    assert SHARED_DUPLICATE_RULE in md and "compared on bytes, lengths" in md
+    assert SHARED_DUPLICATE_RULE in md and f"compared on {', '.join(union)}" in md
     assert f"**Test flows per seed:** 0: {len(all_test)}" in md
 
 

@@ -90,17 +90,12 @@ def _many_class_metrics(k=300, absent=40, seed=2):
 
 
 def test_many_classes_draw_a_bounded_figure_of_the_worst_confusions(tmp_path):
-    import time
-
     from dmfnet.training.report import MAX_FIGURE_CLASSES, confusion_focus
 
     m, names = _many_class_metrics()
-    start = time.perf_counter()
     write_run_report(tmp_path, m, HISTORY, names, {"model": "dmf"})
-    seconds = time.perf_counter() - start
     width, height = _png_size(tmp_path / "confusion.png")
     assert width <= 3000 and height <= 3000, (width, height)
-    assert seconds < 20, seconds  # 374 classes took minutes before
     shown = confusion_focus(m["confusion"])
     assert len(shown) == MAX_FIGURE_CLASSES
     assert set(range(5)) <= set(shown.tolist())  # the confused classes are in the figure
