@@ -746,7 +746,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "held-out flows -> report -> predictions for one capture.",
     )
     p.add_argument("-o", "--output", default="demo-run", help="folder to write (default: demo-run)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default: 20)")
+    from dmfnet.training import defaults
+
+    p.add_argument("--epochs", type=int, help=f"maximum epochs (default: {defaults.EPOCHS})")
     p.add_argument("--batch-size", type=int, help="flows per step (default: 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of split and training (default: 0)")
     p.add_argument(
