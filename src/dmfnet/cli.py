@@ -680,10 +680,38 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
         "settings and filters), predict each kept flow with the run's model and write one "
         "line per flow: capture, protocol, endpoints as seen, start time, packets, predicted "
         "class, probability and the top classes. Flows are written as they complete, so "
-        "memory stays bounded whatever the capture size.",
+        "memory stays bounded whatever the capture size. Live traffic: `-` reads a pcap "
+        "stream from standard input (tcpdump -i eth0 -U -w - | dmfnet classify RUN - -o -) "
+        "and --interface captures with tcpdump; each flow is then written as soon as it is "
+        "decided, with the packets seen and the capture time of the decision. Ctrl-C or "
+        "SIGTERM decides the open flows, writes them and exits 0.",
     )
     p.add_argument("run", help="run folder written by `dmfnet train` (or `dmfnet demo`)")
-    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng files or folders")
+    p.add_argument(
+        "captures",
+        nargs="*",
+        metavar="CAPTURE",
+        help="pcap/pcapng files or folders; - for a stream on standard input",
+    )
+    p.add_argument(
+        "--interface",
+        metavar="IFACE",
+        help="capture and classify the traffic of a network interface (runs tcpdump, which "
+        "needs the capture privilege)",
+    )
+    p.add_argument(
+        "--capture-filter",
+        metavar="BPF",
+        help="with --interface: a tcpdump filter expression, e.g. 'tcp port 443'",
+    )
+    p.add_argument(
+        "--decide-after",
+        type=int,
+        metavar="K",
+        help="decide each flow on its first K packets (1-30), as soon as it has them "
+        "(default: files on whole flows; a stream or interface as soon as the model's "
+        "inputs are complete, e.g. 30 packets for DMF)",
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -698,18 +726,40 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from dmfnet.classify import ClassifyError, classify_captures
+    from dmfnet.classify import ClassifyError, classify_captures, classify_stream
 
     _set_threads(args.threads)
+    stream = args.captures == ["-"]
+    if "-" in args.captures and not stream:
+        raise UserError("- (standard input) cannot be mixed with capture files")
+    if args.interface is not None and args.captures:
+        raise UserError("give captures or --interface, not both")
+    if args.interface is None and not args.captures:
+        raise UserError("give captures, - for standard input, or --interface")
     try:
-        summary = classify_captures(
-            args.run,
-            args.captures,
-            args.output,
-            fmt=args.format,
-            top_k=args.top,
-            progress=not args.quiet,
-        )
+        if stream or args.interface is not None:
+            summary = classify_stream(
+                args.run,
+                args.output,
+                source=sys.stdin.buffer if stream else None,
+                interface=args.interface,
+                capture_filter=args.capture_filter,
+                fmt=args.format,
+                top_k=args.top,
+                decide_after=args.decide_after,
+            )
+        else:
+            if args.capture_filter:
+                raise UserError("--capture-filter goes with --interface")
+            summary = classify_captures(
+                args.run,
+                args.captures,
+                args.output,
+                fmt=args.format,
+                top_k=args.top,
+                progress=not args.quiet,
+                decide_after=args.decide_after,
+            )
     except ClassifyError as exc:
         raise UserError(str(exc)) from None
     print(summary.report(problems=False), file=sys.stderr if args.output == "-" else sys.stdout)

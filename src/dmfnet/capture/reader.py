@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -1237,12 +1238,129 @@ def _read_gzip(
     fh, name: str, problems: ProblemLog, chunk: int, progress
 ) -> Iterator[ParsedPackets]:
     stream = _GzipStream(fh, name, problems, progress)
+    yield from _read_bytes(stream, name, problems, chunk, "gzip stream")
+
+
+class StopSignal:
+    """A request to stop reading a live stream, for signal handlers (SIGINT, SIGTERM).
+
+    A handler calls :meth:`request`: a read that is waiting for bytes ends at once, one that
+    is not ends before it waits again; the stream then ends as if its writer had closed it,
+    so what was read is still assembled and decided.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.waiting = False
+
+    def request(self) -> None:
+        self.requested = True
+        if self.waiting:
+            raise _Stopped
+
+
+class _Stopped(Exception):
+    """Raised by a signal handler into a read that waits (see :class:`StopSignal`)."""
+
+
+class _LiveStream:
+    """Bytes of a pipe (standard input, a ``tcpdump -w -``) as they arrive.
+
+    A read waits for the first byte only and returns what is there then, so that records
+    are parsed as soon as their writer has flushed them; a fast writer still gives large
+    reads. ``unread`` puts bytes back in front (the sniffed header).
+    """
+
+    def __init__(self, fd: int, name: str, problems: ProblemLog, stop: StopSignal) -> None:
+        self.fd, self.name, self.problems, self.stop = fd, name, problems, stop
+        self.eof = False
+        self.produced = 0
+        self.pending = b""
+
+    def unread(self, data: bytes) -> None:
+        self.pending = data + self.pending
+        self.produced -= len(data)
+
+    def read(self, n: int) -> bytes:
+        parts, have = [self.pending], len(self.pending)
+        self.pending = b""
+        while have < n and not self.eof:
+            if have and not select.select([self.fd], [], [], 0)[0]:
+                break  # nothing more yet: hand over what is there
+            piece = self._wait_and_read(n - have)
+            parts.append(piece)
+            have += len(piece)
+        out = b"".join(parts)
+        self.produced += len(out)
+        return out
+
+    def skip(self, n: int) -> None:
+        while n > 0 and not self.eof:
+            n -= len(self.read(min(n, 1 << 20)))
+
+    def _wait_and_read(self, n: int) -> bytes:
+        if self.stop.requested:
+            self.eof = True
+            return b""
+        try:
+            self.stop.waiting = True
+            try:
+                piece = os.read(self.fd, min(n, 1 << 20))
+            finally:
+                self.stop.waiting = False
+        except _Stopped:
+            piece = b""
+        except OSError as exc:
+            self.problems.add(self.name, self.produced, f"cannot read: {exc.strerror or exc}")
+            piece = b""
+        if not piece:
+            self.eof = True
+        return piece
+
+
+def read_stream(
+    fd: int,
+    problems: ProblemLog,
+    *,
+    name: str = "-",
+    chunk_bytes: int = 4 << 20,
+    stop: StopSignal | None = None,
+) -> Iterator[ParsedPackets]:
+    """Parsed packets of a pcap/pcapng stream (plain or gzip) read from a pipe, as it comes.
+
+    ``fd`` is a file descriptor (``sys.stdin.fileno()``, a ``tcpdump -w -`` pipe). Each
+    batch holds the records that had arrived when it was read (at most about
+    ``chunk_bytes``), so a packet reaches the caller as soon as the writer flushes it. The
+    stream ends when the writer closes it or ``stop`` is requested. Problems go to
+    ``problems`` (a record cut by the end of the stream included); this never raises for
+    bad data.
+    """
+    chunk = max(int(chunk_bytes), 1 << 16)
+    live = _LiveStream(fd, name, problems, stop or StopSignal())
+    head = b""
+    while len(head) < 4 and not live.eof:
+        head += live.read(4 - len(head))
+    live.unread(head)
+    if head.startswith(GZIP_MAGIC):
+        yield from _read_bytes(_GzipStream(live, name, problems, None), name, problems, chunk,
+                               "gzip stream")  # fmt: skip
+    else:
+        yield from _read_bytes(live, name, problems, chunk, "stream")
+
+
+def _read_bytes(
+    stream: _GzipStream | _LiveStream, name: str, problems: ProblemLog, chunk: int, what: str
+) -> Iterator[ParsedPackets]:
+    """Batches of a capture read as a stream of bytes, a cut record carried over."""
     buf = stream.read(chunk)
+    while len(buf) < 24 and not stream.eof:  # a live stream: the file header may come late
+        buf += stream.read(24 - len(buf))
     if not buf:
         if stream.eof and stream.produced == 0 and problems.total == 0:
-            problems.add(name, 0, "empty gzip stream")
+            problems.add(name, 0, f"empty {what}")
         return
-    walker = _make_walker(name, problems, buf[:24], " (inside gzip)")
+    where = " (inside gzip)" if isinstance(stream, _GzipStream) else ""
+    walker = _make_walker(name, problems, buf[:24], where)
     if walker is None:
         return
     batcher = _Batcher(walker)

@@ -68,6 +68,7 @@ from dmfnet.flows.anonymise import (
     transport_offsets,
 )
 from dmfnet.flows.config import FlowConfig
+from dmfnet.flows.early import first_packets
 from dmfnet.flows.snippets import SnippetStore, place_pieces, reserve_zeros, zero_windows
 
 FlowChunk = dict[str, np.ndarray]
@@ -77,8 +78,9 @@ TCP, UDP, ICMPV6 = 6, 17, 58
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 DNS_PORT, LLMNR_PORT = 53, 5355
 
-END_REASONS = ("idle", "active", "fin", "rst", "end_of_capture")
-END_IDLE, END_ACTIVE, END_FIN, END_RST, END_OF_CAPTURE = range(5)
+# ``open``: a record emitted before its flow ended (an early decision, ``decide_after``).
+END_REASONS = ("idle", "active", "fin", "rst", "end_of_capture", "open")
+END_IDLE, END_ACTIVE, END_FIN, END_RST, END_OF_CAPTURE, END_OPEN = range(6)
 FILTER_REASONS = ("", "failed_handshake", "no_payload", "dns", "llmnr", "non_tcp_udp")
 
 _TLS_UNDECIDED, _TLS_YES, _TLS_NO = 0, 1, 2
@@ -126,6 +128,7 @@ _STATE_DTYPES: dict[str, type] = {
     "tls_c2s": np.int8,
     "tls_s2c": np.int8,
     "slot": np.int64,
+    "decided": np.bool_,  # with ``decide_after``: the flow's record was emitted early
 }
 
 
@@ -481,10 +484,23 @@ class Buckets:
 class FlowAssembler:
     """Turns a capture's packet batches into flows; push batches, then :meth:`finish`."""
 
-    def __init__(self, config: FlowConfig, capture: str, buckets: Buckets = Buckets()) -> None:
+    def __init__(
+        self,
+        config: FlowConfig,
+        capture: str,
+        buckets: Buckets = Buckets(),
+        decide_after: int | None = None,
+        decide_early: bool = False,
+    ) -> None:
         self.config = config
         self.capture = str(capture)
         self.buckets = buckets
+        if decide_after is not None and not 1 <= decide_after:
+            raise ValueError(f"decide_after must be a positive packet count, not {decide_after}")
+        # Early decisions (see :func:`assemble_flows`): only the first ``decide_after``
+        # packets enter a flow's modalities, and its record is emitted once it has them.
+        self.decide_after = decide_after
+        self.decide_early = decide_early or decide_after is not None
         self.stats = AssemblyStats()
         c = config
         self._pool = _RowPool(
@@ -549,6 +565,12 @@ class FlowAssembler:
     def _emit_open(self, which: np.ndarray, default_reason: int) -> Iterator[FlowChunk]:
         """Emit the open flows at index positions ``which`` (bool) and drop them from the index."""
         slots = self._index_slot[which]
+        self._index_h = self._index_h[~which]
+        self._index_slot = self._index_slot[~which]
+        if self.decide_early:  # decided flows were emitted already
+            decided = self._pool.arrays["decided"][slots]
+            self._pool.release(slots[decided])
+            slots = slots[~decided]
         # In first-packet order (the order of the output), each column gathered once.
         slots = slots[_stable_order(self._pool.arrays["first_index"][slots])]
         st = {name: self._pool.arrays[name][slots] for name in _STATE_DTYPES}
@@ -558,8 +580,9 @@ class FlowAssembler:
         idle = now - st["last"] > self.config.idle_timeout
         reason = np.where(idle, END_IDLE, default_reason)
         reason = np.where(closed, np.where(st["rst"], END_RST, END_FIN), reason)
-        self._index_h = self._index_h[~which]
-        self._index_slot = self._index_slot[~which]
+        if self.decide_early:
+            st["decision_time"] = np.where(closed, st["last"], now)
+            st["decided_packets"] = st["packets"]
         return self._emit(st, reason.astype(np.int8), in_order=True)
 
     # ------------------------------------------------------------------ batch
@@ -754,7 +777,8 @@ class FlowAssembler:
         local = pos - fpos[fid]
         base = carried("packets") - cont
         rank = base[fid] + local
-        early = np.flatnonzero(is_pkt & (rank < cfg.m_packets))
+        known = cfg.m_packets if self.decide_after is None else min(cfg.m_packets, self.decide_after)
+        early = np.flatnonzero(is_pkt & (rank < known))
         if len(early):
             self._fill_sequences(parsed, use, pi, early, fid, rank, c2s, ts_i, local, st, data)
 
@@ -766,6 +790,23 @@ class FlowAssembler:
         next_start = np.minimum(fend + 1, nitems - 1)
         reason = np.where(has_next & active_mark[next_start], END_ACTIVE, END_IDLE)
         reason = np.where(closed, np.where(st["rst"], END_RST, END_FIN), reason).astype(np.int8)
+        decided_before = carried("decided")
+        st["decided"] = decided_before
+        if self.decide_early:
+            found, when, at_packet = self._decision_points(
+                is_pkt, tcp, rank, payload_len, ts_i, fpos, fid, carried("payload_bytes")
+            )
+            # A closed flow is decided at its close: the packets that may follow only
+            # finish the close handshake.
+            when = np.where(found, when, st["last"])
+            at_packet = np.where(found, at_packet, st["packets"])
+            deciding = (found | closed) & ~decided_before
+            st["decided"] = decided_before | deciding
+            # Undecided flows that end now are decided at their end: the closing packet
+            # or, for an idle timeout, the capture's clock.
+            end_time = np.where(expired & ~closed, self._clock, st["last"])
+            st["decision_time"] = np.where(deciding, when, end_time)
+            st["decided_packets"] = np.where(deciding, at_packet, st["packets"])
 
         # Flows still open go (back) to their rows and into the index.
         keep = np.flatnonzero(~ended)
@@ -782,6 +823,15 @@ class FlowAssembler:
         self._index_slot = np.insert(old_slot, at, new_slot)
 
         emissions = []
+        if self.decide_early:
+            # Flows decided in an earlier slice were emitted then; their end frees the row.
+            early_records = np.flatnonzero(st["decided"] & ~decided_before & ~ended)
+            self._pool.release(st["slot"][ended & decided_before])
+            ended &= ~decided_before
+            if len(early_records):
+                # Emitted now and kept open; their snippets and TLS state go with the record.
+                reason_open = np.where(closed, reason, END_OPEN).astype(np.int8)
+                emissions.append(self._emit(st, reason_open, early_records, release=False))
         if ended.any():
             emissions.append(self._emit(st, reason, np.flatnonzero(ended)))
         emissions += self._expire_open()
@@ -793,6 +843,36 @@ class FlowAssembler:
         last = self._pool.arrays["last"][self._index_slot]
         expired = self._clock - last > self.config.idle_timeout
         return [self._emit_open(expired, END_IDLE)] if expired.any() else []
+
+    def _decision_points(
+        self,
+        is_pkt: np.ndarray,
+        tcp: np.ndarray,
+        rank: np.ndarray,
+        payload_len: np.ndarray,
+        ts: np.ndarray,
+        fpos: np.ndarray,
+        fid: np.ndarray,
+        payload_before: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each flow of the slice can be decided: (found, capture time, packets).
+
+        A flow is decided at its ``decide_after``-th packet; a TCP flow that has carried no
+        payload yet waits for its first payload packet (without payload it would be removed
+        by the ``no_payload`` filter, so its decision would be lost), its modalities still
+        holding its first ``decide_after`` packets only.
+        """
+        if self.decide_after is None:  # decided at the end only
+            none = np.zeros(len(fpos), dtype=bool)
+            return none, np.zeros(len(fpos)), np.zeros(len(fpos), dtype=np.int64)
+        lengths = np.diff(np.append(fpos, len(is_pkt)))
+        seen = payload_before[fid] + _segment_cumsum(payload_len, fpos, lengths)
+        eligible = is_pkt & (rank >= self.decide_after - 1) & (~tcp | (seen > 0))
+        pos = np.arange(len(is_pkt), dtype=np.int64)
+        first = np.minimum.reduceat(np.where(eligible, pos, _BIG), fpos)
+        found = first < _BIG
+        at = np.where(found, first, 0)
+        return found, ts[at], rank[at] + 1
 
     def _group_by_key(
         self,
@@ -1264,6 +1344,7 @@ class FlowAssembler:
         reason: np.ndarray,
         which: np.ndarray | None = None,
         in_order: bool = False,
+        release: bool = True,
     ) -> Iterator[FlowChunk]:
         """Output chunks (at most ``EMIT_ROWS`` flows each) of ended flows; frees their rows.
 
@@ -1272,8 +1353,10 @@ class FlowAssembler:
 
         The flows leave the open-flow state now; their chunks are laid out as they are taken,
         from pool rows (released once read) and snippets that stay as they are until the
-        next slice (which starts with the snippet buffer's compaction). Small chunks keep every temporary small enough for the allocator to
-        reuse its memory: writing fresh pages costs more than laying out the columns.
+        next slice (which starts with the snippet buffer's compaction). Small chunks keep every
+        temporary small enough for the allocator to reuse its memory: writing fresh pages
+        costs more than laying out the columns. ``release=False`` (an early decision) keeps
+        the rows, their sequence columns zeroed: the flow stays open to find its end.
         """
         if not in_order:
             first = st["first_index"] if which is None else st["first_index"][which]
@@ -1290,7 +1373,7 @@ class FlowAssembler:
             gone = set(zip(rows, itertools.repeat(True))) | set(zip(rows, itertools.repeat(False)))
             for key in self._tls.keys() & gone:
                 del self._tls[key]
-        return self._chunks(st, reason, snippets, buffer)
+        return self._chunks(st, reason, snippets, buffer, release)
 
     def _chunks(
         self,
@@ -1298,6 +1381,7 @@ class FlowAssembler:
         reason: np.ndarray,
         snippets: dict[str, np.ndarray],
         buffer: np.ndarray,
+        release: bool,
     ) -> Iterator[FlowChunk]:
         n = len(reason)
         slots = st["slot"]
@@ -1312,7 +1396,8 @@ class FlowAssembler:
                     row_items = column.view(f"V{column.strides[0]}").reshape(-1)
                     out[name] = row_items[rows].view(column.dtype).reshape(len(rows), -1)
                     row_items[rows] = np.zeros(1, row_items.dtype)  # while in the cache
-            self._pool.release(rows)
+            if release:
+                self._pool.release(rows)
             out.update(self._byte_columns(snippets, buffer, lo, hi))
             yield self._flow_columns(out, {k: v[lo:hi] for k, v in st.items()}, reason[lo:hi])
 
@@ -1355,6 +1440,9 @@ class FlowAssembler:
         out["syn_seen"] = st["syn_seen"].copy()
         out["handshake_complete"] = st["handshake_complete"].copy()
         out["end_reason"] = np.array(END_REASONS, dtype=object)[reason]
+        if "decision_time" in st:
+            out["decided_packets"] = st["decided_packets"]
+            out["decision_time"] = st["decision_time"]
         if self.buckets.count > 1:
             out["bucket"] = self.buckets.of(st["h"])
 
@@ -1377,6 +1465,8 @@ class FlowAssembler:
             if enabled:
                 rule = np.where((rule == 0) & match, code, rule).astype(np.int8)
         out["filter_reason"] = np.array(FILTER_REASONS, dtype=object)[rule]
+        if self.decide_after is not None:  # filters judged what was seen, the record is cut
+            out.update(first_packets(out, self.decide_after, cfg))
         self.stats.flows += n
         counts = np.bincount(rule, minlength=len(FILTER_REASONS))
         for code in np.flatnonzero(counts[1:]) + 1:
@@ -1394,9 +1484,11 @@ class FlowStream(Iterator[FlowChunk]):
         config: FlowConfig,
         capture: str,
         buckets: Buckets = Buckets(),
+        decide_after: int | None = None,
+        decide_early: bool = False,
     ) -> None:
         self._packets = iter(packets)
-        self._assembler = FlowAssembler(config, capture, buckets)
+        self._assembler = FlowAssembler(config, capture, buckets, decide_after, decide_early)
         self._done = False
         self._current: Iterator[FlowChunk] = iter(())
 
@@ -1428,11 +1520,32 @@ def assemble_flows(
     config: FlowConfig,
     capture: str,
     buckets: Buckets = Buckets(),
+    decide_after: int | None = None,
+    decide_early: bool = False,
 ) -> FlowStream:
     """Stream a capture's flows: chunks of ended flows as they end, the rest at the end.
 
     ``capture`` names the source file in every flow. Removed flows are included with their
     ``filter_reason``; read ``.stats`` of the returned iterator for what could not be placed.
     ``buckets`` keeps only the flows of some buckets (see :class:`Buckets`).
+
+    ``decide_after=K`` (at most ``config.m_packets``) is for classifying traffic as it
+    arrives: a flow's record holds only its first K packets (modalities, counters and end
+    time, as :func:`dmfnet.flows.early.first_packets` cuts a stored flow) and is emitted as
+    soon as the flow has them, with ``end_reason`` ``open`` when the flow goes on; a TCP
+    flow without payload so far waits for its first payload packet, and a TCP flow closed
+    (FIN both ways, or RST) is emitted at once, without waiting for the stragglers of its
+    close or its idle timeout. An emitted flow that goes on keeps only its counters and
+    close state, to find its end, and is not emitted again. Flows
+    that end sooner are emitted at their end. Every record has two more columns:
+    ``decided_packets`` (packets seen at the decision) and ``decision_time`` (capture time
+    of the decision: the deciding packet, the closing packet, or the capture's clock when
+    the idle timeout or the capture ends). ``decide_early`` alone gives the same records
+    as without it, but a closed flow is emitted at its close, and with the two columns.
     """
-    return FlowStream(packets, config, capture, buckets)
+    if decide_after is not None and not 1 <= decide_after <= config.m_packets:
+        raise ValueError(
+            f"decide_after must be between 1 and m_packets ({config.m_packets}), "
+            f"not {decide_after}"
+        )
+    return FlowStream(packets, config, capture, buckets, decide_after, decide_early)
