@@ -353,3 +353,26 @@ def test_an_interface_is_classified_live(run_dir: Path, tmp_path: Path) -> None:
         assert line["client_ip"] == line["server_ip"] == "127.0.0.1"
         assert line["server_port"] == 8443 and line["protocol"] == 6
         assert line["capture"] == "interface lo"
+
+
+# ------------------------------------------------------------------------------------------
+# Early classification measured on a dataset
+
+
+def test_evaluate_decides_after_k_packets(run_dir: Path, tmp_path: Path) -> None:
+    from dmfnet.training.trainer import evaluate
+
+    dataset = synthetic_flows(n_per_class=20, seed=1)
+    whole = evaluate(run_dir, dataset, tmp_path / "whole")
+    early = evaluate(run_dir, dataset, tmp_path / "early", decide_after=30)
+    # The flows have at most 12 packets: at K = 30 nothing is cut.
+    assert early["f1_macro"] == whole["f1_macro"]
+    assert [e["packets"] for e in early["early"]] == [2, 3, 5, 10, 20, 30]
+    assert early["early"][-1]["f1_macro"] == whole["f1_macro"]
+    two = evaluate(run_dir, dataset, tmp_path / "two", decide_after=2)
+    assert two["decide_after"] == 2 and two["f1_macro"] == two["early"][0]["f1_macro"]
+    report = (tmp_path / "early" / "report.md").read_text()
+    assert "## Early decisions" in report and "| 30 |" in report
+    assert (tmp_path / "early" / "early_decisions.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="between 1 and 30"):
+        evaluate(run_dir, dataset, tmp_path / "bad", decide_after=0)

@@ -41,7 +41,7 @@ import numpy as np
 
 from dmfnet.capture import StopSignal, read_stream
 from dmfnet.flows.community_id import community_ids
-from dmfnet.flows.config import FlowConfig
+from dmfnet.flows.config import FlowConfig, recorded_flow_config
 from dmfnet.flows.schema import SEQUENCE_COLUMNS
 from dmfnet.problems import ProblemLog
 from dmfnet.progress import byte_progress
@@ -162,10 +162,7 @@ def run_flow_config(info: Mapping[str, Any]) -> FlowConfig:
     ``prepare`` records it in the dataset card, which training copies into ``run.json``;
     a run trained on an in-memory dataset has none, and the defaults are used.
     """
-    card = (info.get("dataset") or {}).get("card") or {}
-    recorded = (card.get("parameters") or {}).get("flow_config") or {}
-    known = {f.name for f in dataclasses.fields(FlowConfig)}
-    return FlowConfig(**{k: v for k, v in recorded.items() if k in known})
+    return recorded_flow_config((info.get("dataset") or {}).get("card"))
 
 
 # ------------------------------------------------------------------------------------------

@@ -499,6 +499,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write into a non-empty OUT that is not an evaluation (an evaluation is replaced)",
     )
+    p.add_argument(
+        "--decide-after",
+        type=int,
+        metavar="K",
+        help="score each flow as its first K packets show it (1-30), as `classify "
+        "--decide-after K` decides live traffic; the report adds macro-F1 for K = 2, 3, 5, "
+        "10, 20, 30",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -514,8 +522,21 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if not Path(args.dataset).exists():
         raise UserError(f"dataset {args.dataset} does not exist")
     with _warnings_as_lines():
-        result = evaluate(args.run, args.dataset, args.output, device=args.device, force=args.force)
+        try:
+            result = evaluate(
+                args.run,
+                args.dataset,
+                args.output,
+                device=args.device,
+                force=args.force,
+                decide_after=args.decide_after,
+            )
+        except KeyError as exc:  # a column the cut to the first packets needs
+            raise UserError(str(exc.args[0] if exc.args else exc)) from None
     print(f"evaluated {result['evaluated_flows']} flows of {args.dataset} with {args.run}")
+    if result.get("early"):
+        print(f"  each flow as its first {result['decide_after']} packets show it; macro-F1 by K:")
+        print("  " + "  ".join(f"K={e['packets']}: {100 * e['f1_macro']:.2f} %" for e in result["early"]))
     if result["unknown_classes"]:
         print(
             f"  left out, unknown to the model: {unknown_summary(result['unknown_classes'])} "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dmfnet.flows import schema
 
@@ -65,3 +68,11 @@ class FlowConfig:
         """Width of the raw-byte modality (``bytes``, and ``payload_packet_bytes``): N packets
         x (header + payload) bytes."""
         return self.n_packets * (self.header_bytes + self.payload_bytes)
+
+
+def recorded_flow_config(card: Mapping[str, Any] | None) -> FlowConfig:
+    """The :class:`FlowConfig` a dataset was prepared with, from its card (``dataset.json``);
+    the defaults for a dataset without one (built in memory)."""
+    recorded = ((card or {}).get("parameters") or {}).get("flow_config") or {}
+    known = {f.name for f in dataclasses.fields(FlowConfig)}
+    return FlowConfig(**{k: v for k, v in recorded.items() if k in known})

@@ -31,6 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dmfnet.flows.config import recorded_flow_config
+from dmfnet.flows.early import first_packets
+from dmfnet.flows.early import sources as early_sources
 from dmfnet.outputs import EVALUATION, RUN, Output, check_output, open_output
 from dmfnet.training import defaults, distributed
 from dmfnet.training.metrics import classification_metrics
@@ -51,6 +54,8 @@ from dmfnet.training.runs import (
 
 SPLITS = ("random", "file")
 SCHEDULES = ("cosine", "constant")
+# Packets known at decision for the early-decision curve of ``evaluate(decide_after=...)``.
+EARLY_PACKETS = (2, 3, 5, 10, 20, 30)
 GPU_RESIDENT_BYTES = 4 << 30  # model inputs up to this size are copied to the GPU once
 
 
@@ -844,11 +849,11 @@ def _write_run(
     write_json(run_dir / RUN_FILE, info)
 
 
-def _write_report(run_dir, metrics, history, class_names, info) -> None:
+def _write_report(run_dir, metrics, history, class_names, info, extra=()) -> None:
     from dmfnet.training.report import write_run_report
 
     try:
-        write_run_report(run_dir, metrics, history, class_names, info)
+        write_run_report(run_dir, metrics, history, class_names, info, extra)
     except Exception as exc:  # the model and metrics are saved; say what is missing
         print(f"warning: report for {run_dir} not written: {exc}", flush=True)
 
@@ -890,8 +895,14 @@ def evaluate(
     *,
     device: str | torch.device | None = None,
     force: bool = False,
+    decide_after: int | None = None,
 ) -> dict[str, Any]:
     """Score the model of ``run_dir`` on every flow of another prepared dataset.
+
+    ``decide_after=K`` scores each flow as its first K packets show it (as ``dmfnet
+    classify --decide-after K`` decides a stream; :func:`dmfnet.flows.early.first_packets`)
+    and adds ``early``: macro-F1 and accuracy for K in :data:`EARLY_PACKETS` (and K), with
+    a plot in the report.
 
     Classes are matched by name. Flows of classes the model does not know are counted per
     class (``unknown_classes``) and left out of the metrics; a dataset with none of the
@@ -908,7 +919,14 @@ def evaluate(
     name = Path(str(source)).name.removesuffix(".parquet") if source else "dataset"
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / f"evaluation-{name}"
     check_output(out, EVALUATION, force=force, inputs=[source])  # before the long part
-    ds, dataset_path = _load(dataset, trained.inputs)
+    wanted = early_sources(trained.inputs) if decide_after is not None else trained.inputs
+    ds, dataset_path = _load(dataset, wanted)
+    flow_config = recorded_flow_config(_card_summary(ds))
+    if decide_after is not None and not 1 <= decide_after <= flow_config.m_packets:
+        raise ValueError(
+            f"decide_after must be between 1 and {flow_config.m_packets} packets, "
+            f"not {decide_after}"
+        )
     if _is_training_dataset(trained.info, dataset_path, ds):
         warnings.warn(
             f"{dataset_path or 'the dataset'} is the dataset {run_dir} was trained on: "
@@ -928,9 +946,20 @@ def evaluate(
             f"is known to the model (classes: {', '.join(trained.classes)})"
         )
     idx = np.flatnonzero(known)
-    arrays = {c: column(ds, c) for c in trained.inputs}
+    arrays = {c: column(ds, c) for c in wanted}
+    early = []
+    if decide_after is not None:
+        for k in sorted({*EARLY_PACKETS, decide_after}):
+            if k > flow_config.m_packets:
+                continue
+            y_k, _ = _score(trained, {**arrays, **first_packets(arrays, k, flow_config)}, idx)
+            scores = classification_metrics(y_true[idx], y_k, trained.classes)
+            early.append({"packets": k, **{m: scores[m] for m in ("f1_macro", "accuracy")}})
+        arrays = {**arrays, **first_packets(arrays, decide_after, flow_config)}
     y_pred, flows_per_s = _score(trained, arrays, idx)
     result = classification_metrics(y_true[idx], y_pred, trained.classes)
+    if decide_after is not None:
+        result.update(decide_after=decide_after, early=early)
     result.update(
         evaluated_flows=int(idx.size),
         unknown_flows=int((~known).sum()),
@@ -958,7 +987,17 @@ def evaluate(
         "unknown_classes": unknown_summary(unknown) or "none",
         "infer_flows_per_s": round(flows_per_s),
     }
-    _write_report(out, result, [], trained.classes, report_info)
+    extra = []
+    if decide_after is not None:
+        from dmfnet.training.report import early_section, plot_early_curve
+
+        report_info["decide_after"] = f"{decide_after} packets"
+        extra = early_section(early, decide_after)
+        try:
+            plot_early_curve(early, out / "early_decisions.png", title=f"{trained.name}: early decisions")
+        except Exception as exc:  # the metrics are saved; say what is missing
+            print(f"warning: early-decision plot not written: {exc}", flush=True)
+    _write_report(out, result, [], trained.classes, report_info, extra)
     write_json(out / "evaluation.json", info)  # last: it marks a finished evaluation
     output.finish()
     result["report_dir"] = str(out)
