@@ -669,8 +669,9 @@ class _Tcpdump:
     def error(self) -> str:
         self.errors.seek(0)
         lines = self.errors.read().decode(errors="replace").strip().splitlines()
-        last = lines[-1] if lines else f"exit status {self.process.returncode}"
-        return f"cannot capture: {last}"
+        said = [line for line in lines if line.startswith("tcpdump:")] or lines
+        reason = said[-1] if said else f"tcpdump ended with exit status {self.process.returncode}"
+        return f"cannot capture: {reason}"
 
 
 @contextlib.contextmanager
