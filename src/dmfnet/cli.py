@@ -89,6 +89,15 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "read one chunk ahead in a thread (1 = one core); the output is the same for any N",
     )
     p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="tcp://HOST:8786|local:N",
+        help="run the same tasks on a Dask cluster instead of local processes: the address "
+        "of a running scheduler, or local:N for N worker processes on this machine; the "
+        "captures and OUT must be on storage every worker sees (needs "
+        "pip install 'dmfnet[cluster]'; see docs/cluster.md); the output is the same",
+    )
+    p.add_argument(
         "--max-flows-per-class",
         type=int,
         default=None,
@@ -198,6 +207,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
             args.output,
             labels=args.labels,
             workers=args.workers,
+            cluster=args.cluster,
             config=config,
             max_flows_per_class=args.max_flows_per_class,
             seed=args.seed,
