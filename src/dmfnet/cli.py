@@ -326,6 +326,19 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_loader(p: argparse.ArgumentParser, what: str) -> None:
+    """``--loader``: flows loaded into memory, or streamed from the dataset's row groups."""
+    p.add_argument(
+        "--loader",
+        choices=("auto", "memory", "stream"),
+        default="auto",
+        help=f"how the flows reach the model: memory loads the model inputs once (fastest "
+        f"while they fit), stream reads them from the Parquet row groups as {what} goes "
+        "(memory does not grow with the dataset); auto streams when the inputs would take "
+        "more than a quarter of this machine's memory (default: auto)",
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -349,6 +362,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="DataLoader workers gathering batches (default: 0)",
+    )
+    _add_loader(p, "training")
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=None,
+        metavar="FLOWS",
+        help="with the streaming loader: flows shuffled together, from consecutive row "
+        "groups taken in a random order (default: 65536, about 110 MB of DMF's inputs)",
     )
     p.add_argument(
         "--set",
@@ -465,6 +487,8 @@ def _run_train(args: argparse.Namespace) -> int:
             device=args.device,
             model_config=model_config,
             num_workers=args.num_workers,
+            loader=args.loader,
+            buffer_flows=args.shuffle_buffer,
             progress=not args.quiet,
             force=args.force,
         )
@@ -509,6 +533,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write into a non-empty OUT that is not an evaluation (an evaluation is replaced)",
     )
+    _add_loader(p, "scoring")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -524,7 +549,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if not Path(args.dataset).exists():
         raise UserError(f"dataset {args.dataset} does not exist")
     with _warnings_as_lines():
-        result = evaluate(args.run, args.dataset, args.output, device=args.device, force=args.force)
+        result = evaluate(
+            args.run,
+            args.dataset,
+            args.output,
+            device=args.device,
+            force=args.force,
+            loader=args.loader,
+        )
     print(f"evaluated {result['evaluated_flows']} flows of {args.dataset} with {args.run}")
     if result["unknown_classes"]:
         print(
