@@ -185,24 +185,25 @@ class _GroupReader:
         self.handles: dict[int, pq.ParquetFile] = {}
 
     def gather(self, flows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The inputs of ``flows``, in their order: their row groups are decoded one at a
+        time and each one's flows copied into place (memory: the piece and one group)."""
         ds = self.dataset
         groups = ds.group_of(flows)
-        needed = np.unique(groups)
-        decoded: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
-        base = np.zeros(len(ds.groups), dtype=np.int64)
-        offset = 0
-        for g in needed.tolist():
-            file, index, _, count = ds.groups[g].tolist()
+        by_group = np.argsort(groups, kind="stable")
+        ordered = groups[by_group]
+        bounds = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
+        inputs: dict[str, np.ndarray] = {}
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            g = int(ordered[lo])
+            file, index, first, _ = ds.groups[g].tolist()
             table = self._file(file).read_row_group(index, columns=self.columns)
+            at = by_group[lo:hi]  # where these flows go in the piece
+            local = ds.rows[flows[at]] - first  # and where they are in the row group
             for name in self.columns:
-                decoded[name].append(column_to_numpy(name, table.column(name)))
-            base[g] = offset
-            offset += count
-        at = base[groups] + ds.rows[flows] - ds.groups[groups, 2]
-        inputs = {}
-        for name, parts in decoded.items():
-            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            inputs[name] = values[at]
+                values = column_to_numpy(name, table.column(name))
+                if name not in inputs:
+                    inputs[name] = np.empty((len(flows), *values.shape[1:]), values.dtype)
+                inputs[name][at] = values[local]
         return flows, inputs
 
     def _file(self, index: int) -> pq.ParquetFile:
