@@ -171,6 +171,11 @@ def test_auto_streams_when_the_inputs_would_not_fit(folder, monkeypatch):
     per_flow = widths["payload_packet_bytes"] + 4 * widths["lengths"] + widths["directions"]
     assert size == 180 * per_flow
     assert choose_loader("auto", folder, INPUTS) == "memory"
+    monkeypatch.setattr(stream_module, "machine_memory", lambda: 8 * size)
+    assert choose_loader("auto", folder, INPUTS) == "memory"  # 1/8 of the memory
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four torchrun processes: one copy each
+    assert choose_loader("auto", folder, INPUTS) == "stream"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(stream_module, "machine_memory", lambda: 2 * size)
     assert choose_loader("auto", folder, INPUTS) == "stream"
     assert choose_loader("memory", folder, INPUTS) == "memory"
@@ -183,3 +188,17 @@ def test_auto_streams_when_the_inputs_would_not_fit(folder, monkeypatch):
 def test_an_estimator_is_not_streamed(folder, tmp_path):
     with pytest.raises(ValueError, match="estimator"):
         train(folder, tmp_path / "x", model="xgboost", loader="stream", **FAST)
+
+
+def test_the_command_line_streams_when_asked(folder, tmp_path, capsys):
+    from dmfnet.cli import main
+
+    run = tmp_path / "run"
+    command = ["train", str(folder), "-o", str(run), "--epochs", "1", "--batch-size", "16"]
+    assert main([*command, "--loader", "stream", "--shuffle-buffer", "40", "--device", "cpu"]) == 0
+    assert "streamed from disk" in capsys.readouterr().out
+    info = json.loads((run / "run.json").read_text())
+    assert info["training"]["loader"] == "stream"
+    evaluation = tmp_path / "eval"
+    assert main(["evaluate", str(run), str(folder), "-o", str(evaluation), "--loader", "stream"]) == 0
+    assert (evaluation / "evaluation.json").is_file()

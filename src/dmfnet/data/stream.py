@@ -285,7 +285,8 @@ def machine_memory() -> int:
 
 def choose_loader(loader: str, path: str | Path | None, columns: Sequence[str]) -> str:
     """``"memory"`` or ``"stream"`` for ``loader`` (``"auto"``: stream a dataset on disk
-    whose inputs would take more than ``STREAM_ABOVE_MEMORY_SHARE`` of the memory)."""
+    whose inputs, once per training process of this machine, would take more than
+    ``STREAM_ABOVE_MEMORY_SHARE`` of its memory)."""
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {', '.join(LOADERS)}, not {loader!r}")
     if path is None:
@@ -295,6 +296,8 @@ def choose_loader(loader: str, path: str | Path | None, columns: Sequence[str]) 
     if loader != "auto":
         return loader
     memory = machine_memory()
-    if memory and input_bytes(path, columns) > STREAM_ABOVE_MEMORY_SHARE * memory:
+    # Under torchrun every process of this machine would hold its own copy.
+    copies = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    if memory and copies * input_bytes(path, columns) > STREAM_ABOVE_MEMORY_SHARE * memory:
         return "stream"
     return "memory"
