@@ -214,13 +214,16 @@ def run_tasks(client: Any, tasks: list[_Task], settings: tuple, bar: Any) -> lis
         for rank, task in enumerate(order)
     }
     results: list[CaptureResult] = []
-    done = 0
-    bar.set_postfix_str(f"tasks 0/{len(futures)}")
+    done, total = 0, len(futures)
+    bar.set_postfix_str(f"tasks 0/{total}")
     try:
-        for future in distributed.as_completed(futures):
-            task = futures[future]
+        for future in distributed.as_completed(list(futures)):
+            task = futures.pop(future)
             try:
                 results.append(future.result())
+                # Let the scheduler forget it: a result lost with a worker that dies later
+                # would otherwise be computed again, its parts rewritten under our feet.
+                future.release()
             except distributed.KilledWorker:
                 failed = CaptureResult(task.index, task.path, task.size, task.buckets)
                 failed.problems.add(task.path, -1, WORKER_DIED)
@@ -233,7 +236,7 @@ def run_tasks(client: Any, tasks: list[_Task], settings: tuple, bar: Any) -> lis
                     f"{task.path}: the Dask task failed: {type(exc).__name__}: {exc}"
                 ) from None
             done += 1
-            bar.set_postfix_str(f"tasks {done}/{len(futures)}")
+            bar.set_postfix_str(f"tasks {done}/{total}")
     except BaseException:
         client.cancel(list(futures))
         raise
