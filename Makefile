@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 $(BIN)/dmfnet: pyproject.toml setup.py src/dmfnet/capture/_records.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,cluster]'  # the cluster tests run in CI too
 	touch $@
 
 install: $(BIN)/dmfnet

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+from training_data import synthetic_flows, write_flow_folder
+
 TESTS = Path(__file__).resolve().parent
 
 WORKER = """
@@ -21,8 +23,9 @@ from training_data import synthetic_flows
 from dmfnet.training import distributed
 from dmfnet.training.trainer import train
 
-result = train(synthetic_flows(n_per_class=20), {run!r}, model="dmf", epochs=1, batch_size=16,
-               seed=5, device="cpu", progress=False)
+dataset = {dataset!r} or synthetic_flows(n_per_class=20)
+result = train(dataset, {run!r}, model="dmf", epochs=1, batch_size=16,
+               seed=5, device="cpu", progress=False, loader={loader!r}, buffer_flows=16)
 assert not distributed.active()  # the process group is left again
 print("RESULT " + json.dumps({{"accuracy": result["accuracy"],
       "confusion": result["confusion"], "train_size": result["train_size"]}}))
@@ -36,10 +39,17 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
-def test_two_process_gloo_run_trains_and_only_rank0_writes(tmp_path):
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_two_process_gloo_run_trains_and_only_rank0_writes(tmp_path, loader):
+    """In memory (strided shares) and streamed from row groups (contiguous shares)."""
     run_dir = tmp_path / "run"
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(TESTS), run=str(run_dir)))
+    dataset = ""
+    if loader == "stream":
+        dataset = str(write_flow_folder(synthetic_flows(n_per_class=20), tmp_path / "ds", 10))
+    script.write_text(
+        WORKER.format(tests=str(TESTS), run=str(run_dir), dataset=dataset, loader=loader)
+    )
     port = _free_port()
     procs = []
     for rank in range(2):
@@ -78,7 +88,7 @@ def test_two_process_gloo_run_trains_and_only_rank0_writes(tmp_path):
     assert outputs[0] == outputs[1]
     assert outputs[0]["train_size"] == 48
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["training"]["world_size"] == 2
+    assert info["training"]["world_size"] == 2 and info["training"]["loader"] == loader
     assert (run_dir / "model.pt").is_file() and (run_dir / "metrics.json").is_file()
     history = (run_dir / "history.csv").read_text().splitlines()
     assert len(history) == 2  # header + one epoch

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from dmfnet.data.dataset import FlowDataset, flows_to_table
+from dmfnet.data.dataset import CARD_NAME, FlowDataset, flows_to_table
 from dmfnet.flows.schema import SCALAR_COLUMNS, SEQUENCE_COLUMNS
 
 PATTERNS = {"chat": 0, "download": 1, "ssh": 2, "voip": 3, "zoom": 4}
@@ -71,3 +72,25 @@ def write_flow_file(dataset: FlowDataset, path: Path) -> Path:
     flows.update(dataset.columns)
     pq.write_table(flows_to_table(flows, dataset.labels), path)
     return path
+
+
+def write_flow_folder(
+    dataset: FlowDataset, root: Path, row_group_rows: int, cuts: tuple[int, ...] = ()
+) -> Path:
+    """The dataset as a prepared dataset folder: part files cut at ``cuts`` (flow indices),
+    row groups of ``row_group_rows`` flows, a card; other columns zero."""
+    n = len(dataset)
+    columns: dict[str, np.ndarray] = {}
+    for name, (dtype, width) in SEQUENCE_COLUMNS.items():
+        columns[name] = np.zeros((n, width), dtype=dtype)
+    for name, dtype in SCALAR_COLUMNS.items():
+        columns[name] = np.full(n, "", dtype=object) if dtype == "str" else np.zeros(n, dtype)
+    columns.update(dataset.columns)
+    root.mkdir(parents=True, exist_ok=True)
+    bounds = [0, *cuts, n]
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        part = {k: v[lo:hi] for k, v in columns.items()}
+        table = flows_to_table(part, dataset.labels[lo:hi])
+        pq.write_table(table, root / f"part-{i:06d}-000.parquet", row_group_size=row_group_rows)
+    (root / CARD_NAME).write_text(json.dumps({"classes": dataset.card.get("classes", {})}))
+    return root

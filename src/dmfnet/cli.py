@@ -89,6 +89,15 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "read one chunk ahead in a thread (1 = one core); the output is the same for any N",
     )
     p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="tcp://HOST:8786|local:N",
+        help="run the same tasks on a Dask cluster instead of local processes: the address "
+        "of a running scheduler, or local:N for N worker processes on this machine; the "
+        "captures and OUT must be on storage every worker sees (needs "
+        "pip install 'dmfnet[cluster]'; see docs/cluster.md); the output is the same",
+    )
+    p.add_argument(
         "--max-flows-per-class",
         type=int,
         default=None,
@@ -198,6 +207,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
             args.output,
             labels=args.labels,
             workers=args.workers,
+            cluster=args.cluster,
             config=config,
             max_flows_per_class=args.max_flows_per_class,
             seed=args.seed,
@@ -316,6 +326,19 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_loader(p: argparse.ArgumentParser, what: str) -> None:
+    """``--loader``: flows loaded into memory, or streamed from the dataset's row groups."""
+    p.add_argument(
+        "--loader",
+        choices=("auto", "memory", "stream"),
+        default="auto",
+        help=f"how the flows reach the model: memory loads the model inputs once (fastest "
+        f"while they fit), stream reads them from the Parquet row groups as {what} goes "
+        "(memory does not grow with the dataset); auto streams when the inputs would take "
+        "more than a quarter of this machine's memory (default: auto)",
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -339,6 +362,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="DataLoader workers gathering batches (default: 0)",
+    )
+    _add_loader(p, "training")
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=None,
+        metavar="FLOWS",
+        help="with the streaming loader: flows shuffled together, from consecutive row "
+        "groups taken in a random order (default: 65536, about 110 MB of DMF's inputs)",
     )
     p.add_argument(
         "--set",
@@ -455,6 +487,8 @@ def _run_train(args: argparse.Namespace) -> int:
             device=args.device,
             model_config=model_config,
             num_workers=args.num_workers,
+            loader=args.loader,
+            buffer_flows=args.shuffle_buffer,
             progress=not args.quiet,
             force=args.force,
         )
@@ -507,6 +541,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--decide-after K` decides live traffic; the report adds macro-F1 for K = 2, 3, 5, "
         "10, 20, 30",
     )
+    _add_loader(p, "scoring")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -530,6 +565,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 device=args.device,
                 force=args.force,
                 decide_after=args.decide_after,
+                loader=args.loader,
             )
         except KeyError as exc:  # a column the cut to the first packets needs
             raise UserError(str(exc.args[0] if exc.args else exc)) from None

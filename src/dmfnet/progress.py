@@ -16,6 +16,9 @@ class _Silent:
     def update(self, n: int = 1) -> None:
         self.n += n
 
+    def set_postfix_str(self, text: str) -> None:
+        """tqdm's note after the bar (tasks done, say): nothing to show."""
+
     def close(self) -> None:
         pass
 

@@ -36,7 +36,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -756,6 +756,7 @@ def prepare(
     warn: bool = True,
     addresses: str = "keep",
     address_key: str | bytes | None = None,
+    cluster: Any = None,
 ) -> PrepareSummary:
     """Turn captures (files or folders) into a labelled Parquet flow dataset in ``out``.
 
@@ -774,6 +775,11 @@ def prepare(
     :mod:`dmfnet.outputs`: a folder that is not empty needs ``force``, and a finished
     dataset is replaced only with it). A run that fails or is interrupted leaves no
     dataset behind: no card and no part file in ``out``.
+
+    ``cluster`` runs the same tasks on a Dask cluster instead of local processes
+    (:mod:`dmfnet.data.cluster`): ``"local:N"`` for N worker processes on this machine, a
+    scheduler address (``"tcp://HOST:8786"``), or a ``distributed.Client``; the captures
+    and ``out`` must then be on storage every worker sees. The files written are the same.
     """
     started = time.monotonic()
     if isinstance(inputs, (str, Path)):
@@ -784,6 +790,12 @@ def prepare(
         raise PrepareError(f"max_flows_per_class must be at least 1, not {max_flows_per_class}")
     if workers is not None and workers < 1:
         raise PrepareError(f"workers must be at least 1, not {workers}")
+    if cluster is not None:
+        if workers is not None:
+            raise PrepareError("give workers or a cluster, not both")
+        from dmfnet.data import cluster as dask_cluster  # Dask: an optional extra
+
+        dask_cluster.check_installed(cluster)
     try:
         address_policy = AddressPolicy.create(addresses, address_key)
     except ValueError as exc:
@@ -802,6 +814,7 @@ def prepare(
         raise PrepareError(str(exc)) from None
     stage = output.staging  # the parts are written here, and moved up when all are done
     pool = None
+    stack = contextlib.ExitStack()  # the cluster client, when there is one
     try:
         sizes = []
         for path in captures:
@@ -809,22 +822,32 @@ def prepare(
                 sizes.append(path.stat().st_size)
             except OSError:
                 sizes.append(0)
-        cores = workers or os.cpu_count() or 1
+        client = None
+        if cluster is not None:
+            client = stack.enter_context(dask_cluster.connect(cluster))
+            cores = dask_cluster.worker_threads(client)
+            relative = any(not p.is_absolute() for p in captures)
+            dask_cluster.check_workers(client, stage.resolve(), relative)
+        else:
+            cores = workers or os.cpu_count() or 1
         tasks = _plan(
             [(i, str(p), s) for i, (p, s) in enumerate(zip(captures, sizes, strict=True))], cores
         )
         n_workers = min(cores, len(tasks))
         # A core to spare for each worker: reading runs one chunk ahead in a thread.
-        ahead = cores >= 2 * n_workers
+        ahead = cores >= 2 * n_workers and client is None
 
-        if n_workers > 1:
+        if n_workers > 1 and client is None:
             pool = _WorkerPool(
                 n_workers,
                 (labeller, config, keep_unlabelled, str(stage), ahead, address_policy),
             )
         bar = byte_progress(sum(sizes), "prepare", enabled=progress)
         try:
-            if pool is not None:
+            if client is not None:
+                settings = (labeller, config, keep_unlabelled, str(stage.resolve()), address_policy)
+                results = dask_cluster.run_tasks(client, tasks, settings, bar)
+            elif pool is not None:
                 results = pool.run(tasks, bar)
             else:
                 results = [
@@ -847,6 +870,7 @@ def prepare(
             raise PrepareError(str(exc)) from None
         finally:
             bar.close()
+        stack.close()  # a local cluster's workers end here, before the parts are merged
         results = _join_buckets(results)
 
         card = _build_card(results, skipped, inputs, out, labeller, config, keep_unlabelled)
@@ -875,6 +899,7 @@ def prepare(
     except BaseException:
         if pool is not None:
             pool.stop()  # normally done already: the workers must end before the clean-up
+        stack.close()  # the cluster's tasks are cancelled, a local cluster's workers end
         output.fail()
         raise
     summary = PrepareSummary(out=out, card=card)

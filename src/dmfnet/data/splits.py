@@ -171,7 +171,9 @@ def _fill_empty_parts(chosen: dict[int, int], size: np.ndarray, wanted: list[int
         chosen[smallest] = k
 
 
-def _row_digests(inputs: Mapping[str, np.ndarray], rows: np.ndarray) -> list[bytes]:
+def row_digests(inputs: Mapping[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """A 128-bit hash (``S16``) of each of ``rows`` over all ``inputs`` together (in name
+    order): what two flows must share to count as duplicates."""
     arrays = [np.asarray(inputs[name]) for name in sorted(inputs)]
     n = None
     for name, a in zip(sorted(inputs), arrays, strict=True):
@@ -179,15 +181,15 @@ def _row_digests(inputs: Mapping[str, np.ndarray], rows: np.ndarray) -> list[byt
             n = len(a)
         elif len(a) != n:
             raise ValueError(f"input {name!r} has {len(a)} rows, others {n}")
+    out = np.empty(len(rows), dtype="S16")
     if len(rows) == 0:
-        return []
+        return out
     views = [np.ascontiguousarray(a[rows]).reshape(len(rows), -1) for a in arrays]
-    out = []
     for i in range(len(rows)):
         h = hashlib.blake2b(digest_size=16)
         for v in views:
             h.update(v[i].tobytes())
-        out.append(h.digest())
+        out[i] = h.digest()
     return out
 
 
@@ -204,8 +206,24 @@ def drop_test_duplicates(
         raise ValueError("no model inputs given to compare")
     train_idx = np.asarray(train_idx, dtype=np.int64)
     test_idx = np.asarray(test_idx, dtype=np.int64)
-    seen = set(_row_digests(inputs, train_idx))
-    keep = np.array([d not in seen for d in _row_digests(inputs, test_idx)], dtype=bool)
+    train = row_digests(inputs, train_idx)
+    test = row_digests(inputs, test_idx)
+    return _unseen(test_idx, test, train)
+
+
+def drop_duplicate_digests(
+    train_idx: np.ndarray, test_idx: np.ndarray, digests: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """:func:`drop_test_duplicates` on digests computed beforehand (:func:`row_digests` of
+    every flow, e.g. row group by row group for a dataset larger than memory)."""
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    test_idx = np.asarray(test_idx, dtype=np.int64)
+    return _unseen(test_idx, digests[test_idx], digests[train_idx])
+
+
+def _unseen(test_idx: np.ndarray, test: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, int]:
+    # Fixed-width byte strings: numpy compares all 16 bytes (equal trailing zeros match).
+    keep = ~np.isin(test, train)
     return test_idx[keep], int(len(test_idx) - keep.sum())
 
 

@@ -9,7 +9,10 @@ the test flows and writes a run folder (:mod:`dmfnet.training.runs`). Estimator 
 run on another prepared dataset.
 
 Batching indexes tensors made once from the dataset columns (raw dtypes, zero-copy where
-possible); there is no per-flow Python object. Under ``torchrun`` (``WORLD_SIZE`` > 1) the
+possible); there is no per-flow Python object. A dataset larger than memory is streamed
+instead (``loader="stream"``, chosen automatically when the inputs would not fit): the
+key columns are loaded, the inputs read a buffer of Parquet row groups at a time
+(:mod:`dmfnet.data.stream`, :class:`StreamedBatches`). Under ``torchrun`` (``WORLD_SIZE`` > 1) the
 loop runs DistributedDataParallel and only rank 0 writes the run folder.
 """
 
@@ -77,6 +80,7 @@ class TrainConfig:
     device: str = "cpu"
     num_workers: int = 0  # DataLoader workers gathering batches; 0 gathers in-process
     world_size: int = 1
+    loader: str = "memory"  # "memory": inputs loaded once; "stream": read by row groups
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -99,16 +103,30 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _load(dataset: Any, columns: Sequence[str]) -> tuple[Any, str]:
-    """A FlowDataset and the path it came from ('' when built in memory)."""
+def _load(
+    dataset: Any, columns: Sequence[str], loader: str = "memory", keys: Sequence[str] = ()
+) -> tuple[Any, str]:
+    """A FlowDataset (or, for the streaming loader, a StreamedDataset holding the ``keys``
+    columns) and the path it came from ('' when built in memory)."""
+    from dmfnet.data.stream import choose_loader, open_streamed
+
     if isinstance(dataset, (str, os.PathLike)):
         from dmfnet.data import load_dataset
 
         path = Path(dataset)
         if not path.exists():
             raise FileNotFoundError(f"dataset {path} does not exist")
+        if choose_loader(loader, path, columns) == "stream":
+            return open_streamed(path, key_columns=keys), str(path)
         return load_dataset(path, columns=list(columns)), str(path)
+    choose_loader(loader, None, columns)  # "stream" needs a path: said here
     return dataset, str(getattr(dataset, "path", "") or "")
+
+
+def _streamed(dataset: Any) -> bool:
+    from dmfnet.data.stream import StreamedDataset
+
+    return isinstance(dataset, StreamedDataset)
 
 
 def select_classes(
@@ -186,7 +204,12 @@ def split_indices(
     keep_duplicates: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """``(train, val, test, duplicates_removed)`` flow indices under the chosen protocol."""
-    from dmfnet.data.splits import drop_test_duplicates, split_by_file, split_random
+    from dmfnet.data.splits import (
+        drop_duplicate_digests,
+        drop_test_duplicates,
+        split_by_file,
+        split_random,
+    )
 
     y = np.asarray(dataset.labels)  # class names, so that split warnings name classes
     if split == "random":
@@ -196,7 +219,10 @@ def split_indices(
     else:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     removed = 0
-    if not keep_duplicates:
+    if not keep_duplicates and _streamed(dataset):  # inputs hashed row group by row group
+        digests = dataset.digests(list(inputs))
+        test_idx, removed = drop_duplicate_digests(train_idx, test_idx, digests)
+    elif not keep_duplicates:
         arrays = {c: column(dataset, c) for c in inputs}
         test_idx, removed = drop_test_duplicates(train_idx, test_idx, arrays)
     train_idx, val_idx, test_idx = (
@@ -299,11 +325,141 @@ def _iterate(
 class _TrainingBatches:
     """Re-iterable training batches in a fixed order, for a model's ``post_fit``."""
 
-    def __init__(self, tensors, y, idx, batch_size, device) -> None:
-        self.args = (tensors, y, _batches(idx, batch_size), device)
+    def __init__(self, source: Any, idx: np.ndarray, batch_size: int) -> None:
+        self.source, self.idx, self.batch_size = source, idx, batch_size
 
     def __iter__(self):
-        return _iterate(*self.args)
+        return self.source.ordered(self.idx, self.batch_size)
+
+
+class MemoryBatches:
+    """Batches gathered from model inputs held in memory (tensors made once, zero-copy).
+
+    Each epoch every process draws the same permutation of the training flows and takes
+    its strided share (:func:`distributed.shard`).
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        inputs: Sequence[str],
+        y: np.ndarray,
+        device: torch.device,
+        num_workers: int = 0,
+    ) -> None:
+        self.tensors = [_column_tensor(arrays[c]) for c in inputs]
+        self.y_cpu = self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        self.device, self.num_workers = device, num_workers
+        if device.type == "cuda" and num_workers == 0:
+            resident = sum(t.nbytes for t in self.tensors) + self.y.nbytes
+            if resident <= GPU_RESIDENT_BYTES:  # index batches on the GPU: no copy per step
+                self.tensors = [t.to(device) for t in self.tensors]
+                self.y = self.y.to(device)
+
+    def epoch(self, train_idx: np.ndarray, rng: np.random.Generator, batch_size: int):
+        """This process's training batches of one epoch."""
+        order = distributed.shard(rng.permutation(train_idx), *_rank_world())
+        batches = _batches(order, batch_size)
+        return _iterate(self.tensors, self.y, batches, self.device, self.num_workers)
+
+    def ordered(self, idx: np.ndarray, batch_size: int):
+        return _iterate(self.tensors, self.y, _batches(idx, batch_size), self.device)
+
+    def share(self, idx: np.ndarray) -> np.ndarray:
+        """This process's part of the validation flows."""
+        rank, world = _rank_world()
+        return idx[rank::world]
+
+    def targets(self, idx: np.ndarray) -> np.ndarray:
+        return self.y_cpu[torch.from_numpy(idx)].numpy()
+
+
+class StreamedBatches:
+    """Batches read from the dataset's Parquet row groups as training goes, for datasets
+    larger than memory (:mod:`dmfnet.data.stream`).
+
+    Each epoch every process computes the same order (row groups shuffled, flows shuffled
+    within a buffer of ``buffer_flows``) and takes a contiguous share of it, padded by
+    wrapping around as :func:`distributed.shard` pads, so that it reads about its own
+    share of the row groups and every process runs the same number of steps.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        inputs: Sequence[str],
+        y: np.ndarray,
+        device: torch.device,
+        buffer_flows: int | None = None,
+    ) -> None:
+        from dmfnet.data.stream import BUFFER_FLOWS
+
+        self.dataset, self.inputs = dataset, list(inputs)
+        self.y = np.asarray(y, dtype=np.int64)
+        self.device = device
+        self.buffer_flows = buffer_flows or BUFFER_FLOWS
+
+    def epoch(self, train_idx: np.ndarray, rng: np.random.Generator, batch_size: int):
+        order, windows = self.dataset.epoch_order(train_idx, rng, self.buffer_flows)
+        rank, world = _rank_world()
+        per = -(-len(order) // world)
+        at = np.resize(np.arange(len(order)), per * world)[rank * per : (rank + 1) * per]
+        return self._batches(order[at], windows[at], batch_size)
+
+    def ordered(self, idx: np.ndarray, batch_size: int):
+        return self._batches(idx, None, batch_size)
+
+    def share(self, idx: np.ndarray) -> np.ndarray:
+        rank, world = _rank_world()
+        return np.array_split(idx, world)[rank]
+
+    def targets(self, idx: np.ndarray) -> np.ndarray:
+        return self.y[idx]
+
+    def _batches(self, flows: np.ndarray, windows: np.ndarray | None, batch_size: int):
+        sizes = [len(b) for b in _batches(flows, batch_size)]
+        pieces = self.dataset.read(flows, self.inputs, windows=windows)
+        for rows, inputs in _rebatch(pieces, sizes):
+            yield (
+                tuple(
+                    torch.from_numpy(np.ascontiguousarray(inputs[c])).to(
+                        self.device, non_blocking=True
+                    )
+                    for c in self.inputs
+                ),
+                torch.from_numpy(self.y[rows]).to(self.device, non_blocking=True),
+            )
+
+
+def _rank_world() -> tuple[int, int]:
+    return distributed.rank(), distributed.world_size()
+
+
+def _rebatch(
+    pieces: Iterator[tuple[np.ndarray, dict[str, np.ndarray]]], sizes: Sequence[int]
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The flows of ``pieces`` (one a buffer) regrouped into batches of ``sizes``."""
+    wanted = iter(sizes)
+    want = next(wanted, None)
+    held: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+    count = 0
+    for flows, inputs in pieces:
+        start = 0
+        while want is not None and start < len(flows):
+            take = min(want - count, len(flows) - start)
+            part = slice(start, start + take)
+            held.append((flows[part], {k: v[part] for k, v in inputs.items()}))
+            count += take
+            start += take
+            if count == want:
+                if len(held) == 1:
+                    yield held[0]
+                else:
+                    yield (
+                        np.concatenate([h[0] for h in held]),
+                        {k: np.concatenate([h[1][k] for h in held]) for k in held[0][1]},
+                    )
+                held, count, want = [], 0, next(wanted, None)
 
 
 class WeightAverage:
@@ -368,8 +524,7 @@ def compute_loss(model: nn.Module, output: Any, target: torch.Tensor) -> torch.T
 @torch.no_grad()
 def _validate(
     model: nn.Module,
-    tensors: Sequence[torch.Tensor],
-    y: torch.Tensor,
+    source: Any,
     idx: np.ndarray,
     batch_size: int,
     device: torch.device,
@@ -377,7 +532,7 @@ def _validate(
     """Predicted class indices and summed loss over ``idx`` (eval mode)."""
     model.eval()
     preds, loss_total = [], torch.zeros((), dtype=torch.float64, device=device)
-    for inputs, target in _iterate(tensors, y, _batches(idx, batch_size), device):
+    for inputs, target in source.ordered(idx, batch_size):
         output = model(*inputs)
         loss_total += compute_loss(model, output, target) * len(target)
         preds.append(model_logits(output).argmax(1))
@@ -390,8 +545,7 @@ def _validate(
 
 def _fit_torch(
     model: nn.Module,
-    tensors: list[torch.Tensor],
-    y: torch.Tensor,
+    source: Any,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     cfg: TrainConfig,
@@ -402,15 +556,11 @@ def _fit_torch(
 ) -> tuple[list[dict[str, Any]], int, str]:
     """AdamW with early stopping on validation macro-F1; leaves the best weights in ``model``.
 
+    Batches come from ``source`` (:class:`MemoryBatches` or :class:`StreamedBatches`).
     Returns the per-epoch history, the best epoch and why training stopped.
     """
     rank, world = distributed.rank(), distributed.world_size()
     model.to(device)
-    y_cpu = y
-    if device.type == "cuda" and cfg.num_workers == 0:
-        resident = sum(t.nbytes for t in tensors) + y.nbytes
-        if resident <= GPU_RESIDENT_BYTES:  # index batches on the GPU: no copy per step
-            tensors, y = [t.to(device) for t in tensors], y.to(device)
     net: nn.Module = _WithLoss(model)
     if world > 1:
         net = distributed.wrap(net, device)
@@ -426,20 +576,17 @@ def _fit_torch(
         )
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
     scored = average.model if average is not None else model  # what is validated and kept
-    val_shard = val_idx[rank::world]
+    val_shard = source.share(val_idx)
     labels = np.arange(len(class_names))
     history: list[dict[str, Any]] = []
     best_f1, best_epoch, best_state, stale = -math.inf, 0, None, 0
     stopped = "epochs"  # why training ended: epochs | early_stop | interrupted
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        order = distributed.shard(rng.permutation(train_idx), rank, world)
         net.train()
         loss_total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         try:
-            for inputs, target in _iterate(
-                tensors, y, _batches(order, per_rank_batch), device, cfg.num_workers
-            ):
+            for inputs, target in source.epoch(train_idx, rng, per_rank_batch):
                 loss = net(*inputs, target=target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -461,8 +608,8 @@ def _fit_torch(
         loss_sum = float(loss_total)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
-        val_pred, val_loss_sum = _validate(scored, tensors, y, val_shard, per_rank_batch, device)
-        val_true = y_cpu[torch.from_numpy(val_shard)].numpy()
+        val_pred, val_loss_sum = _validate(scored, source, val_shard, per_rank_batch, device)
+        val_true = source.targets(val_shard)
         if world > 1:
             val_pred, val_true, val_loss_sum, loss_sum, seen = distributed.gather_validation(
                 val_pred, val_true, val_loss_sum, loss_sum, seen
@@ -531,6 +678,22 @@ def _score(
     return proba.argmax(axis=1), len(idx) / seconds if seconds > 0 else math.inf
 
 
+def _score_streamed(
+    trained: TrainedModel, dataset: Any, idx: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """:func:`_score` on a dataset read a buffer of row groups at a time; the throughput
+    counts the model's time only, as in memory."""
+    pred = np.empty(len(idx), dtype=np.int64)
+    seconds, at = 0.0, 0
+    for flows, inputs in dataset.read(idx, trained.inputs):
+        start = time.perf_counter()
+        proba = trained.predict_proba(inputs)
+        seconds += time.perf_counter() - start
+        pred[at : at + len(flows)] = proba.argmax(axis=1)
+        at += len(flows)
+    return pred, len(idx) / seconds if seconds > 0 else math.inf
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -557,6 +720,8 @@ def train(
     duplicate_inputs: Sequence[str] | None = None,
     progress: bool = True,
     force: bool = False,
+    loader: str = "auto",
+    buffer_flows: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on a FlowDataset (or the path of one) and write the run folder ``run_dir``.
 
@@ -581,6 +746,14 @@ def train(
     columns compared are recorded in ``run.json`` (``duplicate_inputs``; ``None`` when
     duplicates are kept).
 
+    ``loader`` says how the flows reach the model: ``"memory"`` loads the model inputs
+    once (fastest while they fit), ``"stream"`` reads them from the dataset's Parquet row
+    groups as training goes, shuffled across row groups and within a buffer of
+    ``buffer_flows`` (:mod:`dmfnet.data.stream`), so memory does not grow with the
+    dataset; ``"auto"`` (default) streams a dataset path whose inputs would take more than
+    a quarter of the machine's memory. Splits, duplicate removal and class statistics
+    read only the key columns on both paths. Estimators (XGBoost) fit in memory.
+
     ``run_dir`` follows :mod:`dmfnet.outputs`: an existing run is replaced (its
     ``evaluation-*`` folders too) only with ``force``, another non-empty folder is written
     into only with it, and a folder inside the dataset is refused. ``run.json`` is written
@@ -597,6 +770,7 @@ def train(
     for name, value in (
         ("epochs", epochs),
         ("batch_size", 1 if batch_size is None else batch_size),
+        ("buffer_flows", 1 if buffer_flows is None else buffer_flows),
     ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
@@ -617,11 +791,17 @@ def train(
         )
         if not compared:
             raise ValueError("duplicate_inputs is empty: no columns to compare test flows on")
+    if entry.kind == "estimator" and loader == "stream":
+        raise ValueError(f"model {model!r} is an estimator: it fits in memory, not streamed")
+    if entry.kind == "estimator":
+        loader = "memory"
     extra = [c for c in compared or () if c not in inputs]
-    columns = [*inputs, *extra] + (["capture"] if split == "file" else [])
+    keys = ["capture"] if split == "file" else []
+    columns = [*inputs, *extra, *keys]
     output = _open_run_folder(run_dir, dataset, force)
     try:
-        ds, dataset_path = _load(dataset, columns)
+        ds, dataset_path = _load(dataset, columns, loader, keys)
+        streamed = _streamed(ds)
         ds = select_classes(ds, min_class_flows=min_class_flows, drop_classes=drop_classes)
         class_names = [str(c) for c in ds.classes]
         if len(class_names) < 2:
@@ -629,7 +809,7 @@ def train(
                 f"the dataset has {len(class_names)} class(es); training needs at least 2"
             )
         y_np = np.asarray(ds.y, dtype=np.int64)
-        arrays = {c: column(ds, c) for c in inputs}
+        arrays = {} if streamed else {c: column(ds, c) for c in inputs}
         distributed.setup(device)
     except BaseException:
         if output is not None:
@@ -654,6 +834,7 @@ def train(
             device=str(dev),
             num_workers=num_workers,
             world_size=world,
+            loader="stream" if streamed else "memory",
         )
         seed_everything(seed)
         try:
@@ -663,7 +844,7 @@ def train(
         train_idx, val_idx, test_idx, removed = split_indices(
             ds, compared or inputs, seed=seed, split=split, keep_duplicates=keep_duplicates
         )
-        if isinstance(dataset, (str, os.PathLike)):  # loaded here: free the compared-only columns
+        if isinstance(dataset, (str, os.PathLike)) and not streamed:  # free compared-only columns
             for c in extra:
                 ds.columns.pop(c, None)
         if batch_size is None:
@@ -675,7 +856,9 @@ def train(
                     f"{model}: {len(class_names)} classes, {len(train_idx)}/{len(val_idx)}/"
                     f"{len(test_idx)} train/val/test flows ({split} split, "
                     f"{removed} duplicate test flows removed), device {dev}, "
-                    f"batch {cfg.batch_size}" + (f", {world} processes" if world > 1 else ""),
+                    f"batch {cfg.batch_size}"
+                    + (", streamed from disk" if streamed else "")
+                    + (f", {world} processes" if world > 1 else ""),
                     flush=True,
                 )
         resolved_config = _model_config(net, model_config)
@@ -687,15 +870,17 @@ def train(
             if rank == 0:
                 net = _fit_estimator(net, arrays, y_np, train_idx, val_idx)
         else:
-            tensors = [_column_tensor(arrays[c]) for c in inputs]
-            y = torch.from_numpy(y_np)
+            if streamed:
+                source: Any = StreamedBatches(ds, inputs, y_np, dev, buffer_flows)
+            else:
+                source = MemoryBatches(arrays, inputs, y_np, dev, num_workers)
             history, best_epoch, stopped = _fit_torch(
-                net, tensors, y, train_idx, val_idx, cfg, dev, class_names, run_dir, progress
+                net, source, train_idx, val_idx, cfg, dev, class_names, run_dir, progress
             )
             if hasattr(net, "post_fit") and rank == 0:
                 net.eval()
                 with torch.no_grad():
-                    net.post_fit(_TrainingBatches(tensors, y, train_idx, cfg.batch_size, dev))
+                    net.post_fit(_TrainingBatches(source, train_idx, cfg.batch_size))
         train_seconds = time.perf_counter() - start
 
         result: dict[str, Any] | None = None
@@ -708,7 +893,10 @@ def train(
                 inputs=inputs,
                 device=dev,
             )
-            y_pred, flows_per_s = _score(trained, arrays, test_idx)
+            if streamed:
+                y_pred, flows_per_s = _score_streamed(trained, ds, test_idx)
+            else:
+                y_pred, flows_per_s = _score(trained, arrays, test_idx)
             result = classification_metrics(y_np[test_idx], y_pred, class_names)
             result.update(
                 train_size=int(len(train_idx)),
@@ -896,6 +1084,7 @@ def evaluate(
     device: str | torch.device | None = None,
     force: bool = False,
     decide_after: int | None = None,
+    loader: str = "auto",
 ) -> dict[str, Any]:
     """Score the model of ``run_dir`` on every flow of another prepared dataset.
 
@@ -912,7 +1101,8 @@ def evaluate(
     training dataset: its scores then include the flows the model was trained on.
     ``out_dir`` follows :mod:`dmfnet.outputs` (``force`` to write into a non-empty folder
     that is not an evaluation; never inside the dataset); ``evaluation.json`` is written
-    last.
+    last. ``loader``: as :func:`train`'s (``"stream"`` reads the flows a buffer of row
+    groups at a time).
     """
     trained = load_run(run_dir, device=resolve_device(device))
     source = _source(dataset)
@@ -920,7 +1110,11 @@ def evaluate(
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / f"evaluation-{name}"
     check_output(out, EVALUATION, force=force, inputs=[source])  # before the long part
     wanted = early_sources(trained.inputs) if decide_after is not None else trained.inputs
-    ds, dataset_path = _load(dataset, wanted)
+    if decide_after is not None:  # the cut to the first packets works on arrays in memory
+        if loader == "stream":
+            raise ValueError("decide_after scores flows in memory: use loader 'memory' or 'auto'")
+        loader = "memory"
+    ds, dataset_path = _load(dataset, wanted, loader)
     flow_config = recorded_flow_config(_card_summary(ds))
     if decide_after is not None and not 1 <= decide_after <= flow_config.m_packets:
         raise ValueError(
@@ -946,17 +1140,21 @@ def evaluate(
             f"is known to the model (classes: {', '.join(trained.classes)})"
         )
     idx = np.flatnonzero(known)
-    arrays = {c: column(ds, c) for c in wanted}
     early = []
-    if decide_after is not None:
-        for k in sorted({*EARLY_PACKETS, decide_after}):
-            if k > flow_config.m_packets:
-                continue
-            y_k, _ = _score(trained, {**arrays, **first_packets(arrays, k, flow_config)}, idx)
-            scores = classification_metrics(y_true[idx], y_k, trained.classes)
-            early.append({"packets": k, **{m: scores[m] for m in ("f1_macro", "accuracy")}})
-        arrays = {**arrays, **first_packets(arrays, decide_after, flow_config)}
-    y_pred, flows_per_s = _score(trained, arrays, idx)
+    if _streamed(ds):
+        y_pred, flows_per_s = _score_streamed(trained, ds, idx)
+    else:
+        arrays = {c: column(ds, c) for c in wanted}
+        if decide_after is not None:
+            for k in sorted({*EARLY_PACKETS, decide_after}):
+                if k > flow_config.m_packets:
+                    continue
+                cut = {**arrays, **first_packets(arrays, k, flow_config)}
+                y_k, _ = _score(trained, cut, idx)
+                scores = classification_metrics(y_true[idx], y_k, trained.classes)
+                early.append({"packets": k, **{m: scores[m] for m in ("f1_macro", "accuracy")}})
+            arrays = {**arrays, **first_packets(arrays, decide_after, flow_config)}
+        y_pred, flows_per_s = _score(trained, arrays, idx)
     result = classification_metrics(y_true[idx], y_pred, trained.classes)
     if decide_after is not None:
         result.update(decide_after=decide_after, early=early)
