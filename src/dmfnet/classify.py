@@ -280,6 +280,7 @@ def classify_captures(
     chunk_bytes: int = 64 << 20,
     on_chunk: Callable[[int], None] | None = None,
     as_dataframe: bool = False,
+    engine: str = "auto",
 ) -> Any:
     """Classify every kept flow of ``captures`` with the run ``run``; write ``out``.
 
@@ -297,6 +298,10 @@ def classify_captures(
     ``{"class", "probability"}``) and the summary in ``df.attrs["summary"]``; ``out`` is
     then optional (given, the file is written too). :func:`iter_predictions` gives the
     same records one at a time, without holding them.
+
+    ``engine`` scores the flows with ``torch``, ``onnx`` (onnxruntime) or ``auto``
+    (:func:`dmfnet.export.scoring_engine`: onnxruntime when the run folder holds a current
+    ``model.onnx`` from ``dmfnet export`` and onnxruntime is faster for the model).
     """
     if out is None and not as_dataframe:
         raise ClassifyError("give an output file (out) or as_dataframe=True")
@@ -307,7 +312,7 @@ def classify_captures(
             raise ClassifyError("as_dataframe needs pandas (pip install pandas)") from None
     if out is not None:
         fmt = output_format(out, fmt)
-    trained, files, config = _prepare_inputs(run, captures, top_k, config)
+    trained, files, config = _prepare_inputs(run, captures, top_k, config, engine)
 
     summary = ClassifySummary(out=str(out) if out is not None else "(DataFrame)")
     records: list[dict[str, Any]] = []
@@ -346,6 +351,7 @@ def iter_predictions(
     progress: bool = False,
     chunk_bytes: int = 64 << 20,
     summary: ClassifySummary | None = None,
+    engine: str = "auto",
 ) -> Iterator[dict[str, Any]]:
     """The predictions of :func:`classify_captures`, one dict per flow, as flows complete.
 
@@ -354,9 +360,9 @@ def iter_predictions(
     held beyond the flows of one chunk, so captures of any size can be streamed. Pass a
     :class:`ClassifySummary` as ``summary`` to have it filled (counts, filters, problems)
     as the captures are read. A bad run, capture or option raises :class:`ClassifyError`
-    here, before the iterator is returned.
+    here, before the iterator is returned. ``engine`` as in :func:`classify_captures`.
     """
-    trained, files, config = _prepare_inputs(run, captures, top_k, config)
+    trained, files, config = _prepare_inputs(run, captures, top_k, config, engine)
     summary = summary if summary is not None else ClassifySummary(out="(iterator)")
     chunks = _predicted_chunks(trained, files, config, summary, progress, chunk_bytes)
 
@@ -384,6 +390,7 @@ def _prepare_inputs(
     captures: Sequence[str | Path] | str | Path,
     top_k: int,
     config: FlowConfig | None,
+    engine: str = "auto",
 ) -> tuple[Any, list[Path], FlowConfig]:
     """The loaded run, the capture files and the flow configuration; bad input raises."""
     from dmfnet.data.prepare import PrepareError, find_captures
@@ -400,7 +407,7 @@ def _prepare_inputs(
         raise ClassifyError(str(exc)) from None
     if not files:
         raise ClassifyError(f"no capture file among {len(captures)} input(s)")
-    trained = _load(run)
+    trained = _scoring_engine(_load(run), run, engine)
     if config is None:
         config = run_flow_config(trained.info)
     # The optional columns that the model reads, and only those, are assembled.
@@ -466,6 +473,17 @@ def _load(run: str | Path | Any) -> Any:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise ClassifyError(str(msg)) from None
+
+
+def _scoring_engine(trained: Any, run: str | Path | Any, engine: str) -> Any:
+    """The run's model, or its ONNX export on onnxruntime (:func:`dmfnet.export.scoring_engine`)."""
+    from dmfnet.export import ExportError, scoring_engine
+
+    run_dir = run if isinstance(run, (str, Path)) else None
+    try:
+        return scoring_engine(trained, engine, run_dir)
+    except ExportError as exc:
+        raise ClassifyError(str(exc)) from None
 
 
 def _size(path: Path) -> int:
