@@ -250,3 +250,32 @@ def test_every_torch_model_of_the_registry_exports_and_matches_torch(name: str) 
     np.testing.assert_allclose(
         engine.predict_proba(flows), trained.predict_proba(flows), atol=1e-4, rtol=0
     )
+
+
+def test_the_dynamo_exporter_takes_over_where_the_tracer_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fallback path (torch.export + onnxscript) gives a model that matches torch too."""
+    pytest.importorskip("onnxscript", reason="onnxscript (dmfnet[onnx]) is not installed")
+    real_export = torch.onnx.export
+    used = []
+
+    def tracer_fails(*args, dynamo: bool = True, **kwargs):
+        used.append(dynamo)
+        if not dynamo:
+            raise RuntimeError("unsupported operator")
+        return real_export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", tracer_fails)
+    torch.manual_seed(0)
+    model = create_model("dmf-no-bytes", 3).eval()
+    inputs = get_entry("dmf-no-bytes").inputs
+    trained = TrainedModel(model, name="dmf-no-bytes", kind="torch", classes=list("abc"),
+                           inputs=inputs)  # fmt: skip
+    engine = OnnxModel(export_onnx(trained), threads=1)  # checked at batch 1 and 7 inside
+    assert used == [False, True]
+    flows = example_flows(inputs, 40, seed=4)
+    np.testing.assert_allclose(
+        engine.predict_proba(flows), trained.predict_proba(flows), atol=1e-4, rtol=0
+    )
+    assert engine.classes == ["a", "b", "c"]

@@ -16,10 +16,13 @@ Suricata script host or any ONNX runtime can then score flows without torch or d
   torch weights were), ``dmfnet.version``, and ``dmfnet.rejection`` (JSON) when the run
   holds a rejection threshold.
 
-The graph comes from torch's dynamo exporter (``torch.export``, needs ``onnxscript``);
-models that it cannot trace, such as ACID whose forward branches on a buffer (whether its
-clusters were fitted), go through the TorchScript exporter, which records the branch the
-trained weights take. Either way the export is checked before it is written: onnxruntime
+The graph comes from torch's TorchScript exporter (``torch.onnx.export(dynamo=False)``):
+it traces every registered torch model in well under a second, and records the branches
+that the trained weights take (ACID's forward branches on whether its clusters were
+fitted). Its successor, the dynamo exporter (``torch.export`` + ``onnxscript``), gave the
+same probabilities and speed but took 5-30 s for DMF on the 2-core development machine, so
+it is the fallback for a forward the tracer cannot follow. Either way the export is checked
+before it is written: onnxruntime
 and torch must give the same probabilities within :data:`TOLERANCE` at batch 1 and at a
 larger batch. XGBoost runs are refused: trees are not a torch graph, and converting a
 booster needs another converter (onnxmltools) and drops the flow-statistics code.
@@ -185,41 +188,41 @@ def _trace(module: Any, inputs: Sequence[str]) -> Any:
     example = example_flows(inputs, 4)
     args = tuple(torch.from_numpy(example[c]) for c in inputs)
     names = list(inputs)
+    buffer = io.BytesIO()
     try:
-        batch = torch.export.Dim("batch")
         with _quiet():
-            program = torch.onnx.export(
+            torch.onnx.export(
                 module,
                 args,
+                buffer,
                 input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=(tuple({0: batch} for _ in inputs),),  # forward(*columns)
+                dynamic_axes={name: {0: "batch"} for name in [*names, OUTPUT_NAME]},
                 opset_version=OPSET,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
+                dynamo=False,
             )
-        return program.model_proto
-    except Exception as dynamo_error:  # a forward torch.export cannot trace: TorchScript
-        buffer = io.BytesIO()
+        return onnx.load_from_string(buffer.getvalue())
+    except Exception as script_error:  # a forward the tracer cannot follow: torch.export
         try:
+            batch = torch.export.Dim("batch")
             with _quiet():
-                torch.onnx.export(
+                program = torch.onnx.export(
                     module,
                     args,
-                    buffer,
                     input_names=names,
                     output_names=[OUTPUT_NAME],
-                    dynamic_axes={name: {0: "batch"} for name in [*names, OUTPUT_NAME]},
+                    dynamic_shapes=(tuple({0: batch} for _ in inputs),),  # forward(*columns)
                     opset_version=OPSET,
-                    dynamo=False,
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
                 )
-        except Exception as script_error:
+            return program.model_proto
+        except Exception as dynamo_error:
             raise ExportError(
-                f"cannot export to ONNX: {_first_line(dynamo_error)}; the TorchScript "
-                f"exporter: {_first_line(script_error)}"
+                f"cannot export to ONNX: {_first_line(script_error)}; the dynamo exporter: "
+                f"{_first_line(dynamo_error)}"
             ) from None
-        return onnx.load_from_string(buffer.getvalue())
 
 
 @contextlib.contextmanager
