@@ -62,17 +62,24 @@ class ExportError(ValueError):
 
 
 def onnxruntime_available() -> bool:
-    """Whether the optional onnxruntime engine (and the exporter's packages) can be used."""
+    """Whether the optional onnxruntime engine can be used (``dmfnet[onnx]`` installed)."""
     try:
-        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-def _require_onnx() -> None:
-    if not onnxruntime_available():
+def _require_onnx(exporting: bool = False) -> None:
+    """Scoring needs onnxruntime; exporting needs ``onnx`` too (not imported to score: it
+    costs ``classify`` half a second of start-up)."""
+    missing = not onnxruntime_available()
+    if exporting and not missing:
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            missing = True
+    if missing:
         raise ExportError(f"onnx and onnxruntime are not installed: {INSTALL_HINT}")
 
 
@@ -148,7 +155,7 @@ def export_onnx(trained: Any, out: str | Path | None = None, *, check: bool = Tr
     torch; a difference above :data:`TOLERANCE` raises :class:`ExportError`, as do an
     estimator run and missing packages.
     """
-    _require_onnx()
+    _require_onnx(exporting=True)
     import onnx
 
     if trained.kind != "torch":
@@ -272,15 +279,22 @@ def check_export(model_bytes: bytes, trained: Any) -> float:
 def read_metadata(model: bytes | str | Path) -> dict[str, Any]:
     """The dmfnet metadata of an exported model: ``classes``, ``inputs`` (lists), ``model``,
     ``weights_sha256``, ``version`` and ``rejection`` when present (JSON decoded)."""
-    _require_onnx()
+    _require_onnx(exporting=True)
     import onnx
 
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
-    props = {p.key.removeprefix("dmfnet."): p.value for p in proto.metadata_props}
+    return _decoded({p.key: p.value for p in proto.metadata_props})
+
+
+def _decoded(props: Mapping[str, str]) -> dict[str, Any]:
+    """dmfnet's ``metadata_props`` without the ``dmfnet.`` prefix, JSON values decoded."""
+    meta: dict[str, Any] = {
+        k.removeprefix("dmfnet."): v for k, v in props.items() if k.startswith("dmfnet.")
+    }
     for key in ("classes", "inputs", "rejection"):
-        if key in props:
-            props[key] = json.loads(props[key])
-    return props
+        if key in meta:
+            meta[key] = json.loads(meta[key])
+    return meta
 
 
 class OnnxModel:
@@ -315,7 +329,7 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        meta = read_metadata(model)
+        meta = _decoded(self.session.get_modelmeta().custom_metadata_map)
         self.name = str(meta.get("model", "onnx"))
         self.classes = [str(c) for c in meta["classes"]]
         self.inputs = tuple(i.name for i in self.session.get_inputs())
@@ -373,18 +387,19 @@ def _numpy_dtype(ort_type: str) -> np.dtype:
     return np.dtype(_ORT_TYPES[ort_type])
 
 
-def cached_export(trained: Any, run_dir: str | Path | None) -> Path | None:
-    """``RUN/model.onnx`` when it exists and was exported from the weights of ``trained``."""
+def cached_engine(trained: Any, run_dir: str | Path | None) -> OnnxModel | None:
+    """onnxruntime on ``RUN/model.onnx`` when it exists and was exported from the weights
+    of ``trained``; None otherwise (a stale file after retraining is never used)."""
     if run_dir is None or trained.kind != "torch":
         return None
     cached = Path(run_dir) / ONNX_FILE
     if not cached.is_file():
         return None
     try:
-        exported_from = read_metadata(cached).get("weights_sha256")
+        engine = OnnxModel(cached, info=trained.info)
     except Exception:  # unreadable or not an ONNX file: export afresh
         return None
-    return cached if exported_from == weights_sha256(trained.model) else None
+    return engine if engine.weights_sha256 == weights_sha256(trained.model) else None
 
 
 def scoring_engine(trained: Any, engine: str = "auto", run_dir: str | Path | None = None) -> Any:
@@ -415,11 +430,8 @@ def scoring_engine(trained: Any, engine: str = "auto", run_dir: str | Path | Non
                 f"{trained.name} is a {trained.kind} model, not exported to ONNX: "
                 "use --engine torch"
             )
-        cached = cached_export(trained, run_dir)
-        model = cached if cached is not None else export_onnx(trained)
-        return OnnxModel(model, info=trained.info)
+        cached = cached_engine(trained, run_dir)
+        return cached or OnnxModel(export_onnx(trained), info=trained.info)
     if trained.name in ONNX_FASTER and onnxruntime_available():
-        cached = cached_export(trained, run_dir)
-        if cached is not None:
-            return OnnxModel(cached, info=trained.info)
+        return cached_engine(trained, run_dir) or trained
     return trained
