@@ -412,8 +412,8 @@ def scoring_engine(trained: Any, engine: str = "auto", run_dir: str | Path | Non
       :class:`ExportError`;
     * ``auto``: onnxruntime when it is installed, ``RUN/model.onnx`` is current and the
       model is one onnxruntime scores faster (:data:`ONNX_FASTER`); torch otherwise. An
-      export in memory costs DMF about 5 s, which onnxruntime's speed-up on this 2-core
-      machine wins back only after some 250,000 flows, so auto never exports by itself.
+      export in memory costs DMF 1-2 s, which onnxruntime's lead at batch 256 on a quiet
+      2-core machine wins back only after some 80,000 flows, so auto never exports by itself.
     """
     if engine not in ENGINES:
         raise ExportError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
