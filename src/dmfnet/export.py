@@ -407,7 +407,7 @@ def scoring_engine(trained: Any, engine: str = "auto", run_dir: str | Path | Non
 
     * ``torch``: the run's torch model (``trained`` itself);
     * ``onnx``: onnxruntime on ``RUN/model.onnx`` when ``dmfnet export RUN`` wrote it from
-      these weights, otherwise on an export made in memory (a few seconds for DMF; nothing
+      these weights, otherwise on an export made in memory (1-2 s for DMF; nothing
       is written into the run folder); without onnxruntime, or for an estimator run,
       :class:`ExportError`;
     * ``auto``: onnxruntime when it is installed, ``RUN/model.onnx`` is current and the
@@ -417,21 +417,24 @@ def scoring_engine(trained: Any, engine: str = "auto", run_dir: str | Path | Non
     """
     if engine not in ENGINES:
         raise ExportError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    if trained.kind == "onnx":  # an OnnxModel given in Python: it is its own engine
+    # Any object with classes, inputs and predict_proba may be given in Python; only a
+    # loaded torch run can be exported.
+    kind = getattr(trained, "kind", None)
+    if kind == "onnx":  # an OnnxModel: it is its own engine
         if engine == "torch":
             raise ExportError("an ONNX model runs on onnxruntime only: use engine onnx or auto")
         return trained
     if engine == "torch":
         return trained
+    name = getattr(trained, "name", type(trained).__name__)
     if engine == "onnx":
         _require_onnx()
-        if trained.kind != "torch":
+        if kind != "torch":
             raise ExportError(
-                f"{trained.name} is a {trained.kind} model, not exported to ONNX: "
-                "use --engine torch"
+                f"{name} is a {kind or 'Python'} model, not exported to ONNX: use --engine torch"
             )
         cached = cached_engine(trained, run_dir)
         return cached or OnnxModel(export_onnx(trained), info=trained.info)
-    if trained.name in ONNX_FASTER and onnxruntime_available():
+    if kind == "torch" and name in ONNX_FASTER and onnxruntime_available():
         return cached_engine(trained, run_dir) or trained
     return trained
