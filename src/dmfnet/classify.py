@@ -311,6 +311,7 @@ def classify_captures(
     on_chunk: Callable[[int], None] | None = None,
     as_dataframe: bool = False,
     decide_after: int | None = None,
+    engine: str = "auto",
 ) -> Any:
     """Classify every kept flow of ``captures`` with the run ``run``; write ``out``.
 
@@ -330,6 +331,10 @@ def classify_captures(
     ``{"class", "probability"}``) and the summary in ``df.attrs["summary"]``; ``out`` is
     then optional (given, the file is written too). :func:`iter_predictions` gives the
     same records one at a time, without holding them.
+
+    ``engine`` scores the flows with ``torch``, ``onnx`` (onnxruntime) or ``auto``
+    (:func:`dmfnet.export.scoring_engine`: onnxruntime when the run folder holds a current
+    ``model.onnx`` from ``dmfnet export`` and onnxruntime is faster for the model).
     """
     if out is None and not as_dataframe:
         raise ClassifyError("give an output file (out) or as_dataframe=True")
@@ -340,7 +345,7 @@ def classify_captures(
             raise ClassifyError("as_dataframe needs pandas (pip install pandas)") from None
     if out is not None:
         fmt = output_format(out, fmt)
-    trained, files, config = _prepare_inputs(run, captures, top_k, config)
+    trained, files, config = _prepare_inputs(run, captures, top_k, config, engine)
     _check_decide_after(decide_after, config)
 
     summary = ClassifySummary(out=str(out) if out is not None else "(DataFrame)")
@@ -391,6 +396,7 @@ def classify_stream(
     chunk_bytes: int = 4 << 20,
     on_chunk: Callable[[int], None] | None = None,
     handle_signals: bool = True,
+    engine: str = "auto",
 ) -> ClassifySummary:
     """Classify traffic as it arrives: a pcap/pcapng stream (``source``, e.g. standard
     input fed by ``tcpdump -U -w -``) or a network interface (``interface``, captured by
@@ -415,7 +421,7 @@ def classify_stream(
     fmt = output_format(out, fmt)
     if top_k < 1:
         raise ClassifyError(f"top must be at least 1, not {top_k}")
-    trained = _load(run)
+    trained = _scoring_engine(_load(run), run, engine)
     config = _model_flow_config(trained, config)
     _check_decide_after(decide_after, config)
     if decide_after is None:
@@ -477,6 +483,7 @@ def iter_predictions(
     chunk_bytes: int = 64 << 20,
     summary: ClassifySummary | None = None,
     decide_after: int | None = None,
+    engine: str = "auto",
 ) -> Iterator[dict[str, Any]]:
     """The predictions of :func:`classify_captures`, one dict per flow, as flows complete.
 
@@ -486,9 +493,9 @@ def iter_predictions(
     chunk, so captures of any size can be streamed. Pass a :class:`ClassifySummary` as
     ``summary`` to have it filled (counts, filters, problems) as the captures are read. A
     bad run, capture or option raises :class:`ClassifyError` here, before the iterator is
-    returned.
+    returned. ``engine`` as in :func:`classify_captures`.
     """
-    trained, files, config = _prepare_inputs(run, captures, top_k, config)
+    trained, files, config = _prepare_inputs(run, captures, top_k, config, engine)
     _check_decide_after(decide_after, config)
     summary = summary if summary is not None else ClassifySummary(out="(iterator)")
     bar = byte_progress(sum(_size(p) for p in files), "classify", enabled=progress)
@@ -528,6 +535,7 @@ def _prepare_inputs(
     captures: Sequence[str | Path] | str | Path,
     top_k: int,
     config: FlowConfig | None,
+    engine: str = "auto",
 ) -> tuple[Any, list[Path], FlowConfig]:
     """The loaded run, the capture files and the flow configuration; bad input raises."""
     from dmfnet.data.prepare import PrepareError, find_captures
@@ -544,7 +552,7 @@ def _prepare_inputs(
         raise ClassifyError(str(exc)) from None
     if not files:
         raise ClassifyError(f"no capture file among {len(captures)} input(s)")
-    trained = _load(run)
+    trained = _scoring_engine(_load(run), run, engine)
     return trained, files, _model_flow_config(trained, config)
 
 
@@ -710,6 +718,17 @@ def _load(run: str | Path | Any) -> Any:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise ClassifyError(str(msg)) from None
+
+
+def _scoring_engine(trained: Any, run: str | Path | Any, engine: str) -> Any:
+    """The run's model, or its ONNX export on onnxruntime (:func:`dmfnet.export.scoring_engine`)."""
+    from dmfnet.export import ExportError, scoring_engine
+
+    run_dir = run if isinstance(run, (str, Path)) else None
+    try:
+        return scoring_engine(trained, engine, run_dir)
+    except ExportError as exc:
+        raise ClassifyError(str(exc)) from None
 
 
 def _size(path: Path) -> int:

@@ -777,7 +777,18 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--format", choices=("csv", "jsonl"), help="override the format of -o")
     p.add_argument("--top", type=int, default=3, help="classes listed per flow (default: 3)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads of torch or onnxruntime (default: torch's choice)"
+    )
+    p.add_argument(
+        "--engine",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="what scores the flows: torch, or onnx (onnxruntime, the optional extra "
+        "dmfnet[onnx]) on RUN/model.onnx from `dmfnet export RUN`, or on an export made in "
+        "memory when there is none; auto (default) takes onnx when RUN/model.onnx is current, "
+        "onnxruntime is installed and faster for the model, torch otherwise",
+    )
     _add_quiet(p, "progress bar")
     p.set_defaults(func=_run_classify)
 
@@ -804,6 +815,7 @@ def _run_classify(args: argparse.Namespace) -> int:
                 fmt=args.format,
                 top_k=args.top,
                 decide_after=args.decide_after,
+                engine=args.engine,
             )
         else:
             if args.capture_filter:
@@ -816,6 +828,7 @@ def _run_classify(args: argparse.Namespace) -> int:
                 top_k=args.top,
                 progress=not args.quiet,
                 decide_after=args.decide_after,
+                engine=args.engine,
             )
     except ClassifyError as exc:
         raise UserError(str(exc)) from None
@@ -830,6 +843,46 @@ def _run_classify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_NOTHING_READ if len(summary.captures_failed) == summary.captures else 1
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a run's model as ONNX, to score flows without torch",
+        description="Export the run's model to ONNX: inputs named after the dataset columns "
+        "in their raw dtypes (uint8 bytes, int32 lengths, int8 directions), the input scaling "
+        "inside the graph, a dynamic batch dimension, output `probabilities` (batch, classes); "
+        "class names, input columns and the rejection threshold (when the run has one) in the "
+        "model's metadata. The export is checked against torch with onnxruntime before it is "
+        "written. Needs the optional extra: pip install 'dmfnet[onnx]'. XGBoost runs are "
+        "refused.",
+    )
+    p.add_argument("run", help="run folder written by `dmfnet train` (or `dmfnet demo`)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="ONNX file to write (default: RUN/model.onnx, which `classify` then reuses)",
+    )
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from dmfnet.export import ONNX_FILE, ExportError, export_onnx
+    from dmfnet.training.runs import load_run
+
+    out = args.output or os.path.join(args.run, ONNX_FILE)
+    if os.path.isdir(out):
+        raise UserError(f"{out}: is a folder; give an .onnx file")
+    try:
+        trained = load_run(args.run)
+        model_bytes = export_onnx(trained, out)
+    except (FileNotFoundError, ExportError) as exc:
+        raise UserError(str(exc)) from None
+    print(
+        f"{trained.name} ({len(trained.classes)} classes, inputs {', '.join(trained.inputs)}) "
+        f"-> {out} ({len(model_bytes) / 1e6:.1f} MB)"
+    )
     return 0
 
 
@@ -913,6 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_benchmark,
         _add_classify,
+        _add_export,
         _add_demo,
     ):
         add(sub)

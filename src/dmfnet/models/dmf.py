@@ -311,15 +311,20 @@ class FusionBlock(nn.Module):
 
 
 def average_pooling(n_in: int, n_out: int, like: Tensor) -> Tensor:
-    """``(n_in, n_out)`` matrix ``P`` with ``x @ P == F.adaptive_avg_pool1d(x, n_out)``."""
-    eye = torch.eye(n_in, dtype=like.dtype, device=like.device).unsqueeze(0)  # (1, n_in, n_in)
-    return F.adaptive_avg_pool1d(eye, n_out)[0]
+    """``(n_in, n_out)`` matrix ``P`` with ``x @ P == F.adaptive_avg_pool1d(x, n_out)``.
+
+    Map lengths are fixed by the configuration: ``int`` makes a traced graph (the ONNX
+    export) hold ``P`` as a constant instead of rebuilding it from the input's shape.
+    """
+    eye = torch.eye(int(n_in), dtype=like.dtype, device=like.device).unsqueeze(0)  # (1, n, n)
+    return F.adaptive_avg_pool1d(eye, int(n_out))[0]
 
 
 def linear_upsampling(n_in: int, n_out: int, like: Tensor) -> Tensor:
-    """``(n_in, n_out)`` matrix ``W`` with ``x @ W == F.interpolate(x, n_out, mode="linear")``."""
-    eye = torch.eye(n_in, dtype=like.dtype, device=like.device).unsqueeze(0)  # (1, n_in, n_in)
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0]
+    """``(n_in, n_out)`` matrix ``W`` with ``x @ W == F.interpolate(x, n_out, mode="linear")``
+    (``int``: a constant in a traced graph, as in :func:`average_pooling`)."""
+    eye = torch.eye(int(n_in), dtype=like.dtype, device=like.device).unsqueeze(0)  # (1, n, n)
+    return F.interpolate(eye, size=int(n_out), mode="linear", align_corners=False)[0]
 
 
 # --------------------------------------------------------------------------------------
