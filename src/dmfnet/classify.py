@@ -10,7 +10,10 @@ One output line per kept flow: the capture, the IP protocol number (as in the da
 6 TCP, 17 UDP), the endpoints as seen in the capture (never anonymised: this is what an
 analyst looks up), the flow's Community ID (the hash that joins it with Zeek's and
 Suricata's logs), start and end time, duration, packets, IP bytes per direction, the
-predicted class with its probability, and the top classes. In Python the same records
+predicted class with its probability, and the top classes. With ``--reject`` (``reject=True``)
+a flow whose score is below the threshold calibrated when the run was trained
+(:mod:`dmfnet.training.rejection`) is predicted ``unknown``; its top classes stay, and a
+``score`` field follows. In Python the same records
 come from :func:`iter_predictions` (an iterator of dicts) or
 ``classify_captures(..., as_dataframe=True)`` (a pandas DataFrame).
 """
@@ -38,6 +41,7 @@ from dmfnet.flows.community_id import community_ids
 from dmfnet.flows.config import FlowConfig
 from dmfnet.problems import ProblemLog
 from dmfnet.progress import byte_progress
+from dmfnet.training.rejection import UNKNOWN
 
 FORMATS = ("csv", "jsonl")
 # Dataset columns read for the output (besides the model's inputs).
@@ -75,6 +79,8 @@ PREDICTION_FIELDS = (
     "probability",
     "top",
 )
+# With rejection: the score compared with the run's threshold follows.
+REJECTION_FIELDS = (*PREDICTION_FIELDS, "score")
 
 
 class ClassifyError(ValueError):
@@ -93,6 +99,8 @@ class ClassifySummary:
     flows_classified: int = 0
     removed: Counter = field(default_factory=Counter)  # filter rule -> flows
     predicted: Counter = field(default_factory=Counter)  # class -> flows
+    rejection: Any = None  # the run's Rejection when flows below its threshold are unknown
+    unknown: int = 0  # flows labelled unknown by the rejection threshold
     problems: ProblemLog = field(default_factory=ProblemLog)
     seconds: float = 0.0
 
@@ -112,6 +120,12 @@ class ClassifySummary:
         if removed:
             rules = ", ".join(f"{rule} {n}" for rule, n in sorted(self.removed.items()))
             lines.append(f"{removed} flows removed by filters, not classified: {rules}")
+        if self.rejection is not None:
+            rule = self.rejection
+            lines.append(
+                f"{self.unknown} flows unknown: {rule.score} score below {rule.threshold:.4g} "
+                f"(the run accepts {rule.accept_rate:.0%} of its validation flows)"
+            )
         if self.predicted:
             width = max(len(c) for c in self.predicted)
             lines.append("predicted classes:")
@@ -169,14 +183,16 @@ def output_format(out: str | Path, fmt: str | None = None) -> str:
 class PredictionWriter:
     """Writes prediction rows as CSV (``top`` as ``class:prob;...``) or JSON lines."""
 
-    def __init__(self, handle: IO[str], fmt: str, top_k: int) -> None:
+    def __init__(
+        self, handle: IO[str], fmt: str, top_k: int, fields: Sequence[str] = PREDICTION_FIELDS
+    ) -> None:
         self.handle = handle
         self.fmt = fmt
         self.top_k = top_k
         self._csv = None
         if fmt == "csv":
             self._csv = csv.writer(handle, lineterminator="\n")
-            self._csv.writerow(PREDICTION_FIELDS)
+            self._csv.writerow(fields)
 
     def write(
         self, meta: Mapping[str, np.ndarray], classes: Sequence[str], proba: np.ndarray
@@ -203,7 +219,9 @@ def prediction_rows(
     meta: Mapping[str, np.ndarray], classes: Sequence[str], proba: np.ndarray, top_k: int
 ) -> list[dict[str, Any]]:
     """One dict per flow, keys :data:`PREDICTION_FIELDS`: plain Python values, times in
-    epoch seconds, ``top`` a list of ``(class, probability)`` best first."""
+    epoch seconds, ``top`` a list of ``(class, probability)`` best first. When ``meta``
+    holds ``score`` and ``unknown`` (:func:`predict_chunk` with a rejection rule), the keys
+    are :data:`REJECTION_FIELDS` and a rejected flow is predicted ``unknown``."""
     n = len(proba)
     if n == 0:
         return []
@@ -211,6 +229,9 @@ def prediction_rows(
     top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     top_p = np.take_along_axis(proba, top, axis=1)
     names = np.asarray(classes, dtype=object)
+    predicted = names[top[:, 0]]
+    if "unknown" in meta:
+        predicted = np.where(meta["unknown"], UNKNOWN, predicted)
     start, end = meta["start_time"].tolist(), meta["end_time"].tolist()
     protocol = meta["protocol"].tolist()
     client_ip, server_ip = meta["client_ip"].tolist(), meta["server_ip"].tolist()
@@ -230,7 +251,7 @@ def prediction_rows(
         meta["packets"].tolist(),
         meta["ip_bytes_c2s"].tolist(),
         meta["ip_bytes_s2c"].tolist(),
-        names[top[:, 0]].tolist(),
+        predicted.tolist(),
         [round(p, 4) for p in top_p[:, 0].tolist()],
         [
             list(zip(c, p, strict=True))
@@ -238,7 +259,11 @@ def prediction_rows(
         ],
         strict=True,
     )
-    return [dict(zip(PREDICTION_FIELDS, values, strict=True)) for values in columns]
+    rows = [dict(zip(PREDICTION_FIELDS, values, strict=True)) for values in columns]
+    if "score" in meta:
+        for row, score in zip(rows, meta["score"].tolist(), strict=True):
+            row["score"] = round(score, 4)
+    return rows
 
 
 def _iso_time(epoch: float) -> str:
@@ -251,21 +276,33 @@ def _iso_time(epoch: float) -> str:
 # Classification
 
 
-def predict_chunk(trained: Any, chunk: Mapping[str, np.ndarray]) -> tuple[dict, np.ndarray]:
+def predict_chunk(
+    trained: Any, chunk: Mapping[str, np.ndarray], rejection: Any = None
+) -> tuple[dict, np.ndarray]:
     """Kept flows of one flow chunk -> (their metadata columns, class probabilities).
 
     Uses the data layer's conversion from flow chunks to model inputs, so classification
-    sees the same arrays as training.
+    sees the same arrays as training. With a :class:`~dmfnet.training.rejection.Rejection`
+    the metadata also holds each flow's ``score`` and whether it is ``unknown``.
     """
     from dmfnet.data.dataset import flows_to_dataset
 
     wanted = list(dict.fromkeys([*METADATA_COLUMNS, *trained.inputs]))
     flows = flows_to_dataset(chunk, columns=wanted, kept_only=True)
     meta = {c: flows.columns[c] for c in METADATA_COLUMNS}
+    if rejection is not None:
+        meta["score"] = np.zeros(len(flows))
+        meta["unknown"] = np.zeros(len(flows), dtype=bool)
     if len(flows) == 0:
         return meta, np.zeros((0, len(trained.classes)), dtype=np.float32)
-    proba = trained.predict_proba({c: flows.columns[c] for c in trained.inputs})
-    return meta, proba
+    inputs = {c: flows.columns[c] for c in trained.inputs}
+    if rejection is None:
+        return meta, trained.predict_proba(inputs)
+    logits = trained.predict_logits(inputs).astype(np.float64)  # one pass: scores and classes
+    meta["score"] = rejection.scores(logits)
+    meta["unknown"] = ~rejection.accepts(meta["score"])
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return meta, (proba / proba.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def classify_captures(
@@ -280,6 +317,7 @@ def classify_captures(
     chunk_bytes: int = 64 << 20,
     on_chunk: Callable[[int], None] | None = None,
     as_dataframe: bool = False,
+    reject: bool = False,
 ) -> Any:
     """Classify every kept flow of ``captures`` with the run ``run``; write ``out``.
 
@@ -297,6 +335,10 @@ def classify_captures(
     ``{"class", "probability"}``) and the summary in ``df.attrs["summary"]``; ``out`` is
     then optional (given, the file is written too). :func:`iter_predictions` gives the
     same records one at a time, without holding them.
+
+    ``reject`` labels ``unknown`` the flows whose score is below the rejection threshold
+    recorded in the run (a run without one is a :class:`ClassifyError`); the records then
+    have the fields :data:`REJECTION_FIELDS` and the summary counts the unknown flows.
     """
     if out is None and not as_dataframe:
         raise ClassifyError("give an output file (out) or as_dataframe=True")
@@ -308,13 +350,18 @@ def classify_captures(
     if out is not None:
         fmt = output_format(out, fmt)
     trained, files, config = _prepare_inputs(run, captures, top_k, config)
+    rejection = _rejection(trained, run) if reject else None
+    fields = REJECTION_FIELDS if reject else PREDICTION_FIELDS
 
     summary = ClassifySummary(out=str(out) if out is not None else "(DataFrame)")
+    summary.rejection = rejection
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     handle = _open_output(out) if out is not None else None
-    writer = PredictionWriter(handle, fmt, top_k) if handle is not None else None
-    chunks = _predicted_chunks(trained, files, config, summary, progress, chunk_bytes)
+    writer = PredictionWriter(handle, fmt, top_k, fields) if handle is not None else None
+    chunks = _predicted_chunks(
+        trained, files, config, summary, progress, chunk_bytes, rejection
+    )
     try:
         for meta, proba in chunks:
             if as_dataframe:
@@ -330,7 +377,7 @@ def classify_captures(
     summary.seconds = time.perf_counter() - started
     if not as_dataframe:
         return summary
-    frame = pd.DataFrame.from_records(records, columns=list(PREDICTION_FIELDS))
+    frame = pd.DataFrame.from_records(records, columns=list(fields))
     for name in ("start_time", "end_time"):
         frame[name] = pd.to_datetime(frame[name], utc=True)
     frame.attrs["summary"] = summary
@@ -346,6 +393,7 @@ def iter_predictions(
     progress: bool = False,
     chunk_bytes: int = 64 << 20,
     summary: ClassifySummary | None = None,
+    reject: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """The predictions of :func:`classify_captures`, one dict per flow, as flows complete.
 
@@ -354,11 +402,15 @@ def iter_predictions(
     held beyond the flows of one chunk, so captures of any size can be streamed. Pass a
     :class:`ClassifySummary` as ``summary`` to have it filled (counts, filters, problems)
     as the captures are read. A bad run, capture or option raises :class:`ClassifyError`
-    here, before the iterator is returned.
+    here, before the iterator is returned. ``reject`` as in :func:`classify_captures`.
     """
     trained, files, config = _prepare_inputs(run, captures, top_k, config)
+    rejection = _rejection(trained, run) if reject else None
     summary = summary if summary is not None else ClassifySummary(out="(iterator)")
-    chunks = _predicted_chunks(trained, files, config, summary, progress, chunk_bytes)
+    summary.rejection = rejection
+    chunks = _predicted_chunks(
+        trained, files, config, summary, progress, chunk_bytes, rejection
+    )
 
     def records() -> Iterator[dict[str, Any]]:
         started = time.perf_counter()
@@ -417,9 +469,11 @@ def _predicted_chunks(
     summary: ClassifySummary,
     progress: bool,
     chunk_bytes: int,
+    rejection: Any = None,
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """(metadata columns, probabilities) of each flow chunk of the captures, in order;
-    ``summary`` counts captures, packets, flows, filters, predictions and problems."""
+    ``summary`` counts captures, packets, flows, filters, predictions (unknown flows as
+    ``unknown``) and problems."""
     from dmfnet.capture import read_packets
     from dmfnet.flows import assemble_flows
 
@@ -436,12 +490,14 @@ def _predicted_chunks(
             try:
                 for chunk in assemble_flows(packets, config, capture=str(path)):
                     _count_filtered(chunk, summary)
-                    meta, proba = predict_chunk(trained, chunk)
+                    meta, proba = predict_chunk(trained, chunk, rejection)
                     summary.flows_classified += len(proba)
                     if len(proba):
-                        summary.predicted.update(
-                            np.asarray(trained.classes)[proba.argmax(axis=1)].tolist()
-                        )
+                        predicted = np.asarray(trained.classes)[proba.argmax(axis=1)]
+                        if rejection is not None:
+                            predicted = np.where(meta["unknown"], UNKNOWN, predicted)
+                            summary.unknown += int(meta["unknown"].sum())
+                        summary.predicted.update(predicted.tolist())
                     yield meta, proba
             except (MemoryError, OSError):
                 raise
@@ -466,6 +522,21 @@ def _load(run: str | Path | Any) -> Any:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise ClassifyError(str(msg)) from None
+
+
+def _rejection(trained: Any, run: str | Path | Any) -> Any:
+    """The run's calibrated rejection rule; a :class:`ClassifyError` when it has none."""
+    from dmfnet.training.rejection import run_rejection
+
+    if UNKNOWN in trained.classes:
+        raise ClassifyError(
+            f"the run has a class named {UNKNOWN!r}: rejected flows could not be told from it"
+        )
+    name = str(run) if isinstance(run, (str, Path)) else "the run"
+    try:
+        return run_rejection(trained.info, name)
+    except ValueError as exc:
+        raise ClassifyError(str(exc)) from None
 
 
 def _size(path: Path) -> int:
