@@ -16,6 +16,7 @@ import pcapbuild as pb
 from dmfnet.classify import ClassifyError, classify_captures, iter_predictions
 from dmfnet.cli import main
 from dmfnet.training.rejection import (
+    MIN_MISCLASSIFIED,
     auroc,
     calibrate_rejection,
     flow_scores,
@@ -79,22 +80,43 @@ def test_auroc_counts_ties_half() -> None:
 
 def test_score_chosen_is_the_one_that_tells_misclassified_flows_apart() -> None:
     # Right flows: large logits, close together (low max softmax, high energy); wrong flows:
-    # small logits, one far ahead (high max softmax, low energy). Energy separates them.
-    right = np.array([[11.0, 10.0, 10.0], [12.0, 11.5, 11.0], [10.5, 10.0, 9.0]])
-    wrong = np.array([[0.0, 3.0, 0.0], [0.0, 0.0, 4.0]])
-    logits, y = np.vstack([right, wrong]), np.zeros(5, dtype=np.int64)
+    # small logits, one far ahead (high max softmax, low energy). Max softmax ranks them
+    # the wrong way round; energy separates them.
+    rng = np.random.default_rng(0)
+    right = 10.0 + rng.random((30, 3))
+    right[:, 0] += 1.0
+    wrong = rng.random((MIN_MISCLASSIFIED, 3))
+    wrong[:, 1] += 4.0
+    logits = np.vstack([right, wrong])
+    y = np.zeros(len(logits), dtype=np.int64)
     record = calibrate_rejection(logits, y, kind="torch")
     assert record["score"] == "energy"
     measured = record["score_choice"]["auroc_correct_vs_misclassified"]
-    assert measured["energy"] == 1.0 and measured["max_softmax"] == 0.0
-    assert record["score_choice"]["misclassified_flows"] == 2
+    assert measured["energy"] == 1.0 and measured["max_softmax"] < 0.5
+    assert record["score_choice"]["misclassified_flows"] == MIN_MISCLASSIFIED
+    # The other way round: right flows with small logits, one far ahead; wrong flows with
+    # large, close logits. Max softmax is chosen.
+    right = rng.random((30, 3))
+    right[:, 0] += 5.0
+    wrong = 10.0 + rng.random((MIN_MISCLASSIFIED, 3))
+    wrong[:, 1] += 1.5
+    flipped = np.vstack([right, wrong])
+    assert calibrate_rejection(flipped, y, kind="torch")["score"] == "max_softmax"
     # An estimator has probabilities only: max softmax whatever the measurement.
     assert calibrate_rejection(logits, y, kind="estimator")["score"] == "max_softmax"
     with pytest.raises(ValueError, match="not available"):
         calibrate_rejection(logits, y, kind="estimator", score="energy")
-    # Nothing misclassified: nothing to measure, max softmax is kept.
+
+
+def test_too_few_misclassified_flows_keep_the_default_score() -> None:
+    right = np.array([[11.0, 10.0, 10.0], [12.0, 11.5, 11.0], [10.5, 10.0, 9.0]])
+    wrong = np.array([[0.0, 3.0, 0.0]])  # one error: its rank is not a measurement
+    logits, y = np.vstack([right, wrong]), np.zeros(4, dtype=np.int64)
+    record = calibrate_rejection(logits, y, kind="torch")
+    assert record["score"] == "energy" and "fewer than" in record["score_choice"]["chosen_by"]
+    assert calibrate_rejection(logits, y, kind="estimator")["score"] == "max_softmax"
     record = calibrate_rejection(right, np.zeros(3, dtype=np.int64), kind="torch")
-    assert record["score"] == "max_softmax"
+    assert record["score"] == "energy"
     assert record["score_choice"]["auroc_correct_vs_misclassified"]["energy"] is None
 
 

@@ -15,7 +15,11 @@ instead. Two scores, both higher for flows that look known:
 so that ``accept_rate`` of them (95 % by default) are accepted, and picks the score from a
 measurement on the same flows: the one that best separates the validation flows the model
 gets right from those it gets wrong (AUROC), since flows of an unseen class are, to the
-model, flows it cannot classify. ``train`` records the result in ``run.json`` under
+model, flows it cannot classify. With fewer than :data:`MIN_MISCLASSIFIED` misclassified
+validation flows that AUROC is the rank of a handful of flows, not a measurement; the
+score is then ``energy`` for the torch models (max softmax saturates near 1 on a model
+that makes no validation errors, so it barely ranks flows; docs/open-set.md has the
+held-out measurements) and ``max_softmax`` for estimators. ``train`` records the result in ``run.json`` under
 ``rejection``; ``classify --reject`` reads it back with :func:`run_rejection`.
 """
 
@@ -30,6 +34,7 @@ import numpy as np
 
 SCORES = ("max_softmax", "energy")
 DEFAULT_ACCEPT_RATE = 0.95
+MIN_MISCLASSIFIED = 10  # misclassified validation flows needed to compare the scores
 UNKNOWN = "unknown"  # the label of a rejected flow
 
 
@@ -114,9 +119,9 @@ def calibrate_rejection(
     """The ``rejection`` record of ``run.json`` from the validation flows' logits.
 
     ``score=None`` picks, among :func:`available_scores` of ``kind``, the score with the
-    highest AUROC of correct against misclassified validation flows; without both kinds
-    of flows (a model that gets every validation flow right) nothing is measured and
-    ``max_softmax`` is kept: it is bounded, every model has it and it is the usual baseline.
+    highest AUROC of correct against misclassified validation flows when at least
+    :data:`MIN_MISCLASSIFIED` flows are misclassified; with fewer, the last score that
+    ``kind`` has (``energy`` for torch models, ``max_softmax`` for an estimator).
     The record holds the score, threshold, accept rate, validation flows and accepted
     flows, and ``score_choice``: each score's AUROC and the flows it was measured on.
     """
@@ -134,14 +139,16 @@ def calibrate_rejection(
         name: auroc(flow_scores(logits[correct], name), flow_scores(logits[~correct], name))
         for name in allowed
     }
-    if score is None:
-        score, best = "max_softmax", measured["max_softmax"]
-        for name, value in measured.items():
-            if not math.isnan(value) and (math.isnan(best) or value > best):
-                score, best = name, value
+    misclassified = int((~correct).sum())
+    if score is None and misclassified >= MIN_MISCLASSIFIED and correct.any():
+        score = max(allowed, key=lambda name: measured[name])  # ties: max_softmax, first
         chosen_by = "validation AUROC, correct vs misclassified flows"
-        if math.isnan(best):
-            chosen_by = "default (no misclassified validation flow to measure on)"
+    elif score is None:
+        score = allowed[-1]
+        chosen_by = (
+            f"default: {misclassified} misclassified validation flows, fewer than "
+            f"{MIN_MISCLASSIFIED} to compare the scores on"
+        )
     else:
         chosen_by = "given"
     scores = flow_scores(logits, score)
@@ -154,7 +161,7 @@ def calibrate_rejection(
             "auroc_correct_vs_misclassified": {  # None: not measurable (JSON has no NaN)
                 name: None if math.isnan(value) else value for name, value in measured.items()
             },
-            "misclassified_flows": int((~correct).sum()),
+            "misclassified_flows": misclassified,
         },
     }
 
