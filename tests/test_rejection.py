@@ -295,3 +295,22 @@ def test_open_set_benchmark_reports_auroc_and_rates_per_held_out_class(
     assert again["trained"] == [] and len(again["skipped"]) == 2
     with pytest.raises(ValueError, match="other settings"):
         run_open_set(dataset, report, models=["dmf"], seeds=2, epochs=2, progress=False)
+
+
+def test_cli_open_set_writes_the_report_and_refuses_too_many_held_out_classes(
+    tmp_path: Path, capsys, single_thread
+) -> None:
+    from training_data import write_flow_file
+
+    flows = write_flow_file(synthetic_flows(("chat", "download", "ssh"), 30), tmp_path / "f.parquet")
+    report = tmp_path / "report"
+    args = ["benchmark", str(flows), "-o", str(report), "--open-set", "--models", "dmf"]
+    args += ["--seeds", "1", "--epochs", "1", "--batch-size", "32", "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "# Open-set benchmark" in out and "1 runs trained" in out
+    assert (report / "open_set.csv").exists() and (report / "tables.md").exists()
+    assert not (report / "results.csv").exists()  # not a closed-set benchmark report
+    code = main([*args[:4], "-o", str(tmp_path / "other"), "--open-set", "--held-out", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "held-out classes per seed must be 1 to 1" in err[0]
