@@ -6,8 +6,10 @@ A run folder (``RUN/``) holds:
   back with ``torch.load(weights_only=True)``; no pickled objects), or ``estimator/`` with
   the files an estimator model (XGBoost) saves itself;
 * ``run.json``: model name and resolved config, class names, input columns, the resolved
-  training configuration, seed, split protocol and sizes, duplicates removed, the dataset
-  path and card summary, and the versions of dmfnet, torch, numpy and python;
+  training configuration, seed, split protocol and sizes, duplicates removed, the rejection
+  threshold calibrated on the validation flows (``rejection``,
+  :mod:`dmfnet.training.rejection`), the dataset path and card summary, and the versions of
+  dmfnet, torch, numpy and python;
 * ``history.csv``: one row per epoch (train loss, validation loss/accuracy/macro-F1, seconds);
 * ``metrics.json``: the test metrics (:func:`dmfnet.training.metrics.classification_metrics`);
 * ``report.md`` with the confusion matrix (CSV, PNG) and the training curve.
