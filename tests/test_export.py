@@ -90,7 +90,7 @@ def test_metadata_holds_class_names_and_inputs_are_the_raw_dataset_columns(
     assert meta["classes"] == trained.classes == ["chat", "download", "ssh"]
     assert meta["inputs"] == list(trained.inputs)
     assert meta["model"] == "dmf"
-    assert "rejection" not in meta  # the run has none
+    assert meta["rejection"] == trained.info["rejection"]  # the threshold training calibrated
     proto = onnx.load(str(exported))
     onnx.checker.check_model(proto)
     types = {i.name: i.type.tensor_type for i in proto.graph.input}

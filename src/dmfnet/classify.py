@@ -10,7 +10,10 @@ One output line per kept flow: the capture, the IP protocol number (as in the da
 6 TCP, 17 UDP), the endpoints as seen in the capture (never anonymised: this is what an
 analyst looks up), the flow's Community ID (the hash that joins it with Zeek's and
 Suricata's logs), start and end time, duration, packets, IP bytes per direction, the
-predicted class with its probability, and the top classes. In Python the same records
+predicted class with its probability, and the top classes. With ``--reject`` (``reject=True``)
+a flow whose score is below the threshold calibrated when the run was trained
+(:mod:`dmfnet.training.rejection`) is predicted ``unknown``; its top classes stay, and a
+``score`` field follows. In Python the same records
 come from :func:`iter_predictions` (an iterator of dicts) or
 ``classify_captures(..., as_dataframe=True)`` (a pandas DataFrame).
 """
@@ -45,6 +48,7 @@ from dmfnet.flows.config import FlowConfig, recorded_flow_config
 from dmfnet.flows.schema import SEQUENCE_COLUMNS
 from dmfnet.problems import ProblemLog
 from dmfnet.progress import byte_progress
+from dmfnet.training.rejection import UNKNOWN
 
 FORMATS = ("csv", "jsonl")
 # Dataset columns read for the output (besides the model's inputs).
@@ -95,6 +99,8 @@ WHOLE_FLOW_COLUMNS = frozenset(
         "handshake_complete", "end_reason",
     }
 )  # fmt: skip
+# With rejection: the score compared with the run's threshold follows.
+REJECTION_FIELDS = (*PREDICTION_FIELDS, "score")
 
 
 class ClassifyError(ValueError):
@@ -113,6 +119,8 @@ class ClassifySummary:
     flows_classified: int = 0
     removed: Counter = field(default_factory=Counter)  # filter rule -> flows
     predicted: Counter = field(default_factory=Counter)  # class -> flows
+    rejection: Any = None  # the run's Rejection when flows below its threshold are unknown
+    unknown: int = 0  # flows labelled unknown by the rejection threshold
     problems: ProblemLog = field(default_factory=ProblemLog)
     seconds: float = 0.0
 
@@ -132,6 +140,12 @@ class ClassifySummary:
         if removed:
             rules = ", ".join(f"{rule} {n}" for rule, n in sorted(self.removed.items()))
             lines.append(f"{removed} flows removed by filters, not classified: {rules}")
+        if self.rejection is not None:
+            rule = self.rejection
+            lines.append(
+                f"{self.unknown} flows unknown: {rule.score} score below {rule.threshold:.4g} "
+                f"(the run accepts {rule.accept_rate:.0%} of its validation flows)"
+            )
         if self.predicted:
             width = max(len(c) for c in self.predicted)
             lines.append("predicted classes:")
@@ -186,14 +200,17 @@ def output_format(out: str | Path, fmt: str | None = None) -> str:
 class PredictionWriter:
     """Writes prediction rows as CSV (``top`` as ``class:prob;...``) or JSON lines."""
 
-    def __init__(self, handle: IO[str], fmt: str, top_k: int, early: bool = False) -> None:
+    def __init__(
+        self, handle: IO[str], fmt: str, top_k: int, fields: Sequence[str] = PREDICTION_FIELDS
+    ) -> None:
         self.handle = handle
         self.fmt = fmt
         self.top_k = top_k
+        self.fields = tuple(fields)
         self._csv = None
         if fmt == "csv":
             self._csv = csv.writer(handle, lineterminator="\n")
-            self._csv.writerow(PREDICTION_FIELDS + (EARLY_FIELDS if early else ()))
+            self._csv.writerow(fields)
             handle.flush()
 
     def write(
@@ -211,10 +228,10 @@ class PredictionWriter:
                 row["decision_time"] = _iso_time(row["decision_time"])
             if writer is not None:
                 row["top"] = ";".join(f"{c}:{p:.4f}" for c, p in row["top"])
-                writer.writerow(row.values())
+                writer.writerow([row[name] for name in self.fields])
             else:
                 row["top"] = [{"class": c, "probability": round(p, 4)} for c, p in row["top"]]
-                buf.write(json.dumps(row) + "\n")
+                buf.write(json.dumps({name: row[name] for name in self.fields}) + "\n")
         self.handle.write(buf.getvalue())
         self.handle.flush()
 
@@ -223,7 +240,9 @@ def prediction_rows(
     meta: Mapping[str, np.ndarray], classes: Sequence[str], proba: np.ndarray, top_k: int
 ) -> list[dict[str, Any]]:
     """One dict per flow, keys :data:`PREDICTION_FIELDS`: plain Python values, times in
-    epoch seconds, ``top`` a list of ``(class, probability)`` best first."""
+    epoch seconds, ``top`` a list of ``(class, probability)`` best first. When ``meta``
+    holds ``score`` and ``unknown`` (:func:`predict_chunk` with a rejection rule), the keys
+    are :data:`REJECTION_FIELDS` and a rejected flow is predicted ``unknown``."""
     n = len(proba)
     if n == 0:
         return []
@@ -231,6 +250,9 @@ def prediction_rows(
     top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     top_p = np.take_along_axis(proba, top, axis=1)
     names = np.asarray(classes, dtype=object)
+    predicted = names[top[:, 0]]
+    if "unknown" in meta:
+        predicted = np.where(meta["unknown"], UNKNOWN, predicted)
     start, end = meta["start_time"].tolist(), meta["end_time"].tolist()
     protocol = meta["protocol"].tolist()
     client_ip, server_ip = meta["client_ip"].tolist(), meta["server_ip"].tolist()
@@ -250,7 +272,7 @@ def prediction_rows(
         meta["packets"].tolist(),
         meta["ip_bytes_c2s"].tolist(),
         meta["ip_bytes_s2c"].tolist(),
-        names[top[:, 0]].tolist(),
+        predicted.tolist(),
         [round(p, 4) for p in top_p[:, 0].tolist()],
         [
             list(zip(c, p, strict=True))
@@ -265,6 +287,9 @@ def prediction_rows(
         ):
             row["decided_packets"] = packets
             row["decision_time"] = when
+    if "score" in meta:
+        for row, score in zip(rows, meta["score"].tolist(), strict=True):
+            row["score"] = round(score, 4)
     return rows
 
 
@@ -278,11 +303,14 @@ def _iso_time(epoch: float) -> str:
 # Classification
 
 
-def predict_chunk(trained: Any, chunk: Mapping[str, np.ndarray]) -> tuple[dict, np.ndarray]:
+def predict_chunk(
+    trained: Any, chunk: Mapping[str, np.ndarray], rejection: Any = None
+) -> tuple[dict, np.ndarray]:
     """Kept flows of one flow chunk -> (their metadata columns, class probabilities).
 
     Uses the data layer's conversion from flow chunks to model inputs, so classification
-    sees the same arrays as training.
+    sees the same arrays as training. With a :class:`~dmfnet.training.rejection.Rejection`
+    the metadata also holds each flow's ``score`` and whether it is ``unknown``.
     """
     from dmfnet.data.dataset import flows_to_dataset
 
@@ -292,10 +320,19 @@ def predict_chunk(trained: Any, chunk: Mapping[str, np.ndarray]) -> tuple[dict, 
     if "decision_time" in chunk:
         kept = np.asarray(chunk["filter_reason"]).astype(str) == ""
         meta.update({c: np.asarray(chunk[c])[kept] for c in EARLY_FIELDS})
+    if rejection is not None:
+        meta["score"] = np.zeros(len(flows))
+        meta["unknown"] = np.zeros(len(flows), dtype=bool)
     if len(flows) == 0:
         return meta, np.zeros((0, len(trained.classes)), dtype=np.float32)
-    proba = trained.predict_proba({c: flows.columns[c] for c in trained.inputs})
-    return meta, proba
+    inputs = {c: flows.columns[c] for c in trained.inputs}
+    if rejection is None:
+        return meta, trained.predict_proba(inputs)
+    logits = trained.predict_logits(inputs).astype(np.float64)  # one pass: scores and classes
+    meta["score"] = rejection.scores(logits)
+    meta["unknown"] = ~rejection.accepts(meta["score"])
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return meta, (proba / proba.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def classify_captures(
@@ -312,6 +349,7 @@ def classify_captures(
     as_dataframe: bool = False,
     decide_after: int | None = None,
     engine: str = "auto",
+    reject: bool = False,
 ) -> Any:
     """Classify every kept flow of ``captures`` with the run ``run``; write ``out``.
 
@@ -335,6 +373,9 @@ def classify_captures(
     ``engine`` scores the flows with ``torch``, ``onnx`` (onnxruntime) or ``auto``
     (:func:`dmfnet.export.scoring_engine`: onnxruntime when the run folder holds a current
     ``model.onnx`` from ``dmfnet export`` and onnxruntime is faster for the model).
+    ``reject`` labels ``unknown`` the flows whose score is below the rejection threshold
+    recorded in the run (a run without one is a :class:`ClassifyError`); the records then
+    have the fields :data:`REJECTION_FIELDS` and the summary counts the unknown flows.
     """
     if out is None and not as_dataframe:
         raise ClassifyError("give an output file (out) or as_dataframe=True")
@@ -347,16 +388,20 @@ def classify_captures(
         fmt = output_format(out, fmt)
     trained, files, config = _prepare_inputs(run, captures, top_k, config, engine)
     _check_decide_after(decide_after, config)
+    rejection = _rejection(trained, run) if reject else None
+    early = decide_after is not None
+    fields = _fields(reject, early)
 
     summary = ClassifySummary(out=str(out) if out is not None else "(DataFrame)")
+    summary.rejection = rejection
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     handle = _open_output(out) if out is not None else None
-    early = decide_after is not None
-    writer = PredictionWriter(handle, fmt, top_k, early) if handle is not None else None
+    summary.rejection = rejection
+    writer = PredictionWriter(handle, fmt, top_k, fields) if handle is not None else None
     bar = byte_progress(sum(_size(p) for p in files), "classify", enabled=progress)
     sources = [(str(p), _file_packets(p, chunk_bytes, bar.update)) for p in files]
-    chunks = _predicted_chunks(trained, sources, config, summary, decide_after, early)
+    chunks = _predicted_chunks(trained, sources, config, summary, decide_after, early, rejection)
     try:
         for meta, proba in chunks:
             if as_dataframe:
@@ -373,8 +418,7 @@ def classify_captures(
     summary.seconds = time.perf_counter() - started
     if not as_dataframe:
         return summary
-    columns = list(PREDICTION_FIELDS) + (list(EARLY_FIELDS) if early else [])
-    frame = pd.DataFrame.from_records(records, columns=columns)
+    frame = pd.DataFrame.from_records(records, columns=list(fields))
     for name in ("start_time", "end_time", "decision_time"):
         if name in frame:
             frame[name] = pd.to_datetime(frame[name], utc=True)
@@ -397,6 +441,7 @@ def classify_stream(
     on_chunk: Callable[[int], None] | None = None,
     handle_signals: bool = True,
     engine: str = "auto",
+    reject: bool = False,
 ) -> ClassifySummary:
     """Classify traffic as it arrives: a pcap/pcapng stream (``source``, e.g. standard
     input fed by ``tcpdump -U -w -``) or a network interface (``interface``, captured by
@@ -436,8 +481,10 @@ def classify_stream(
     sources = [(name, lambda problems: read_stream(fd, problems, name=name,
                                                    chunk_bytes=chunk_bytes, stop=stop))]  # fmt: skip
     handle = _open_output(out)
-    writer = PredictionWriter(handle, fmt, top_k, early=True)
-    chunks = _predicted_chunks(trained, sources, config, summary, decide_after, True)
+    rejection = _rejection(trained, run) if reject else None
+    summary.rejection = rejection
+    writer = PredictionWriter(handle, fmt, top_k, _fields(reject, early=True))
+    chunks = _predicted_chunks(trained, sources, config, summary, decide_after, True, rejection)
     ask_stop = capture.stop if capture is not None else stop.request
     try:
         with _stop_on_signals(ask_stop, enabled=handle_signals):
@@ -484,24 +531,28 @@ def iter_predictions(
     summary: ClassifySummary | None = None,
     decide_after: int | None = None,
     engine: str = "auto",
+    reject: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """The predictions of :func:`classify_captures`, one dict per flow, as flows complete.
 
-    Keys are :data:`PREDICTION_FIELDS` (and :data:`EARLY_FIELDS` with ``decide_after``);
-    ``start_time`` and ``end_time`` are timezone-aware UTC datetimes, ``top`` a list of
-    ``{"class", "probability"}`` best first. Nothing is held beyond the flows of one
-    chunk, so captures of any size can be streamed. Pass a :class:`ClassifySummary` as
-    ``summary`` to have it filled (counts, filters, problems) as the captures are read. A
-    bad run, capture or option raises :class:`ClassifyError` here, before the iterator is
-    returned. ``engine`` as in :func:`classify_captures`.
+    Keys are :data:`PREDICTION_FIELDS` (and :data:`EARLY_FIELDS` with ``decide_after``,
+    ``score`` with ``reject``); ``start_time`` and ``end_time`` are timezone-aware UTC
+    datetimes, ``top`` a list of ``{"class", "probability"}`` best first. Nothing is held
+    beyond the flows of one chunk, so captures of any size can be streamed. Pass a
+    :class:`ClassifySummary` as ``summary`` to have it filled (counts, filters, problems)
+    as the captures are read. A bad run, capture or option raises :class:`ClassifyError`
+    here, before the iterator is returned. ``engine`` and ``reject`` as in
+    :func:`classify_captures`.
     """
     trained, files, config = _prepare_inputs(run, captures, top_k, config, engine)
     _check_decide_after(decide_after, config)
+    rejection = _rejection(trained, run) if reject else None
     summary = summary if summary is not None else ClassifySummary(out="(iterator)")
+    summary.rejection = rejection
     bar = byte_progress(sum(_size(p) for p in files), "classify", enabled=progress)
     sources = [(str(p), _file_packets(p, chunk_bytes, bar.update)) for p in files]
     chunks = _predicted_chunks(
-        trained, sources, config, summary, decide_after, decide_after is not None
+        trained, sources, config, summary, decide_after, decide_after is not None, rejection
     )
 
     def records() -> Iterator[dict[str, Any]]:
@@ -595,9 +646,11 @@ def _predicted_chunks(
     summary: ClassifySummary,
     decide_after: int | None,
     decide_early: bool,
+    rejection: Any = None,
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """(metadata columns, probabilities) of each flow chunk of the sources, in order;
-    ``summary`` counts captures, packets, flows, filters, predictions and problems."""
+    ``summary`` counts captures, packets, flows, filters, predictions (unknown flows as
+    ``unknown``) and problems."""
     from dmfnet.flows import assemble_flows
 
     summary.captures = len(sources)
@@ -611,12 +664,14 @@ def _predicted_chunks(
             )
             for chunk in flows:
                 _count_filtered(chunk, summary)
-                meta, proba = predict_chunk(trained, chunk)
+                meta, proba = predict_chunk(trained, chunk, rejection)
                 summary.flows_classified += len(proba)
                 if len(proba):
-                    summary.predicted.update(
-                        np.asarray(trained.classes)[proba.argmax(axis=1)].tolist()
-                    )
+                    predicted = np.asarray(trained.classes)[proba.argmax(axis=1)]
+                    if rejection is not None:
+                        predicted = np.where(meta["unknown"], UNKNOWN, predicted)
+                        summary.unknown += int(meta["unknown"].sum())
+                    summary.predicted.update(predicted.tolist())
                 yield meta, proba
         except (MemoryError, OSError):
             raise
@@ -728,6 +783,30 @@ def _scoring_engine(trained: Any, run: str | Path | Any, engine: str) -> Any:
     try:
         return scoring_engine(trained, engine, run_dir)
     except ExportError as exc:
+        raise ClassifyError(str(exc)) from None
+
+
+def _fields(reject: bool, early: bool) -> tuple[str, ...]:
+    """The fields of each output record."""
+    return (
+        PREDICTION_FIELDS + (("score",) if reject else ()) + (EARLY_FIELDS if early else ())
+    )
+
+
+def _rejection(trained: Any, run: str | Path | Any) -> Any:
+    """The run's calibrated rejection rule; a :class:`ClassifyError` when it has none."""
+    from dmfnet.training.rejection import run_rejection
+
+    if not hasattr(trained, "predict_logits"):
+        raise ClassifyError("--reject needs the torch engine (--engine torch)")
+    if UNKNOWN in trained.classes:
+        raise ClassifyError(
+            f"the run has a class named {UNKNOWN!r}: rejected flows could not be told from it"
+        )
+    name = str(run) if isinstance(run, (str, Path)) else "the run"
+    try:
+        return run_rejection(trained.info, name)
+    except ValueError as exc:
         raise ClassifyError(str(exc)) from None
 
 

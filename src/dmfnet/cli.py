@@ -324,6 +324,16 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: CUDA when present, else CPU (default: auto)",
     )
+    from dmfnet.training.rejection import DEFAULT_ACCEPT_RATE
+
+    p.add_argument(
+        "--accept-rate",
+        type=float,
+        default=DEFAULT_ACCEPT_RATE,
+        metavar="RATE",
+        help="the rejection threshold (classify --reject) accepts this share of the known "
+        f"validation flows (default: {DEFAULT_ACCEPT_RATE})",
+    )
 
 
 def _add_loader(p: argparse.ArgumentParser, what: str) -> None:
@@ -387,6 +397,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="torch CPU threads per process (default: torch's choice); 1 is often fastest "
         "on a busy machine or with small batches",
+    )
+    p.add_argument(
+        "--reject-score",
+        choices=("auto", "max_softmax", "energy"),
+        default="auto",
+        help="score of the rejection threshold: the largest class probability, or the energy "
+        "score (torch models); auto picks the one that best tells correct from misclassified "
+        "validation flows (default: auto)",
     )
     _add_force(p, "an existing run in RUN (with its evaluation-* folders)", "its files are kept")
     _add_quiet(p, "per-epoch progress lines")
@@ -489,6 +507,8 @@ def _run_train(args: argparse.Namespace) -> int:
             num_workers=args.num_workers,
             loader=args.loader,
             buffer_flows=args.shuffle_buffer,
+            accept_rate=args.accept_rate,
+            reject_score=None if args.reject_score == "auto" else args.reject_score,
             progress=not args.quiet,
             force=args.force,
         )
@@ -598,12 +618,30 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dataset", help="folder written by `dmfnet prepare` (or one Parquet file)")
     p.add_argument("-o", "--output", required=True, metavar="REPORT", help="report folder")
+    from dmfnet.training.openset import OPEN_SET_MODELS
+
     p.add_argument(
         "--models",
-        default=",".join(DEFAULT_MODELS),
-        help="comma-separated registered model names (default: %(default)s)",
+        default=None,
+        help=f"comma-separated registered model names (default: {','.join(DEFAULT_MODELS)}; "
+        f"with --open-set: {','.join(OPEN_SET_MODELS)})",
     )
     p.add_argument("--seeds", type=int, default=5, help="runs per model, seeds 0..K-1 (default: 5)")
+    p.add_argument(
+        "--open-set",
+        action="store_true",
+        help="open-set benchmark instead: seed k holds out --held-out classes (in name order, "
+        "from class k*N on), trains on the rest and reports the AUROC of known test flows "
+        "against held-out flows and the known accepted / unknown rejected shares at the "
+        "calibrated threshold (REPORT/open_set.csv, REPORT/tables.md); see docs/open-set.md",
+    )
+    p.add_argument(
+        "--held-out",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --open-set: classes held out per seed (default: 1)",
+    )
     _add_training_options(p)
     p.add_argument(
         "--set",
@@ -644,10 +682,17 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dmfnet.models import available_models
-    from dmfnet.training.benchmark import run_benchmark, write_complexity_report
+    from dmfnet.training.benchmark import (
+        DEFAULT_MODELS,
+        run_benchmark,
+        write_complexity_report,
+    )
+    from dmfnet.training.openset import OPEN_SET_MODELS
 
     if not Path(args.dataset).exists():
         raise UserError(f"dataset {args.dataset} does not exist")
+    if args.models is None:
+        args.models = ",".join(OPEN_SET_MODELS if args.open_set else DEFAULT_MODELS)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     known = available_models()
     unknown = [m for m in models if m not in known]
@@ -682,6 +727,10 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         print(f"complexity: {path}")
         return 0
 
+    if args.open_set:
+        if args.complexity_only:
+            raise UserError("--open-set and --complexity-only exclude each other")
+        return _run_open_set(args, models, model_config)
     with _warnings_as_lines():  # small classes, --drop-classes absent from the dataset
         out = run_benchmark(
             args.dataset,
@@ -720,6 +769,56 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     if out["failed"]:
         for model, seed, reason in out["failed"]:
             print(f"failed: {model}, seed {seed}: {reason}", file=sys.stderr)
+        print(
+            f"dmfnet benchmark: {len(out['failed'])} run(s) failed (see "
+            f"{Path(args.output) / 'failures.log'}); rerun to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _run_open_set(args: argparse.Namespace, models: list[str], model_config: dict) -> int:
+    """`dmfnet benchmark --open-set`: :func:`dmfnet.training.openset.run_open_set`."""
+    from pathlib import Path
+
+    from dmfnet.training.openset import run_open_set
+
+    with _warnings_as_lines():
+        out = run_open_set(
+            args.dataset,
+            args.output,
+            models=models,
+            seeds=args.seeds,
+            held_out=args.held_out,
+            accept_rate=args.accept_rate,
+            split=args.split,
+            keep_duplicates=args.keep_duplicates,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            patience=args.patience,
+            schedule=args.schedule,
+            ema=args.ema,
+            device=args.device,
+            model_config=model_config,
+            min_class_flows=args.min_class_flows,
+            drop_classes=_class_list(args.drop_classes),
+            progress=not args.quiet,
+            force=args.force,
+        )
+    if out["tables"] is not None:
+        print()
+        print(out["tables"].read_text())
+        print(f"tables: {out['tables']}")
+    print(
+        f"{len(out['trained'])} runs trained, {len(out['skipped'])} already in "
+        f"{Path(args.output) / 'open_set.csv'}"
+    )
+    for model, seed, reason in out["failed"]:
+        print(f"failed: {model}, seed {seed}: {reason}", file=sys.stderr)
+    if out["failed"]:
         print(
             f"dmfnet benchmark: {len(out['failed'])} run(s) failed (see "
             f"{Path(args.output) / 'failures.log'}); rerun to retry them",
@@ -789,6 +888,12 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
         "memory when there is none; auto (default) takes onnx when RUN/model.onnx is current, "
         "onnxruntime is installed and faster for the model, torch otherwise",
     )
+    p.add_argument(
+        "--reject",
+        action="store_true",
+        help="label 'unknown' the flows whose score is below the threshold calibrated on the "
+        "run's validation flows (the top classes stay; a score column is added)",
+    )
     _add_quiet(p, "progress bar")
     p.set_defaults(func=_run_classify)
 
@@ -816,6 +921,7 @@ def _run_classify(args: argparse.Namespace) -> int:
                 top_k=args.top,
                 decide_after=args.decide_after,
                 engine=args.engine,
+                reject=args.reject,
             )
         else:
             if args.capture_filter:
@@ -829,6 +935,7 @@ def _run_classify(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 decide_after=args.decide_after,
                 engine=args.engine,
+                reject=args.reject,
             )
     except ClassifyError as exc:
         raise UserError(str(exc)) from None

@@ -4,6 +4,7 @@
 one *kind*, recognised by its mark (the file written last): ``_dataset.json`` (or the
 older ``dataset.json``) for a dataset, ``run.json`` for a run, ``evaluation.json`` for an
 evaluation, ``benchmark.json``/``results.csv``/``complexity.json`` for a benchmark report,
+``open_set.json``/``open_set.csv`` for an open-set benchmark report,
 ``demo.json`` for a demo. A command writes into a folder that is
 
 * new or empty;
@@ -75,6 +76,12 @@ BENCHMARK = Kind(
     ("benchmark.json", "results.csv", "complexity.json"),
     "resume",
     keep=("results.csv", "complexity.json"),
+)
+OPEN_SET = Kind(
+    "open-set report",
+    ("open_set.json", "open_set.csv"),
+    "resume",
+    keep=("open_set.csv",),
 )
 DEMO = Kind(
     "demo",

@@ -6,8 +6,10 @@ A run folder (``RUN/``) holds:
   back with ``torch.load(weights_only=True)``; no pickled objects), or ``estimator/`` with
   the files an estimator model (XGBoost) saves itself;
 * ``run.json``: model name and resolved config, class names, input columns, the resolved
-  training configuration, seed, split protocol and sizes, duplicates removed, the dataset
-  path and card summary, and the versions of dmfnet, torch, numpy and python;
+  training configuration, seed, split protocol and sizes, duplicates removed, the rejection
+  threshold calibrated on the validation flows (``rejection``,
+  :mod:`dmfnet.training.rejection`), the dataset path and card summary, and the versions of
+  dmfnet, torch, numpy and python;
 * ``history.csv``: one row per epoch (train loss, validation loss/accuracy/macro-F1, seconds);
 * ``metrics.json``: the test metrics (:func:`dmfnet.training.metrics.classification_metrics`);
 * ``report.md`` with the confusion matrix (CSV, PNG) and the training curve.
@@ -155,28 +157,45 @@ class TrainedModel:
 
     def predict_proba(self, arrays: Mapping[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
         """Class probabilities ``(N, len(classes))`` as float32, columns in ``classes`` order."""
-        n = self._check(arrays)
-        k = len(self.classes)
-        if n == 0:
-            return np.zeros((0, k), dtype=np.float32)
         if self.kind == "estimator":
-            out = np.empty((n, k), dtype=np.float32)
-            for start in range(0, n, batch_size):
-                batch = {c: arrays[c][start : start + batch_size] for c in self.inputs}
-                out[start : start + batch_size] = self.model.predict_proba(batch)
+            return self._estimator_proba(arrays, batch_size)
+        return self._torch_outputs(arrays, batch_size, probabilities=True)
+
+    def predict_logits(self, arrays: Mapping[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+        """Logits ``(N, len(classes))`` as float32: what the rejection scores are computed
+        from (:mod:`dmfnet.training.rejection`). An estimator gives probabilities only; its
+        logits are their logarithms, so that softmax gives the probabilities back."""
+        if self.kind == "estimator":
+            proba = self._estimator_proba(arrays, batch_size)
+            return np.log(np.maximum(proba, np.finfo(np.float32).tiny))
+        return self._torch_outputs(arrays, batch_size, probabilities=False)
+
+    def _estimator_proba(self, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
+        n = self._check(arrays)
+        out = np.empty((n, len(self.classes)), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            batch = {c: arrays[c][start : start + batch_size] for c in self.inputs}
+            out[start : start + batch_size] = self.model.predict_proba(batch)
+        return out
+
+    def _torch_outputs(
+        self, arrays: Mapping[str, np.ndarray], batch_size: int, *, probabilities: bool
+    ) -> np.ndarray:
+        n = self._check(arrays)
+        out = np.empty((n, len(self.classes)), dtype=np.float32)
+        if n == 0:
             return out
         tensors = [_as_tensor(arrays[c]) for c in self.inputs]
-        out = np.empty((n, k), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
                 for start in range(0, n, batch_size):
                     batch = [t[start : start + batch_size].to(self.device) for t in tensors]
-                    logits = model_logits(self.model(*batch))
-                    out[start : start + len(logits)] = (
-                        torch.softmax(logits.float(), 1).cpu().numpy()
-                    )
+                    logits = model_logits(self.model(*batch)).float()
+                    if probabilities:
+                        logits = torch.softmax(logits, 1)
+                    out[start : start + len(logits)] = logits.cpu().numpy()
         finally:
             self.model.train(was_training)
         return out

@@ -40,6 +40,12 @@ from dmfnet.flows.early import sources as early_sources
 from dmfnet.outputs import EVALUATION, RUN, Output, check_output, open_output
 from dmfnet.training import defaults, distributed
 from dmfnet.training.metrics import classification_metrics
+from dmfnet.training.rejection import (
+    DEFAULT_ACCEPT_RATE,
+    available_scores,
+    calibrate_rejection,
+    check_accept_rate,
+)
 from dmfnet.training.runs import (
     ESTIMATOR_DIR,
     HISTORY_FILE,
@@ -718,6 +724,8 @@ def train(
     min_class_flows: int = 0,
     drop_classes: Sequence[str] = (),
     duplicate_inputs: Sequence[str] | None = None,
+    accept_rate: float = DEFAULT_ACCEPT_RATE,
+    reject_score: str | None = None,
     progress: bool = True,
     force: bool = False,
     loader: str = "auto",
@@ -754,6 +762,12 @@ def train(
     a quarter of the machine's memory. Splits, duplicate removal and class statistics
     read only the key columns on both paths. Estimators (XGBoost) fit in memory.
 
+    The validation flows also calibrate the threshold below which ``classify --reject``
+    calls a flow unknown (:func:`~dmfnet.training.rejection.calibrate_rejection`):
+    ``accept_rate`` of them are accepted; ``reject_score`` (``max_softmax`` or ``energy``)
+    fixes the score, ``None`` picks it on the validation flows. ``run.json`` records it
+    under ``rejection``.
+
     ``run_dir`` follows :mod:`dmfnet.outputs`: an existing run is replaced (its
     ``evaluation-*`` folders too) only with ``force``, another non-empty folder is written
     into only with it, and a folder inside the dataset is refused. ``run.json`` is written
@@ -767,6 +781,7 @@ def train(
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"ema must be 0 (off) or a decay in (0, 1), got {ema!r}")
+    check_accept_rate(accept_rate)
     for name, value in (
         ("epochs", epochs),
         ("batch_size", 1 if batch_size is None else batch_size),
@@ -775,6 +790,11 @@ def train(
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     entry = get_entry(model)
+    if reject_score is not None and reject_score not in available_scores(entry.kind):
+        raise ValueError(
+            f"rejection score {reject_score!r} is not available for model {model!r} "
+            f"(available: {', '.join(available_scores(entry.kind))})"
+        )
     run_dir = Path(run_dir)
     model_config = dict(model_config or {})
     model_config.pop("num_classes", None)  # set by the dataset's classes
@@ -898,6 +918,20 @@ def train(
             else:
                 y_pred, flows_per_s = _score(trained, arrays, test_idx)
             result = classification_metrics(y_np[test_idx], y_pred, class_names)
+            rejection = calibrate_rejection(
+                trained.predict_logits({c: arrays[c][val_idx] for c in inputs}),
+                y_np[val_idx],
+                kind=entry.kind,
+                accept_rate=accept_rate,
+                score=reject_score,
+            )
+            if progress:
+                print(
+                    f"rejection: {rejection['score']} below {rejection['threshold']:.4g} is "
+                    f"unknown ({rejection['validation_accepted']}/{len(val_idx)} validation "
+                    "flows accepted)",
+                    flush=True,
+                )
             result.update(
                 train_size=int(len(train_idx)),
                 val_size=int(len(val_idx)),
@@ -934,6 +968,7 @@ def train(
                 "best_epoch": best_epoch,
                 "stopped": stopped,
                 "train_seconds": train_seconds,
+                "rejection": rejection,
                 "dataset": {
                     "path": dataset_path,
                     "flows": int(len(y_np)),
