@@ -918,8 +918,14 @@ def train(
             else:
                 y_pred, flows_per_s = _score(trained, arrays, test_idx)
             result = classification_metrics(y_np[test_idx], y_pred, class_names)
+            if streamed:  # pieces in the order of val_idx
+                val_logits = np.concatenate(
+                    [trained.predict_logits(x) for _, x in ds.read(val_idx, inputs)]
+                )
+            else:
+                val_logits = trained.predict_logits({c: arrays[c][val_idx] for c in inputs})
             rejection = calibrate_rejection(
-                trained.predict_logits({c: arrays[c][val_idx] for c in inputs}),
+                val_logits,
                 y_np[val_idx],
                 kind=entry.kind,
                 accept_rate=accept_rate,
