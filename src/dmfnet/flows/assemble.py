@@ -495,8 +495,11 @@ class FlowAssembler:
         self.config = config
         self.capture = str(capture)
         self.buckets = buckets
-        if decide_after is not None and not 1 <= decide_after:
-            raise ValueError(f"decide_after must be a positive packet count, not {decide_after}")
+        if decide_after is not None and not 1 <= decide_after <= config.m_packets:
+            raise ValueError(
+                f"decide_after must be between 1 and m_packets ({config.m_packets}), "
+                f"not {decide_after}"
+            )
         # Early decisions (see :func:`assemble_flows`): only the first ``decide_after``
         # packets enter a flow's modalities, and its record is emitted once it has them.
         self.decide_after = decide_after
@@ -1543,9 +1546,4 @@ def assemble_flows(
     the idle timeout or the capture ends). ``decide_early`` alone gives the same records
     as without it, but a closed flow is emitted at its close, and with the two columns.
     """
-    if decide_after is not None and not 1 <= decide_after <= config.m_packets:
-        raise ValueError(
-            f"decide_after must be between 1 and m_packets ({config.m_packets}), "
-            f"not {decide_after}"
-        )
     return FlowStream(packets, config, capture, buckets, decide_after, decide_early)
