@@ -475,14 +475,22 @@ def classify_stream(
     summary = ClassifySummary(out=str(out))
     started = time.perf_counter()
     stop = StopSignal()
-    capture = _Tcpdump(interface, capture_filter) if interface is not None else None
-    fd = capture.fd if capture is not None else _fileno(source)
+    rejection = _rejection(trained, run) if reject else None
+    summary.rejection = rejection
+    fd = _fileno(source) if source is not None else -1
+    handle = _open_output(out)  # every check before tcpdump starts: nothing left running
+    capture = None
+    if interface is not None:
+        try:
+            capture = _Tcpdump(interface, capture_filter)
+        except BaseException:
+            if handle is not sys.stdout:
+                handle.close()
+            raise
+        fd = capture.fd
     name = f"interface {interface}" if interface is not None else "-"
     sources = [(name, lambda problems: read_stream(fd, problems, name=name,
                                                    chunk_bytes=chunk_bytes, stop=stop))]  # fmt: skip
-    handle = _open_output(out)
-    rejection = _rejection(trained, run) if reject else None
-    summary.rejection = rejection
     writer = PredictionWriter(handle, fmt, top_k, _fields(reject, early=True))
     chunks = _predicted_chunks(trained, sources, config, summary, decide_after, True, rejection)
     ask_stop = capture.stop if capture is not None else stop.request
