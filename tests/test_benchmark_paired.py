@@ -25,6 +25,8 @@ from training_data import synthetic_flows
 
 ONE_EPOCH = dict(epochs=1, batch_size=64, patience=0, device="cpu", progress=False)
 SEED = 2  # with seed 2, 13 of the 18 test flows have their twin in training
+# What the length modality reads of a flow (the lengths of its packets that carry payload).
+LENGTHS = ["lengths", "payload_lengths"]
 T_975 = {2: 4.302652729911275, 3: 3.182446305284263}  # t(0.975, df), from a t table
 
 
@@ -54,7 +56,7 @@ def _twin_in_train(seed, ds):
 
 
 def test_a_duplicate_in_one_models_inputs_only_is_kept_for_all(tmp_path):
-    ds = _twins(["lengths"])  # twins share packet lengths, not bytes
+    ds = _twins(LENGTHS)  # twins share packet lengths, not bytes
     all_test, twin = _twin_in_train(SEED, ds)
     assert twin.sum() > 0
     # Today's rule (dmfnet train): the lengths-only model loses the twins from its test set.
@@ -90,7 +92,7 @@ def test_a_full_duplicate_is_dropped_for_all_models(tmp_path):
 def test_extra_columns_compared_are_loaded_from_a_dataset_file(tmp_path):
     from training_data import write_flow_file
 
-    path = write_flow_file(_twins(["lengths"]), tmp_path / "flows.parquet")
+    path = write_flow_file(_twins(LENGTHS), tmp_path / "flows.parquet")
     own = train(path, tmp_path / "own", model="dmf-no-bytes", seed=SEED, **ONE_EPOCH)
     shared = train(path, tmp_path / "shared", model="dmf-no-bytes",
                    duplicate_inputs=["bytes", "lengths"], seed=SEED, **ONE_EPOCH)  # fmt: skip
@@ -99,7 +101,7 @@ def test_extra_columns_compared_are_loaded_from_a_dataset_file(tmp_path):
 
 
 def test_two_models_of_one_benchmark_get_the_same_test_flows(tmp_path):
-    ds = _twins(["lengths"])
+    ds = _twins(LENGTHS)
     seen = []
 
     def recording(data, run_dir, **kw):
@@ -109,7 +111,7 @@ def test_two_models_of_one_benchmark_get_the_same_test_flows(tmp_path):
     run_benchmark(ds, tmp_path, models=["dmf-no-bytes", "dmf-no-lengths"], seeds=1,
                   complexity=False, train_fn=recording, **ONE_EPOCH)  # fmt: skip
     union = sorted(set(model_inputs("dmf-no-bytes")) | set(model_inputs("dmf-no-lengths")))
-    assert union == ["directions", "lengths", "payload_packet_bytes"]
+    assert union == ["directions", "lengths", "payload_lengths", "payload_packet_bytes"]
     assert seen == [union, union]
     rows = {r["model"]: r for r in read_results(tmp_path / "results.csv")}
     all_test, twin = _twin_in_train(0, ds)

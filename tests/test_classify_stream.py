@@ -32,7 +32,7 @@ DEMO_CAPTURES = sorted((REPO / "demo" / "captures").glob("*/*-1.pcap"))
 START_NS = 1_700_000_000_000_000_000
 WAIT_S = 120  # the command imports torch and loads the run first
 
-LONG = ("10.2.0.5", 41000, "192.0.2.20", 443)  # 66 packets
+LONG = ("10.2.0.5", 41000, "192.0.2.20", 443)  # 96 packets
 SHORT = ("10.2.0.6", 41001, "192.0.2.21", 443)  # 9 packets, closed early on
 UDP = ("10.2.0.7", 41002, "192.0.2.22", 4433)  # 2 datagrams, never closed
 
@@ -53,7 +53,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _traffic() -> tuple[bytes, int]:
-    """A capture image and the byte offset in the middle of the long flow's 41st packet
+    """A capture image and the byte offset in the middle of the long flow's 71st packet
     (the short flow closed and the UDP flow seen before it)."""
     short = pb.tcp_conversation(
         SHORT[:2], SHORT[2:], [("c", b"q" * 40), ("s", b"r" * 400), ("c", b"s" * 20)],
@@ -61,18 +61,18 @@ def _traffic() -> tuple[bytes, int]:
     )  # fmt: skip
     udp = pb.udp_exchange(UDP[:2], UDP[2:], start_ns=START_NS + 20_000_000)
     long = pb.tcp_conversation(
-        LONG[:2], LONG[2:], [("c" if i % 3 == 0 else "s", bytes([i]) * (100 + i)) for i in range(60)],
+        LONG[:2], LONG[2:], [("c" if i % 3 == 0 else "s", bytes([i]) * (100 + i)) for i in range(90)],
         start_ns=START_NS + 30_000_000, gap_ns=1_000_000,
     )  # fmt: skip
     records = pb.wrap(sorted(short + udp + long, key=lambda r: r.ts_ns), pb.LINKTYPE_ETHERNET)
     offset = 24
     seen_long = 0
     for record in records:
-        if record.data == pb.wrap([long[40]], pb.LINKTYPE_ETHERNET)[0].data:
+        if record.data == pb.wrap([long[70]], pb.LINKTYPE_ETHERNET)[0].data:
             break
         offset += 16 + len(record.data)
         seen_long += record.ts_ns >= long[0].ts_ns
-    assert seen_long == 40
+    assert seen_long == 70
     return pb.pcap_bytes(records), offset + 30
 
 
@@ -116,7 +116,7 @@ def test_a_stream_is_decided_as_it_arrives(run_dir: Path) -> None:
     image, cut = _traffic()
     process = _start(run_dir)
     try:
-        # The first piece ends inside a record, in the long flow's 41st packet.
+        # The first piece ends inside a record, in the long flow's 71st packet.
         process.stdin.write(image[: cut // 2])
         process.stdin.flush()
         time.sleep(0.5)
@@ -125,7 +125,8 @@ def test_a_stream_is_decided_as_it_arrives(run_dir: Path) -> None:
         lines = _read_lines(process, lambda got: {LONG, SHORT} <= {_endpoints(x) for x in got})
         # Read while the writer still holds the rest of the long flow.
         long = next(x for x in lines if _endpoints(x) == LONG)
-        assert long["decided_packets"] == 30 and long["packets"] == 30
+        m = FlowConfig().m_packets  # the per-packet columns are complete: 60 packets
+        assert long["decided_packets"] == m and long["packets"] == m
         short = next(x for x in lines if _endpoints(x) == SHORT)
         assert short["packets"] == short["decided_packets"] == 9  # decided at its close
         assert UDP not in {_endpoints(x) for x in lines}  # still open, not yet decided
@@ -140,7 +141,7 @@ def test_a_stream_is_decided_as_it_arrives(run_dir: Path) -> None:
     udp = next(x for x in lines if _endpoints(x) == UDP)
     assert udp["packets"] == udp["decided_packets"] == 2
     # The UDP flow is decided when the stream ends: at the capture's last packet, long
-    # after the long flow's 30th.
+    # after the long flow's 60th.
     assert long["decision_time"] < udp["decision_time"]
     stderr = process.stderr.read().decode()
     assert "3 flows classified" in stderr and "Traceback" not in stderr
@@ -194,8 +195,8 @@ def test_decide_after_and_bad_options(run_dir: Path, tmp_path: Path) -> None:
     by_flow = {_endpoints(x): x for x in lines}
     assert by_flow[LONG]["packets"] == by_flow[LONG]["decided_packets"] == 5
     assert by_flow[UDP]["packets"] == 2
-    with pytest.raises(ClassifyError, match="between 1 and 30"):
-        classify_stream(run_dir, out, source=0, decide_after=31)
+    with pytest.raises(ClassifyError, match="between 1 and 60"):  # the recorded packets
+        classify_stream(run_dir, out, source=0, decide_after=61)
     with pytest.raises(ClassifyError, match="either a stream"):
         classify_stream(run_dir, out)
     from dmfnet.cli import main
@@ -207,7 +208,8 @@ def test_packets_needed_follows_the_model_inputs(run_dir: Path) -> None:
     from dmfnet.training.runs import load_run
 
     trained = load_run(run_dir)
-    assert packets_needed(trained) == 30  # DMF reads the first 30 packets' lengths
+    # DMF reads the lengths of the first 30 packets that carry payload: among the 60 recorded
+    assert packets_needed(trained) == 60
     trained.inputs = ("bytes",)
     assert packets_needed(trained) == 5
     trained.inputs = ("packets", "lengths")
@@ -367,12 +369,12 @@ def test_evaluate_decides_after_k_packets(run_dir: Path, tmp_path: Path) -> None
     early = evaluate(run_dir, dataset, tmp_path / "early", decide_after=30)
     # The flows have at most 12 packets: at K = 30 nothing is cut.
     assert early["f1_macro"] == whole["f1_macro"]
-    assert [e["packets"] for e in early["early"]] == [2, 3, 5, 10, 20, 30]
+    assert [e["packets"] for e in early["early"]] == [2, 3, 5, 10, 20, 30, 60]
     assert early["early"][-1]["f1_macro"] == whole["f1_macro"]
     two = evaluate(run_dir, dataset, tmp_path / "two", decide_after=2)
     assert two["decide_after"] == 2 and two["f1_macro"] == two["early"][0]["f1_macro"]
     report = (tmp_path / "early" / "report.md").read_text()
     assert "## Early decisions" in report and "| 30 |" in report
     assert (tmp_path / "early" / "early_decisions.png").stat().st_size > 0
-    with pytest.raises(ValueError, match="between 1 and 30"):
+    with pytest.raises(ValueError, match="between 1 and 60"):
         evaluate(run_dir, dataset, tmp_path / "bad", decide_after=0)

@@ -95,12 +95,13 @@ def test_metadata_holds_class_names_and_inputs_are_the_raw_dataset_columns(
     onnx.checker.check_model(proto)
     types = {i.name: i.type.tensor_type for i in proto.graph.input}
     assert list(types) == list(trained.inputs)
-    expected = {"payload_packet_bytes": "UINT8", "lengths": "INT32", "directions": "INT8"}
+    expected = {"payload_packet_bytes": "UINT8", "lengths": "INT32", "directions": "INT8",
+                "payload_lengths": "INT32"}  # fmt: skip
     for name, tensor in types.items():
         assert onnx.TensorProto.DataType.Name(tensor.elem_type) == expected[name]
         batch, width = tensor.shape.dim
         assert batch.dim_param and not batch.HasField("dim_value")  # dynamic batch
-        assert width.dim_value == (1600 if name == "payload_packet_bytes" else 30)
+        assert width.dim_value == (1600 if name == "payload_packet_bytes" else 60)
     assert [o.name for o in proto.graph.output] == ["probabilities"]
 
 

@@ -299,7 +299,7 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="idle_timeout"):
         FlowConfig(idle_timeout=0)
     with pytest.raises(ValueError, match="n_packets"):
-        FlowConfig(n_packets=40)
+        FlowConfig(n_packets=40, m_packets=30)
 
 
 # ---------------------------------------------------------------------------- batches

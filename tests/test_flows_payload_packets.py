@@ -158,12 +158,13 @@ def test_fewer_payload_packets_than_slots_leave_zero_slots(tmp_path):
 
 
 def test_payload_packets_past_the_first_m_packets_are_not_taken(tmp_path):
+    m = FlowConfig().m_packets
     conv = Conversation()
     conv.handshake()
-    for _ in range(26):  # ranks 3..28: pure ACKs
+    for _ in range(m - 4):  # ranks 3..M-2: pure ACKs
         conv.send(True, "A")
-    first = conv.send(False, payload=b"x" * 20)  # rank 29: the last of the first M = 30
-    conv.send(True, payload=b"y" * 20)  # rank 30: past M
+    first = conv.send(False, payload=b"x" * 20)  # rank M-1: the last of the first M
+    conv.send(True, payload=b"y" * 20)  # rank M: past M
     cols = flows_of(tmp_path, conv.records)
     got = slots(cols[COLUMN][0])
     assert got[0] == expected_slot(first) and got[1:] == [bytes(SLOT)] * 4
@@ -408,3 +409,44 @@ def test_real_capture_slots_are_the_payload_packets(name):
                 assert struct.unpack("!H", slot[4:6].tobytes())[0] == length - 40, (i, k)
             if rank < schema.N_PACKETS:
                 assert np.array_equal(slot, by_rank[i, rank]), (i, k)
+
+
+def test_dmf_reads_the_lengths_of_payload_packets_past_packet_30(tmp_path):
+    """25 payload packets, each answered by a pure ACK, lie at ranks 3, 5, ..., 51: 11 of
+    them past the first 30 packets. The dataset records 60 packets; DMF's length modality
+    reads the 25 in order, signed by direction, and the paper's the first 30 packets."""
+    import torch
+
+    from dmfnet.models import create_model
+
+    conv = Conversation()
+    handshake = conv.handshake()
+    sent, in_order = [], list(handshake)
+    for i in range(25):
+        c2s = i % 2 == 0
+        packet = conv.send(c2s, payload=bytes([65 + i]) * (10 + 7 * i))
+        ack = conv.send(not c2s, "A")
+        sent.append(len(packet) * (1 if c2s else -1))
+        in_order += [packet, ack]
+    conv.send(True, "FA")
+    conv.send(False, "FA")
+    (tmp_path / "in" / "bulk").mkdir(parents=True)
+    write_pcap(tmp_path / "in" / "bulk" / "c.pcap", conv.records, linktype=LINKTYPE_RAW)
+    prepare([tmp_path / "in"], tmp_path / "ds", workers=1, progress=False, warn=False)
+    ds = load_dataset(tmp_path / "ds")
+    assert ds["lengths"].shape == (1, schema.RECORDED_PACKETS)
+    assert ds["lengths"][0, : len(in_order)].tolist() == [len(p) for p in in_order]
+
+    def length_inputs(name):
+        model = create_model(name, 2)
+        columns = {c: torch.from_numpy(np.asarray(ds[c])) for c in model.inputs}
+        lengths, directions = model.length_packets(columns)
+        assert lengths.shape == (1, schema.M_PACKETS)
+        return lengths[0].tolist(), None if directions is None else directions[0].tolist()
+
+    lengths, directions = length_inputs("dmf")
+    assert [v * d for v, d in zip(lengths, directions, strict=True)][:25] == sent
+    assert lengths[25:] == [0] * 5 and directions[25:] == [0] * 5
+    paper_lengths, paper_directions = length_inputs("dmf-paper")
+    assert paper_directions is None
+    assert paper_lengths == [len(p) for p in in_order[: schema.M_PACKETS]]

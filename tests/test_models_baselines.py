@@ -17,15 +17,16 @@ def flow_columns(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     n = len(labels)
     cols: dict[str, np.ndarray] = {}
+    w = SEQUENCE_COLUMNS["lengths"][1]  # the packets a dataset records
     n_packets = 4 + 6 * labels  # class k: 4 + 6k packets of the first 30
-    directions = np.zeros((n, 30), dtype=np.int8)
+    directions = np.zeros((n, w), dtype=np.int8)
     for i, p in enumerate(n_packets):
         directions[i, :p] = np.where(np.arange(p) % 2 == 0, 1, -1)
     valid = directions != 0
-    lengths = (60 + 400 * labels[:, None] + rng.integers(0, 40, (n, 30))) * valid
+    lengths = (60 + 400 * labels[:, None] + rng.integers(0, 40, (n, w))) * valid
     cols["lengths"] = lengths.astype(np.int32)
     cols["directions"] = directions
-    cols["iat"] = (rng.random((n, 30)) * 0.01 * (1 + labels[:, None]) * valid).astype(np.float32)
+    cols["iat"] = (rng.random((n, w)) * 0.01 * (1 + labels[:, None]) * valid).astype(np.float32)
     cols["payload_lengths"] = np.maximum(lengths - 52, 0).astype(np.int32)
     cols["tcp_windows"] = (valid * (1000 + 20000 * labels[:, None])).astype(np.int32)
     cols["tcp_flags"] = (valid * 0x18).astype(np.uint8)
@@ -152,6 +153,29 @@ def test_flow_statistics_hand_computed():
     assert (f["length_min_s2c"], f["length_max_s2c"], f["iat_mean_s2c"]) == (300, 300, 1.0)
     assert f["signed_length_0"] == 100 and f["signed_length_1"] == -300
     assert f["signed_length_3"] == 0
+
+
+def test_baselines_read_the_first_30_of_the_recorded_packets():
+    """Datasets record 60 packets per flow; the baselines read the first 30, as their papers
+    do: packets 31-60 change neither the flow statistics nor AppNet's or MIMETIC's output."""
+    from dmfnet.flows.schema import M_PACKETS, RECORDED_PACKETS
+
+    assert (M_PACKETS, RECORDED_PACKETS) == (30, 60)
+    cols = flow_columns(np.array([0, 1, 2]))
+    later = {c: v.copy() for c, v in cols.items()}
+    for c in ("lengths", "directions", "iat", "payload_lengths", "tcp_windows"):
+        later[c][:, M_PACKETS:] = 7  # packets past the 30th
+    stats = [flow_statistics(*(torch.from_numpy(x[c]) for c in FLOW_STATISTICS_INPUTS))
+             for x in (cols, later)]  # fmt: skip
+    assert torch.equal(stats[0], stats[1]) and stats[0].shape[1] == 11 + 27 + M_PACKETS
+    assert len(flow_statistics_names(RECORDED_PACKETS)) == stats[0].shape[1]
+    for name in ("appnet", "mimetic"):
+        torch.manual_seed(0)
+        model = create_model(name, 3).eval()
+        with torch.no_grad():
+            a, b = (model(*(torch.from_numpy(x[c]) for c in get_entry(name).inputs))
+                    for x in (cols, later))  # fmt: skip
+        assert torch.equal(a, b), name
 
 
 def test_flow_statistics_of_an_empty_direction_are_zero():

@@ -48,12 +48,14 @@ def test_registry_groups_and_inputs():
     assert get_entry("dmf").group == "multimodal"
     for name in DMF_NAMES[1:]:
         assert get_entry(name).group == "ablation"
-    # dmfnet's DMF: the first payload packets' bytes, lengths signed by direction; the
-    # ablations follow it, so that Tables 4-5 compare like with like.
-    both = ("payload_packet_bytes", "lengths", "directions")
+    # dmfnet's DMF: the first payload packets' bytes, the lengths of the packets that carry
+    # payload signed by direction; the ablations follow it, so that Tables 4-5 compare like
+    # with like.
+    lengths = ("lengths", "directions", "payload_lengths")
+    both = ("payload_packet_bytes", *lengths)
     assert get_entry("dmf").inputs == both
     assert get_entry("dmf-no-lengths").inputs == ("payload_packet_bytes",)
-    assert get_entry("dmf-no-bytes").inputs == ("lengths", "directions")
+    assert get_entry("dmf-no-bytes").inputs == lengths
     assert get_entry("dmf-late").inputs == both
     assert get_entry("dmf-paper").inputs == ("bytes", "lengths")
 
@@ -189,7 +191,7 @@ def test_bad_configuration_and_inputs_are_refused():
     with pytest.raises(ValueError, match="length_scaling"):
         DMF(DMFConfig(length_scaling="cubic"))
     model = create_model("dmf", 2)
-    with pytest.raises(ValueError, match="expects 3 inputs"):
+    with pytest.raises(ValueError, match="expects 4 inputs"):
         model(raw_inputs(2)["bytes"])
 
 
@@ -310,7 +312,8 @@ def test_direction_changes_the_prediction_only_when_the_model_reads_it():
     flipped = -forward
     for direction, differs in (("sign", True), ("channel", True)):
         torch.manual_seed(0)
-        model = DMF(DMFConfig(num_classes=3, length_direction=direction, byte_column="bytes"))
+        model = DMF(DMFConfig(num_classes=3, length_direction=direction, byte_column="bytes",
+                              length_packets="all"))  # fmt: skip
         model.eval()
         assert model.inputs == ("bytes", "lengths", "directions")
         a = model(b, lengths, forward).logits
@@ -323,7 +326,7 @@ def test_direction_changes_the_prediction_only_when_the_model_reads_it():
 
 def test_byte_column_names_the_dataset_column_the_byte_branch_reads():
     cfg = DMFConfig(num_classes=2, byte_column="payload_packet_bytes", length_direction="sign")
-    assert DMF(cfg).inputs == ("payload_packet_bytes", "lengths", "directions")
+    assert DMF(cfg).inputs == ("payload_packet_bytes", "lengths", "directions", "payload_lengths")
     only_bytes = DMFConfig(num_classes=2, modalities=("bytes",), byte_column="payload_packet_bytes")
     assert DMF(only_bytes).inputs == ("payload_packet_bytes",)
     with pytest.raises(ValueError, match="byte_column"):
@@ -338,7 +341,9 @@ def test_registry_inputs_follow_the_configuration():
     assert model_inputs("dmf-paper", {"length_direction": "sign"}) == (
         "bytes", "lengths", "directions",
     )  # fmt: skip
-    assert model_inputs("dmf-no-bytes", {"length_direction": "none"}) == ("lengths",)
+    assert model_inputs("dmf-no-bytes", {"length_direction": "none"}) == (
+        "lengths", "payload_lengths",
+    )  # fmt: skip
     assert model_inputs("dmf-no-lengths", {"byte_column": "payload_packet_bytes"}) == (
         "payload_packet_bytes",
     )
@@ -352,7 +357,7 @@ def test_dmf_paper_is_the_papers_configuration():
     assert entry.group == "multimodal"
     assert entry.inputs == ("bytes", "lengths")  # first 5 packets' bytes, plain lengths
     c = create_model("dmf-paper", 4).config
-    assert (c.byte_column, c.length_direction) == ("bytes", "none")
+    assert (c.byte_column, c.length_direction, c.length_packets) == ("bytes", "none", "all")
     assert (c.label_smoothing, c.byte_mask) == (0.0, 0.0)
     assert (c.bytes_len, c.bytes_hidden, c.embed_len) == (1600, 512, 256)  # 1600 -> 512 -> 256
     assert (c.lengths_len, c.lengths_hidden) == (30, 128)  # 30 -> 128 -> 256

@@ -124,7 +124,7 @@ def test_classes_removals_and_problems(captures, tmp_path):
     ds = load_dataset(tmp_path / "ds")
     assert len(ds) == 8 and ds.classes == ["chat", "web"]
     assert ds.labels.tolist() == ["chat"] * 3 + ["web"] * 5
-    assert ds["bytes"].shape == (8, 1600) and ds["lengths"].shape == (8, 30)
+    assert ds["bytes"].shape == (8, 1600) and ds["lengths"].shape == (8, 60)  # 60 recorded
     web = ds.labels == "web"
     assert set(ds["server_port"][web].tolist()) == {443, 8443}
     assert all(Path(c).parent.name == lab for c, lab in zip(ds["capture"], ds.labels, strict=True))

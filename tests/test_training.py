@@ -61,7 +61,7 @@ def test_run_folder_records_model_config_split_and_history(dmf_run, dataset):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["model"] == "dmf" and info["kind"] == "torch"
     assert info["classes"] == ["chat", "download", "ssh"]
-    assert info["inputs"] == ["payload_packet_bytes", "lengths", "directions"]
+    assert info["inputs"] == ["payload_packet_bytes", "lengths", "directions", "payload_lengths"]
     assert info["model_config"]["channels"] == [16, 32, 64]
     assert info["seed"] == 3 and info["split"] == "random"
     assert info["training"]["epochs"] == 8 and info["training"]["batch_size"] == 16
@@ -97,7 +97,7 @@ def test_same_seed_gives_identical_metrics(dmf_run, dataset, tmp_path):
 def test_saved_run_loads_and_reproduces_the_test_metrics(dmf_run, dataset):
     run_dir, result = dmf_run
     model = load_run(run_dir)
-    assert model.classes == ["chat", "download", "ssh"] and model.inputs == ("payload_packet_bytes", "lengths", "directions")
+    assert model.classes == ["chat", "download", "ssh"] and model.inputs == ("payload_packet_bytes", "lengths", "directions", "payload_lengths")
     _, _, test_idx, _ = split_indices(dataset, model.inputs, seed=3)
     arrays = {c: dataset[c][test_idx] for c in model.inputs}
     proba = model.predict_proba(arrays, batch_size=5)  # several batches
@@ -221,7 +221,8 @@ class _CentroidEstimator:
 
 
 class _LinearWithPostFit(torch.nn.Module):
-    """A linear model on lengths whose post_fit stores the training-flow count in a buffer."""
+    """A linear model on the first 30 lengths whose post_fit stores the training-flow count
+    in a buffer."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -229,7 +230,7 @@ class _LinearWithPostFit(torch.nn.Module):
         self.register_buffer("fitted_flows", torch.zeros((), dtype=torch.long))
 
     def forward(self, lengths):
-        return self.linear(lengths.float() / 1000.0)
+        return self.linear(lengths[:, :30].float() / 1000.0)
 
     def post_fit(self, batches):
         for _ in range(2):  # the batches can be iterated more than once

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dmfnet.models.dmf import payload_packets_first
+from dmfnet.models.dmf import fit_width, payload_packets_first
 from dmfnet.training.trainer import WeightAverage, train
 from training_data import synthetic_flows
 
@@ -59,3 +59,14 @@ def test_payload_packets_come_first_and_acks_leave_the_length_sequence():
     got_lengths, got_directions = payload_packets_first(lengths, directions, payload)
     assert got_lengths.tolist() == [[300, 1500, 0, 0, 0, 0, 0, 0]]
     assert got_directions.tolist() == [[1, -1, 0, 0, 0, 0, 0, 0]]
+    # Cut to a narrower width: the first payload packets of a row wider than the modality.
+    cut_lengths, cut_directions = payload_packets_first(lengths, directions, payload, width=1)
+    assert cut_lengths.tolist() == [[300]] and cut_directions.tolist() == [[1]]
+    assert cut_lengths.dtype == lengths.dtype and cut_directions.dtype == torch.int8
+
+
+def test_a_length_row_is_cut_or_zero_padded_to_the_modality_width():
+    row = torch.tensor([[100, -200, 300]], dtype=torch.int32)
+    assert fit_width(row, 2).tolist() == [[100, -200]]
+    assert fit_width(row, 5).tolist() == [[100, -200, 300, 0, 0]]
+    assert torch.equal(fit_width(row, 3), row)

@@ -557,7 +557,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--decide-after",
         type=int,
         metavar="K",
-        help="score each flow as its first K packets show it (1-30), as `classify "
+        help="score each flow as its first K packets show it (1-60), as `classify "
         "--decide-after K` decides live traffic; the report adds macro-F1 for K = 2, 3, 5, "
         "10, 20, 30",
     )
@@ -864,9 +864,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
         "--decide-after",
         type=int,
         metavar="K",
-        help="decide each flow on its first K packets (1-30), as soon as it has them "
+        help="decide each flow on its first K packets (1-60), as soon as it has them "
         "(default: files on whole flows; a stream or interface as soon as the model's "
-        "inputs are complete, e.g. 30 packets for DMF)",
+        "inputs are complete, e.g. 60 packets for DMF)",
     )
     p.add_argument(
         "-o",

@@ -30,7 +30,9 @@ class FlowConfig:
     n_packets: int = schema.N_PACKETS
     header_bytes: int = schema.HEADER_BYTES
     payload_bytes: int = schema.PAYLOAD_BYTES
-    m_packets: int = schema.M_PACKETS
+    # Packets recorded per flow: models read 30 of them (schema.M_PACKETS), DMF the first 30
+    # that carry payload, so a flow's record looks past its first 30 packets.
+    m_packets: int = schema.RECORDED_PACKETS
     head_bytes: int = schema.HEAD_BYTES
     # Write ``payload_packet_bytes``: the layout of ``bytes`` filled from the first
     # n_packets packets that carry transport payload (among the first m_packets), so that

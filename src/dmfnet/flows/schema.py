@@ -5,8 +5,11 @@ these columns by these names. Arrays named here as ``(N, K)`` are stored in Parq
 fixed-width binary (``uint8`` columns) or lists (numeric columns) and loaded back as 2-D
 numpy arrays by :func:`dmfnet.data.dataset.load_dataset`.
 
-Packet-sequence columns hold the first ``M_PACKETS`` packets of the flow in time order,
-zero-padded; direction is +1 for client→server, -1 for server→client, 0 for padding.
+Packet-sequence columns hold the first ``RECORDED_PACKETS`` packets of the flow in time
+order, zero-padded; direction is +1 for client→server, -1 for server→client, 0 for padding.
+The length modality and the per-packet baseline fields read ``M_PACKETS`` of them: the
+first 30, or (DMF's default) the first 30 that carry payload, which for a TCP flow with
+many pure ACKs lie past packet 30.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ HEADER_BYTES = 80  # L_h: network + transport header bytes per packet
 PAYLOAD_BYTES = 240  # L_p: transport payload bytes per packet
 BYTES_LEN = N_PACKETS * (HEADER_BYTES + PAYLOAD_BYTES)  # 1600
 M_PACKETS = 30  # packets in the length modality and the per-packet baseline fields
+RECORDED_PACKETS = 60  # packets recorded in the per-packet columns (FlowConfig.m_packets)
 HEAD_BYTES = 1024  # bytes of the flow_head / payload_head columns
 
 # Model inputs and per-packet fields: name -> (numpy dtype, width per row).
@@ -28,12 +32,12 @@ SEQUENCE_COLUMNS: dict[str, tuple[str, int]] = {
     # SYN/ACK and ACK (and later pure ACKs) are skipped. Absent when
     # ``FlowConfig.payload_packet_bytes`` is off (see OPTIONAL_COLUMNS).
     "payload_packet_bytes": ("uint8", BYTES_LEN),
-    "lengths": ("int32", M_PACKETS),  # IP length of each of the first M packets
-    "directions": ("int8", M_PACKETS),  # +1 client->server, -1 server->client, 0 pad
-    "iat": ("float32", M_PACKETS),  # seconds since the flow's previous packet (0 first)
-    "payload_lengths": ("int32", M_PACKETS),  # transport payload length
-    "tcp_windows": ("int32", M_PACKETS),  # TCP window field (0 for UDP)
-    "tcp_flags": ("uint8", M_PACKETS),  # TCP flags byte (0 for UDP)
+    "lengths": ("int32", RECORDED_PACKETS),  # IP length of each of the first packets
+    "directions": ("int8", RECORDED_PACKETS),  # +1 client->server, -1 server->client, 0 pad
+    "iat": ("float32", RECORDED_PACKETS),  # seconds since the flow's previous packet (0 first)
+    "payload_lengths": ("int32", RECORDED_PACKETS),  # transport payload length
+    "tcp_windows": ("int32", RECORDED_PACKETS),  # TCP window field (0 for UDP)
+    "tcp_flags": ("uint8", RECORDED_PACKETS),  # TCP flags byte (0 for UDP)
     # Concatenation of the first packets from the IP header on, anonymised, zero-padded.
     "flow_head": ("uint8", HEAD_BYTES),
     # Concatenation of the first packets' transport payloads, anonymised, zero-padded.

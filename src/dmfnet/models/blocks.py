@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from dmfnet.flows.schema import M_PACKETS
+
 MAX_IP_LENGTH = 65535.0  # the IP total-length field's maximum
 ETHERNET_MTU = 1500.0  # the largest IP packet on most links: the reference packet length
 
@@ -36,8 +38,10 @@ FLOW_STATISTICS_INPUTS: tuple[str, ...] = (
 _SUMMARIES = ("mean", "std", "min", "max")
 
 
-def flow_statistics_names(n_packets: int = 30) -> list[str]:
-    """Names of the columns of :func:`flow_statistics` (for feature importance tables)."""
+def flow_statistics_names(n_packets: int = M_PACKETS) -> list[str]:
+    """Names of the columns of :func:`flow_statistics` (for feature importance tables) for
+    per-packet columns ``n_packets`` wide (it reads at most :data:`M_PACKETS` of them)."""
+    n_packets = min(n_packets, M_PACKETS)
     names = list(FLOW_STATISTICS_INPUTS[:10]) + ["duration"]
     for part in ("all", "c2s", "s2c"):
         names.append(f"first_packets_{part}")
@@ -65,9 +69,10 @@ def flow_statistics(*columns: Tensor) -> Tensor:
     """Per-flow statistics from the columns of :data:`FLOW_STATISTICS_INPUTS`, ``(B, F)`` float32.
 
     What flow-feature classifiers (CICFlowMeter-style) compute: packet, byte and payload
-    counts per direction, duration, and over the first packets (the dataset keeps 30) per
+    counts per direction, duration, and over the first packets per
     direction the count plus mean/std/min/max of IP length and inter-arrival time, then the
-    first lengths signed by direction. Ports and addresses are deliberately absent: they
+    first lengths signed by direction. The first packets are the first :data:`M_PACKETS` (30)
+    of the per-packet columns, whatever number the dataset recorded. Ports and addresses are deliberately absent: they
     identify hosts, not behaviour. Values are raw (seconds, bytes); see :func:`signed_log`.
     """
     if len(columns) != len(FLOW_STATISTICS_INPUTS):
@@ -80,9 +85,9 @@ def flow_statistics(*columns: Tensor) -> Tensor:
     duration = col["end_time"].to(torch.float64) - col["start_time"].to(torch.float64)
     features = [c.float() for c in counts] + [duration.clamp(min=0).float()]
 
-    lengths = col["lengths"].float().abs()
-    directions = col["directions"]
-    iat = col["iat"].float()
+    lengths = col["lengths"][:, :M_PACKETS].float().abs()
+    directions = col["directions"][:, :M_PACKETS]
+    iat = col["iat"][:, :M_PACKETS].float()
     for mask in (directions != 0, directions > 0, directions < 0):
         features.append(mask.sum(dim=1).float())
         features += _masked_summaries(lengths, mask)

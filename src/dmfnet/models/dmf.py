@@ -115,10 +115,13 @@ class DMFConfig:
     # "none" (the paper: plain lengths), "sign" (+ client->server, - server->client, applied
     # after the scaling so that it survives it) or "channel" (a second 30-value input).
     length_direction: str = "sign"
-    # Which packets the length sequence lists: "all" of the first M (the paper) or only
-    # those that carry payload ("payload", from the ``payload_lengths`` column): pure ACKs
-    # sit between data packets at positions that vary with timing, shifting everything after.
-    length_packets: str = "all"
+    # Which packets the length sequence lists: "all" (the paper: the first lengths_len
+    # packets) or only those that carry payload ("payload", the default, from the
+    # ``payload_lengths`` column: the first lengths_len of them among the packets the dataset
+    # recorded, 60 by default). Pure ACKs sit between data packets at positions that vary
+    # with timing, shifting everything after, and a TCP flow's first 30 packets may hold
+    # only its handshake and key exchange.
+    length_packets: str = "payload"
     # Dataset column of the raw-byte modality: "bytes" (the first N packets, the paper) or
     # "payload_packet_bytes" (the first N packets that carry payload; same layout).
     byte_column: str = "payload_packet_bytes"
@@ -465,6 +468,18 @@ class DMF(nn.Module):
             return torch.cat([scaled, directions.to(scaled.dtype)], dim=1)  # (B, 2M)
         return scaled
 
+    def length_packets(self, columns: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """The raw lengths (and directions) the length modality reads, ``(B, lengths_len)``
+        each, from the dataset columns: the first packets, or those that carry payload
+        (``length_packets``), cut or zero-padded to ``lengths_len``."""
+        lengths, directions = columns["lengths"], columns.get("directions")
+        width = self.config.lengths_len
+        if self.config.length_packets == "payload":
+            return payload_packets_first(lengths, directions, columns["payload_lengths"], width)
+        return fit_width(lengths, width), (
+            fit_width(directions, width) if directions is not None else None
+        )
+
     def forward(self, *inputs: Tensor) -> DMFOutput:
         """``inputs`` are the raw columns named by :attr:`inputs`, in that order."""
         names = self.inputs
@@ -472,12 +487,10 @@ class DMF(nn.Module):
             raise ValueError(f"DMF expects {len(names)} inputs {names}, got {len(inputs)}")
         columns = dict(zip(names, inputs, strict=True))
         mods = self.config.modalities
-        raw = {"bytes": columns.get(self.config.byte_column), "lengths": columns.get("lengths")}
-        directions = columns.get("directions")
-        if self.config.length_packets == "payload" and "lengths" in mods:
-            raw["lengths"], directions = payload_packets_first(
-                raw["lengths"], directions, columns["payload_lengths"]
-            )
+        raw = {"bytes": columns.get(self.config.byte_column), "lengths": None}
+        directions = None
+        if "lengths" in mods:
+            raw["lengths"], directions = self.length_packets(columns)
         scaled = {m: self.scale(m, raw[m], directions) for m in mods}
         if self.training and self.config.byte_mask and "bytes" in scaled:
             keep = torch.rand_like(scaled["bytes"]) >= self.config.byte_mask
@@ -545,18 +558,34 @@ def model_inputs(config: DMFConfig) -> tuple[str, ...]:
     return tuple(names)
 
 
+def fit_width(x: Tensor, width: int) -> Tensor:
+    """The first ``width`` values of each row of ``x`` (B, W), zero-padded when W is smaller:
+    a dataset records more packets (``m_packets``) than the length modality reads."""
+    if x.shape[1] >= width:
+        return x[:, :width]
+    return F.pad(x, (0, width - x.shape[1]))
+
+
 def payload_packets_first(
-    lengths: Tensor, directions: Tensor | None, payload_lengths: Tensor
+    lengths: Tensor, directions: Tensor | None, payload_lengths: Tensor, width: int | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """The lengths (and directions) of the packets that carry payload, moved to the front in
-    their order, zero after them: ``(B, M)`` each."""
-    empty = payload_lengths <= 0  # (B, M): pure ACKs, handshake packets and padding
-    order = torch.argsort(empty.to(torch.int8), dim=1, stable=True)  # payload packets first
-    keep = ~torch.gather(empty, 1, order)
-    lengths = torch.gather(lengths, 1, order) * keep
-    if directions is not None:
-        directions = torch.gather(directions, 1, order) * keep
-    return lengths, directions
+    their order, zero after them: ``(B, width)`` each (``width`` defaults to the input's).
+
+    Written as a product with a 0/1 placement matrix (packet i goes to slot j when it is the
+    (j+1)-th packet with payload) rather than a sort, so that it exports to ONNX; lengths
+    (at most 65535) and directions are exact in float32.
+    """
+    width = lengths.shape[1] if width is None else width
+    has = payload_lengths > 0  # (B, W): pure ACKs, handshake packets and padding are False
+    slot = torch.cumsum(has.to(torch.int64), dim=1) - 1  # (B, W): slot of each payload packet
+    slots = torch.arange(width, device=lengths.device)
+    place = (has.unsqueeze(2) & (slot.unsqueeze(2) == slots)).to(torch.float32)  # (B, W, width)
+
+    def move(x: Tensor) -> Tensor:
+        return torch.bmm(x.to(torch.float32).unsqueeze(1), place).squeeze(1).round().to(x.dtype)
+
+    return move(lengths), (move(directions) if directions is not None else None)
 
 
 def contrastive_fusion_loss(

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dmfnet.flows.schema import M_PACKETS
 from dmfnet.models.config import check_types, fraction, positive, positive_items
 from dmfnet.models.registry import register_model
 
@@ -37,6 +38,7 @@ from dmfnet.models.registry import register_model
 @dataclass
 class AppNetConfig:
     num_classes: int = 2
+    packets: int = M_PACKETS  # the first 30 of the dataset's per-packet columns
     exact_lengths: int = 1500  # |lengths| up to the Ethernet MTU get their own token
     coarse_step: int = 256  # larger lengths share a token per 256 bytes
     length_embedding: int = 64
@@ -52,7 +54,8 @@ class AppNetConfig:
 
     def __post_init__(self) -> None:
         check_types(self)  # lists from JSON become tuples
-        positive(self, "num_classes", "exact_lengths", "coarse_step", "length_embedding")
+        positive(self, "num_classes", "packets", "exact_lengths", "coarse_step")
+        positive(self, "length_embedding")
         positive(self, "lstm_hidden", "lstm_layers", "first_packet_bytes", "byte_embedding")
         positive(self, "conv_kernel", "conv_pool", "hidden")
         positive_items(self, "conv_channels")
@@ -115,7 +118,8 @@ class AppNet(nn.Module):
         return head * inside
 
     def forward(self, lengths: Tensor, directions: Tensor, flow_head: Tensor) -> Tensor:
-        tokens = self.length_tokens(lengths, directions)  # (B, M)
+        m = self.config.packets
+        tokens = self.length_tokens(lengths[:, :m], directions[:, :m])  # (B, M)
         _, (h, _) = self.lstm(self.length_embedding(tokens))  # h: (layers·2, B, H)
         length_rep = torch.cat([h[-2], h[-1]], dim=1)  # (B, 2H): both directions' last state
         x = self.byte_embedding(self.first_packet(flow_head, lengths)).transpose(1, 2)  # (B, E, L)
