@@ -91,14 +91,15 @@ for _base in ("sign+R", "sign+payload+R", "paper+R"):
          "learned byte and length values")
 
 
-# The defaults chosen above (signed lengths, payload packets' bytes, recipe R, learned
-# values), and on top of them the length modality read from the first 30 packets that carry
-# payload (among the dataset's m_packets: prepare with m_packets 60 to look past 30).
+# Round 2, on datasets that record 60 packets per flow (dmfnet prepare's default): DMF's
+# defaults (signed lengths of the first 30 packets that carry payload, payload packets'
+# bytes, recipe R, learned values) against the first 30 packets' lengths, and two recipe
+# changes on top of the defaults.
 VARIANTS["default"] = ({}, {}, "DMF's defaults")
-_add("default+plen", "default", {"length_packets": "payload"}, {},
-     "lengths of the first 30 packets that carry payload")
-_add("default+plen+e60", "default+plen", {}, {"epochs": 60}, "at most 60 epochs (cosine over 60)")
-_add("default+plen+ls", "default+plen", {"label_smoothing": 0.1}, {}, "label smoothing 0.1")
+_add("default-all30", "default", {"length_packets": "all"}, {},
+     "lengths of the first 30 packets, payload or not (the default before round 2)")
+_add("default+e60", "default", {}, {"epochs": 60}, "at most 60 epochs (cosine over 60)")
+_add("default+ls", "default", {"label_smoothing": 0.1}, {}, "label smoothing 0.1")
 
 
 def _batch_for(n_train: int, min_steps: int) -> int:
