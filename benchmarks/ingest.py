@@ -455,6 +455,9 @@ def _prepared_flows(out: Path) -> int | None:
         return None
 
 
+REFERENCE_PACKETS = 30  # lengths per flow that dpkt_reference.py writes
+
+
 def _flow_table(files: list[Path]) -> dict[tuple, list[tuple[list[int], bytes]]]:
     """Flow key (protocol, client, server, start in µs) -> [(lengths, bytes)] of Parquet files.
 
@@ -482,7 +485,8 @@ def _flow_table(files: list[Path]) -> dict[tuple, list[tuple[list[int], bytes]]]
                 int(data["server_port"][i]),
                 _micros(data["start_time"][i]),
             )
-            flow = (list(data["lengths"][i]), bytes(data["bytes"][i]))
+            # The dpkt reference records the first 30 lengths; dmfnet records 60 (RECORDED_PACKETS).
+            flow = (list(data["lengths"][i])[:REFERENCE_PACKETS], bytes(data["bytes"][i]))
             table.setdefault(key, []).append(flow)
     return table
 

@@ -448,8 +448,9 @@ def classify_stream(
     ``tcpdump``). One line per flow is written and flushed as soon as the flow is decided.
 
     A flow is decided once the model's inputs are complete (:func:`packets_needed`: its
-    first 30 packets for DMF; the end of the flow for a model of whole-flow statistics),
-    or after its first ``decide_after`` packets when given, or at its end when that comes
+    first 60 packets for DMF, whose length modality reads the first 30 that carry payload;
+    the end of the flow for a model of whole-flow statistics), or after its first
+    ``decide_after`` packets when given, or at its end when that comes
     first; a TCP flow is decided at its close (FIN both ways or RST) without waiting for
     the idle timeout. Each line adds :data:`EARLY_FIELDS`; its packet and byte counts,
     end time and duration are those of the packets the model saw. Timeouts follow the
