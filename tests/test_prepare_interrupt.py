@@ -19,6 +19,16 @@ from test_prepare import captures  # noqa: F401  (the fixture)
 prepare_module = importlib.import_module("dmfnet.data.prepare")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
+@pytest.fixture(autouse=True)
+def default_ctrl_c():
+    """Ctrl-C as a terminal gives it: Python's default SIGINT handler here, and so the
+    default disposition in the commands started from here (an ignored SIGINT would be
+    inherited by them), whatever an earlier test in this process left installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
 # `dmfnet prepare` whose workers write their capture's parts and then take a minute more:
 # they are all still running when the test interrupts the command.
 DRIVER = """
