@@ -559,7 +559,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help="score each flow as its first K packets show it (1-60), as `classify "
         "--decide-after K` decides live traffic; the report adds macro-F1 for K = 2, 3, 5, "
-        "10, 20, 30",
+        "10, 20, 30, 60 (those up to the run's recorded packets)",
     )
     _add_loader(p, "scoring")
     p.set_defaults(func=_run_evaluate)

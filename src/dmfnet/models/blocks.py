@@ -69,11 +69,11 @@ def flow_statistics(*columns: Tensor) -> Tensor:
     """Per-flow statistics from the columns of :data:`FLOW_STATISTICS_INPUTS`, ``(B, F)`` float32.
 
     What flow-feature classifiers (CICFlowMeter-style) compute: packet, byte and payload
-    counts per direction, duration, and over the first packets per
-    direction the count plus mean/std/min/max of IP length and inter-arrival time, then the
-    first lengths signed by direction. The first packets are the first :data:`M_PACKETS` (30)
-    of the per-packet columns, whatever number the dataset recorded. Ports and addresses are deliberately absent: they
-    identify hosts, not behaviour. Values are raw (seconds, bytes); see :func:`signed_log`.
+    counts per direction, duration, and over the first packets per direction the count plus
+    mean/std/min/max of IP length and inter-arrival time, then the first lengths signed by
+    direction. The first packets are the first :data:`M_PACKETS` (30) of the per-packet
+    columns, whatever number the dataset recorded. Ports and addresses are deliberately
+    absent: they identify hosts, not behaviour. Values are raw (seconds, bytes); see :func:`signed_log`.
     """
     if len(columns) != len(FLOW_STATISTICS_INPUTS):
         raise ValueError(
