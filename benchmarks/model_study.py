@@ -101,6 +101,14 @@ _add("default-all30", "default", {"length_packets": "all"}, {},
 _add("default+e60", "default", {}, {"epochs": 60}, "at most 60 epochs (cosine over 60)")
 _add("default+ls", "default", {"label_smoothing": 0.1}, {}, "label smoothing 0.1")
 
+# Round 3: regularisers on top of the defaults, looking for a lower spread over seeds
+# (DMF-only changes; the shared training loop stays as it is).
+_add("default+drop", "default", {"mlp_dropout": 0.3}, {}, "MLP dropout 0.3 (default 0.1)")
+_add("default+mask", "default", {"byte_mask": 0.1}, {}, "10 % of byte positions zeroed")
+_add("default+hd", "default", {"head_dropout": 0.5}, {}, "head dropout 0.5 (default 0.2)")
+_add("default+fd", "default", {"fusion_dropout": 0.1}, {},
+     "dropout 0.1 inside the fusion Transformers (default 0)")
+
 
 def _batch_for(n_train: int, min_steps: int) -> int:
     """The trainer's auto batch size rule with another step target."""

@@ -1,7 +1,7 @@
 """Training and scoring speed of the shared training loop on this machine.
 
-Builds an in-memory flow dataset with the real column shapes (1600 uint8 bytes, 30 int32
-lengths per flow; class-dependent so that training has something to learn), trains a
+Builds an in-memory flow dataset with the real column shapes (every column the model reads,
+with the schema's widths; class-dependent so that training has something to learn), trains a
 registered model for a fixed number of epochs with :func:`dmfnet.training.train` and
 prints flows/s of training and of test-set scoring. Run as::
 
@@ -22,24 +22,30 @@ import numpy as np
 import torch
 
 from dmfnet.data.dataset import FlowDataset
+from dmfnet.models.registry import model_inputs
+from dmfnet.training.complexity import synthetic_inputs
 from dmfnet.training.trainer import train
 
 
-def make_flows(n: int, classes: int, seed: int = 0) -> FlowDataset:
-    """``n`` flows of ``classes`` classes: header bytes and packet lengths depend on the class."""
+def make_flows(n: int, classes: int, model: str, seed: int = 0) -> FlowDataset:
+    """``n`` flows of ``classes`` classes holding every column ``model`` reads, with the
+    schema's dtypes and widths; header bytes and packet lengths depend on the class."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n)
-    raw = rng.integers(0, 256, (n, 1600), dtype=np.uint8)
-    raw[:, :80] = (20 + 40 * y % 230)[:, None].astype(np.uint8)
-    packets = 4 + 2 * y
-    lengths = (60 + 120 * y)[:, None] + rng.integers(0, 400, (n, 30))
-    lengths = np.where(np.arange(30)[None] < packets[:, None], lengths, 0).astype(np.int32)
+    columns = synthetic_inputs(model_inputs(model), n, seed)
+    for name in ("bytes", "payload_packet_bytes"):
+        if name in columns:
+            columns[name][:, :80] = (20 + 40 * y % 230)[:, None].astype(np.uint8)
+    for name in ("lengths", "payload_lengths"):
+        if name in columns:
+            width = columns[name].shape[1]
+            packets = 4 + 2 * y
+            values = (60 + 120 * y)[:, None] + rng.integers(0, 400, (n, width))
+            keep = np.arange(width)[None] < packets[:, None]
+            columns[name] = np.where(keep, values, 0).astype(columns[name].dtype)
     names = np.array([f"class{c:02d}" for c in range(classes)])
     return FlowDataset(
-        columns={"bytes": raw, "lengths": lengths},
-        labels=names[y],
-        classes=[str(c) for c in names],
-        y=y.astype(np.int64),
+        columns=columns, labels=names[y], classes=[str(c) for c in names], y=y.astype(np.int64)
     )
 
 
@@ -57,7 +63,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    dataset = make_flows(args.flows, args.classes)
+    dataset = make_flows(args.flows, args.classes, args.model)
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         result = train(
