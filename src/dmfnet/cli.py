@@ -300,7 +300,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--patience",
         type=int,
         default=defaults.PATIENCE,
-        help="stop after this many epochs without a better validation macro-F1; 0 never stops "
+        help="stop after this many epochs without a better validation macro-F1 (or an equal one "
+        "at a lower validation loss); 0 never stops "
         f"early (default: {defaults.PATIENCE})",
     )
     p.add_argument(

@@ -7,7 +7,7 @@ Each value was chosen on validation splits (docs/model-study.md says how and why
 from __future__ import annotations
 
 EPOCHS = 40  # at most
-PATIENCE = 10  # epochs without a better validation macro-F1 before stopping; 0: never
+PATIENCE = 10  # epochs without a better validation macro-F1 (ties: lower loss) before stopping; 0: never
 LR = 1e-3  # AdamW
 WEIGHT_DECAY = 1e-2  # AdamW
 SCHEDULE = "cosine"  # "constant", or "cosine": one epoch of warm-up, then cosine decay

@@ -110,3 +110,31 @@ def classification_metrics(
         "confusion": cm.tolist(),
         "class_names": names,
     }
+
+
+# Which epoch a torch model keeps (the trainer's early stopping and the run report agree).
+
+
+def improves(f1: float, loss: float, best_f1: float, best_loss: float) -> bool:
+    """Whether an epoch with validation macro-F1 ``f1`` and loss ``loss`` beats the best so far.
+
+    Higher macro-F1 wins; equal macro-F1 (the same validation errors, common once a small or
+    easy validation split is scored perfectly) goes to the lower validation loss. Keeping the
+    first of equal epochs instead kept a model that had trained for a few epochs only and
+    stopped training ``patience`` epochs later, however much the loss was still falling.
+    """
+    return f1 > best_f1 or (f1 == best_f1 and loss < best_loss)
+
+
+def best_history_index(history: Sequence[dict]) -> int | None:
+    """Index of the row of ``history`` (per-epoch ``val_f1_macro``, ``val_loss``) that
+    :func:`improves` keeps; None when no row has a validation macro-F1."""
+    best, best_f1, best_loss = None, -np.inf, np.inf
+    for i, row in enumerate(history):
+        f1, loss = row.get("val_f1_macro"), row.get("val_loss")
+        if f1 is None or not np.isfinite(float(f1)):
+            continue
+        loss = float(loss) if loss is not None and np.isfinite(float(loss)) else np.inf
+        if improves(float(f1), loss, best_f1, best_loss):
+            best, best_f1, best_loss = i, float(f1), loss
+    return best

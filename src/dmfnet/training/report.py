@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dmfnet.training.metrics import METRIC_NAMES  # noqa: E402
+from dmfnet.training.metrics import METRIC_NAMES, best_history_index  # noqa: E402
 
 METRIC_LABELS = {
     "accuracy": "Accuracy",
@@ -282,8 +282,8 @@ def plot_training_curve(history: Sequence[Mapping[str, Any]], path: Path, title:
     ax_score.set_xlabel("epoch")
     ax_score.set_ylabel("%")
     ax_score.set_title("Validation")
-    if np.isfinite(val_f1).any():
-        best = int(np.nanargmax(val_f1))
+    best = best_history_index(history)
+    if best is not None:
         for ax in (ax_loss, ax_score):
             ax.axvline(epochs[best], color="grey", linestyle="--", linewidth=1)
         ax_score.annotate(
@@ -408,7 +408,8 @@ def write_run_report(
     if note:
         parts += [note, ""]
     if has_curve:
-        best = max(history, key=lambda h: h.get("val_f1_macro") or -1.0)
+        kept = best_history_index(history)
+        best = history[kept] if kept is not None else {}
         parts += [
             "## Training curve",
             "",

@@ -39,7 +39,7 @@ from dmfnet.flows.early import first_packets
 from dmfnet.flows.early import sources as early_sources
 from dmfnet.outputs import EVALUATION, RUN, Output, check_output, open_output
 from dmfnet.training import defaults, distributed
-from dmfnet.training.metrics import classification_metrics
+from dmfnet.training.metrics import classification_metrics, improves
 from dmfnet.training.rejection import (
     DEFAULT_ACCEPT_RATE,
     available_scores,
@@ -80,7 +80,7 @@ class TrainConfig:
     batch_size: int = 256  # global: divided among processes under torchrun; see auto_batch_size
     lr: float = defaults.LR
     weight_decay: float = defaults.WEIGHT_DECAY
-    patience: int = defaults.PATIENCE  # epochs without a better validation macro-F1 before stopping; 0: never
+    patience: int = defaults.PATIENCE  # epochs without a better validation score; 0: never
     schedule: str = defaults.SCHEDULE  # learning rate: "constant", or "cosine" (warm-up + decay)
     ema: float = defaults.EMA  # decay of an exponential moving average of the weights; 0 = off
     device: str = "cpu"
@@ -560,7 +560,8 @@ def _fit_torch(
     run_dir: Path,
     progress: bool,
 ) -> tuple[list[dict[str, Any]], int, str]:
-    """AdamW with early stopping on validation macro-F1; leaves the best weights in ``model``.
+    """AdamW with early stopping on validation macro-F1 (ties to the lower validation loss,
+    :func:`~dmfnet.training.metrics.improves`); leaves the best weights in ``model``.
 
     Batches come from ``source`` (:class:`MemoryBatches` or :class:`StreamedBatches`).
     Returns the per-epoch history, the best epoch and why training stopped.
@@ -585,7 +586,7 @@ def _fit_torch(
     val_shard = source.share(val_idx)
     labels = np.arange(len(class_names))
     history: list[dict[str, Any]] = []
-    best_f1, best_epoch, best_state, stale = -math.inf, 0, None, 0
+    best_f1, best_loss, best_epoch, best_state, stale = -math.inf, math.inf, 0, None, 0
     stopped = "epochs"  # why training ended: epochs | early_stop | interrupted
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
@@ -630,9 +631,9 @@ def _fit_torch(
             "seconds": time.perf_counter() - start,
         }
         history.append(row)
-        improved = row["val_f1_macro"] > best_f1
+        improved = improves(row["val_f1_macro"], row["val_loss"], best_f1, best_loss)
         if improved:
-            best_f1, best_epoch, stale = row["val_f1_macro"], epoch, 0
+            best_f1, best_loss, best_epoch, stale = row["val_f1_macro"], row["val_loss"], epoch, 0
             best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         else:
             stale += 1
@@ -650,8 +651,8 @@ def _fit_torch(
             stopped = "early_stop"
             if rank == 0 and progress:
                 print(
-                    f"early stop: no better validation macro-F1 for {cfg.patience} epochs; "
-                    f"keeping epoch {best_epoch}",
+                    f"early stop: no better validation macro-F1 (nor an equal one at a lower "
+                    f"loss) for {cfg.patience} epochs; keeping epoch {best_epoch}",
                     flush=True,
                 )
             break
