@@ -5,6 +5,14 @@ Run as root on Debian/Ubuntu (it installs what it needs with apt-get)::
 
     sudo python3 scripts/make_demo_captures.py            # writes demo/captures/<class>/*.pcap
 
+A larger, harder corpus for model studies (not bundled): more flows, more files per class,
+each file recorded under other link conditions (a ``tc`` queueing discipline inside the
+namespace: ``netem`` delay, jitter and loss where the kernel has it, ``tbf`` rate limits)::
+
+    sudo python3 scripts/make_demo_captures.py --out /tmp/corpus --flows 600 --files 4 \\
+        --seed 7 --link none --link "netem delay 5ms 2ms" \\
+        --link "netem delay 20ms 8ms loss 0.5%" --link "tbf rate 8mbit burst 32kbit latency 80ms"
+
 Everything runs inside a private network namespace (``unshare --net``) whose only
 interface is its own loopback, so no packet can leave the machine and the host's
 loopback is left alone. In that namespace the loopback gets an Ethernet-sized MTU (1500)
@@ -186,6 +194,24 @@ def configure_loopback() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["ip", "link", "set", "lo", "mtu", "1500"], check=True)
     run(["ethtool", "-K", "lo", "tso", "off", "gso", "off", "gro", "off"])
+
+
+def set_link_conditions(spec: str) -> None:
+    """Link conditions on this namespace's loopback: a ``tc`` queueing discipline and its
+    arguments, e.g. ``"netem delay 20ms 5ms loss 0.5%"`` (delay, jitter, loss; needs the
+    kernel's sch_netem) or ``"tbf rate 20mbit burst 32kbit latency 50ms"`` (a bandwidth
+    limit); ``"none"`` removes them. Every packet crosses the loopback once, so a netem
+    delay of d adds 2d to each round trip."""
+    if spec.strip() in ("", "none"):
+        run(["tc", "qdisc", "del", "dev", "lo", "root"])
+        return
+    done = subprocess.run(
+        ["tc", "qdisc", "replace", "dev", "lo", "root", *spec.split()],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        sys.exit(f"tc qdisc {spec!r} failed: {done.stderr.strip()}")
 
 
 def make_keys(work: Path) -> None:
@@ -901,6 +927,16 @@ def main() -> None:
     parser.add_argument("--keep-packets", type=int, default=16)
     parser.add_argument("--classes", nargs="*", default=list(CLASSES), choices=CLASSES)
     parser.add_argument("--no-install", action="store_true", help="fail instead of apt-get")
+    parser.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        metavar="QDISC",
+        help="link conditions: a tc queueing discipline with its arguments, e.g. 'netem delay "
+        "20ms 5ms loss 0.5%%' or 'tbf rate 20mbit burst 32kbit latency 50ms'; 'none' for a "
+        "clean link. Repeat it to record capture file k of each class under the k-th "
+        "(cycling). Default: a clean link",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: it installs packages, opens a network namespace and runs tcpdump")
@@ -922,6 +958,8 @@ def main() -> None:
             for part in range(args.files):
                 flows = args.flows // args.files + (part < args.flows % args.files)
                 dst = args.out / name / f"{name}-{part + 1}.pcap"
+                conditions = args.link[part % len(args.link)] if args.link else "none"
+                set_link_conditions(conditions)
                 t0 = time.time()
                 stats = record(name, flows, rng, work, dst, args.snaplen, args.keep_packets)
                 log(
@@ -929,8 +967,11 @@ def main() -> None:
                     f"{stats['connections']} TCP connections, {stats['packets']} packets "
                     f"({stats['trimmed']} cut to headers), {stats['bytes'] / 1e6:.2f} MB, "
                     f"{stats['client_errors']} client errors, {time.time() - t0:.0f} s"
+                    + (f", link {conditions}" if args.link else "")
                 )
     finally:
+        if args.link:
+            set_link_conditions("none")
         servers.stop()
         shutil.rmtree(work, ignore_errors=True)
     log(f"done in {time.time() - started:.0f} s")
