@@ -386,3 +386,23 @@ def test_label_smoothing_and_byte_masking_act_in_training_only():
     assert not torch.isclose(smoothed, expected)
     with pytest.raises(ValueError, match="byte_mask"):
         DMF(DMFConfig(num_classes=3, byte_mask=1.0))
+
+
+def test_dmf_masks_a_tenth_of_the_bytes_by_default_and_the_paper_configuration_none():
+    # The model study's choice (round 3): DMF and the ablations that read bytes mask 10 % of
+    # byte positions in training; dmf-paper keeps the paper's training (no masking).
+    for name in ("dmf", "dmf-late", "dmf-no-lengths"):
+        assert create_model(name, 3).config.byte_mask == 0.1
+    assert create_model("dmf-paper", 3).config.byte_mask == 0.0
+    # In training the masked positions differ from call to call: with dropout and BatchNorm
+    # held fixed, the same flows give other logits, and without masking the same ones.
+    column = torch.randint(0, 256, (4, 1600), dtype=torch.uint8)
+    for mask, differ in ((0.1, True), (0.0, False)):
+        torch.manual_seed(0)
+        model = create_model("dmf-no-lengths", 3, byte_mask=mask).train()
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm1d)):
+                m.eval()
+        with torch.no_grad():
+            first, second = model(column).logits, model(column).logits
+        assert torch.equal(first, second) is not differ
