@@ -97,6 +97,7 @@ for _base in ("sign+R", "sign+payload+R", "paper+R"):
 
 # DMF's defaults as they are now; a new study starts from here.
 VARIANTS["default"] = ({}, {}, "DMF's defaults")
+_add("default+e60", "default", {}, {"epochs": 60}, "at most 60 epochs (cosine over 60)")
 
 # Rounds 2 and 3, on datasets that record 60 packets per flow (dmfnet prepare's default),
 # against "r2": DMF's defaults after round 2 (signed lengths of the first 30 packets that
